@@ -1,0 +1,41 @@
+"""Exceptions a user can cause. Each message names the offending value."""
+
+from __future__ import annotations
+
+__all__ = [
+    "MicrotexError",
+    "ImageReadError",
+    "UnknownLayerError",
+    "WeightsError",
+    "BundleError",
+    "DeviceError",
+]
+
+
+class MicrotexError(Exception):
+    """Base class of microtex's own errors."""
+
+
+class ImageReadError(MicrotexError, OSError):
+    """An image file is missing, truncated, corrupt or of an unsupported kind."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path!r}: {reason}")
+
+
+class UnknownLayerError(MicrotexError, ValueError):
+    """A layer (tap) name the backbone does not have."""
+
+
+class WeightsError(MicrotexError, ValueError):
+    """A weight file that is missing, unreadable, or does not match the architecture."""
+
+
+class BundleError(MicrotexError, ValueError):
+    """A model bundle or cached ONNX file whose manifest or checksums do not match."""
+
+
+class DeviceError(MicrotexError, RuntimeError):
+    """An execution device (e.g. ``cuda``) that was asked for but is not available."""
