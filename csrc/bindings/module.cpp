@@ -1,0 +1,11 @@
+// microtex._kernels: the compiled kernels. Each area registers its functions.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+void register_pooling(py::module_& m);
+
+PYBIND11_MODULE(_kernels, m) {
+    m.doc() = "microtex compiled kernels (use the Python wrappers in microtex.*)";
+    register_pooling(m);
+}

@@ -1,0 +1,39 @@
+// Two builds of the inner loops: baseline and AVX2/FMA, chosen at run time.
+#pragma once
+
+#include "microtex/cpu.hpp"
+
+namespace microtex::detail {
+
+namespace generic {
+#define MICROTEX_TARGET
+#include "microtex/detail/microkernels.inc"
+#undef MICROTEX_TARGET
+}  // namespace generic
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define MICROTEX_HAVE_AVX2_CLONE 1
+namespace avx2 {
+#define MICROTEX_TARGET __attribute__((target("avx2,fma")))
+#include "microtex/detail/microkernels.inc"
+#undef MICROTEX_TARGET
+}  // namespace avx2
+#endif
+
+template <class T>
+struct Microkernels {
+    void (*gram_tile)(const T* const*, const T* const*, long, double*);
+    void (*vlad_tile)(const T*, const T*, long, T*);
+    void (*sum_max_run)(const T*, long, double*, T*, T*);
+};
+
+template <class T>
+inline Microkernels<T> microkernels() {
+#ifdef MICROTEX_HAVE_AVX2_CLONE
+    if (cpu_has_avx2_fma())
+        return {&avx2::gram_tile<T>, &avx2::vlad_tile<T>, &avx2::sum_max_run<T>};
+#endif
+    return {&generic::gram_tile<T>, &generic::vlad_tile<T>, &generic::sum_max_run<T>};
+}
+
+}  // namespace microtex::detail
