@@ -170,7 +170,7 @@ class GramWorker {
     static std::ptrdiff_t choose_kc(std::ptrdiff_t c) {
         // keep one chunk of every channel row within ~384 KiB of L2
         std::ptrdiff_t kc = (384 * 1024) / (c * std::ptrdiff_t(sizeof(T)));
-        return std::max<std::ptrdiff_t>(64, std::min<std::ptrdiff_t>(4096, kc / 64 * 64));
+        return std::max<std::ptrdiff_t>(64, std::min<std::ptrdiff_t>(2048, kc / 64 * 64));
     }
 
     const Activations& a_;
@@ -314,6 +314,12 @@ class VladWorker {
 template <class T>
 void write_vlad(const std::vector<double>& sums, const std::vector<double>& counts, const T* words,
                 std::ptrdiff_t K, std::ptrdiff_t c, const VladOptions& opt, T* out) {
+    for (double x : sums) {
+        if (!std::isfinite(x)) {  // NaN/inf activations: flag the sample, let Python report it
+            std::fill(out, out + K * c, std::numeric_limits<T>::quiet_NaN());
+            return;
+        }
+    }
     std::vector<double> v(K * c);
     // A residual at rounding level (e.g. a word whose only member is the word
     // itself) is exactly zero in exact arithmetic; keep it zero so that
