@@ -79,18 +79,20 @@ void mean_max_pool(const Activations& a, T* mean_out, T* max_out, int n_threads)
             const char* base = a.data + s * a.sn + ch * a.sc;
             double sum = 0.0;
             T mx = -std::numeric_limits<T>::infinity(), bad = 0;
+            auto run = [&](const T* src, std::ptrdiff_t len) {
+                if (mean_out) mk.sum_run(src, len, &sum);
+                if (max_out) mk.max_run(src, len, &mx, &bad);
+            };
             if (contiguous_plane) {
-                mk.sum_max_run(reinterpret_cast<const T*>(base), M, &sum, &mx, &bad);
+                run(reinterpret_cast<const T*>(base), M);
             } else {
                 for (std::ptrdiff_t y = 0; y < a.h; ++y) {
-                    const T* src;
                     if (contiguous_rows) {
-                        src = reinterpret_cast<const T*>(base + y * a.sh);
+                        run(reinterpret_cast<const T*>(base + y * a.sh), a.w);
                     } else {
                         gather_positions<T>(a, s, ch, y * a.w, (y + 1) * a.w, row.data());
-                        src = row.data();
+                        run(row.data(), a.w);
                     }
-                    mk.sum_max_run(src, a.w, &sum, &mx, &bad);
                 }
             }
             if (mean_out) mean_out[item] = static_cast<T>(sum / double(M));
@@ -168,9 +170,10 @@ class GramWorker {
   private:
     static std::ptrdiff_t round_up(std::ptrdiff_t x, std::ptrdiff_t m) { return (x + m - 1) / m * m; }
     static std::ptrdiff_t choose_kc(std::ptrdiff_t c) {
-        // keep one chunk of every channel row within ~384 KiB of L2
-        std::ptrdiff_t kc = (384 * 1024) / (c * std::ptrdiff_t(sizeof(T)));
-        return std::max<std::ptrdiff_t>(64, std::min<std::ptrdiff_t>(2048, kc / 64 * 64));
+        // 4 "A" rows of a chunk stay in L1 while the other rows stream from L2/L3;
+        // long chunks amortise the per-tile reduction, bounded for accuracy
+        (void)c;
+        return 1024;
     }
 
     const Activations& a_;
@@ -257,8 +260,9 @@ class VladWorker {
           Kpad_(Kpad),
           panel_(a.c * PB),
           dots_(Kpad * PB),
+          best_(PB),
           assign_(PB),
-          sums_(a.c * K),
+          sums_(4 * a.c * K),
           counts_(K) {}
 
     void zero() {
@@ -279,25 +283,36 @@ class VladWorker {
             }
             for (std::ptrdiff_t kb = 0; kb < Kpad_ / 4; ++kb)
                 mk_.vlad_tile(wp_ + kb * c * 4, panel_.data(), c, dots_.data() + kb * 4 * PB);
+            mk_.vlad_argmin(dots_.data(), wn_, K_, best_.data());
             for (std::ptrdiff_t j = 0; j < np; ++j) {
-                std::ptrdiff_t best = 0;
-                T best_score = wn_[0] - 2 * dots_[j];
-                for (std::ptrdiff_t k = 1; k < K_; ++k) {
-                    const T score = wn_[k] - 2 * dots_[k * PB + j];
-                    if (score < best_score) {
-                        best_score = score;
-                        best = k;
-                    }
-                }
-                assign_[j] = best;
-                counts_[best] += 1.0;
+                assign_[j] = static_cast<std::ptrdiff_t>(best_[j]);
+                counts_[assign_[j]] += 1.0;
             }
+            // four partial sum tables break the add chains of neighbouring
+            // pixels that share a word (they usually do)
             for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
                 const T* row = panel_.data() + ch * PB;
-                double* sums = sums_.data() + ch * K_;
-                for (std::ptrdiff_t j = 0; j < np; ++j) sums[assign_[j]] += row[j];
+                double* s0 = sums_.data() + ch * K_;
+                double* s1 = s0 + c * K_;
+                double* s2 = s1 + c * K_;
+                double* s3 = s2 + c * K_;
+                std::ptrdiff_t j = 0;
+                for (; j + 4 <= np; j += 4) {
+                    s0[assign_[j]] += row[j];
+                    s1[assign_[j + 1]] += row[j + 1];
+                    s2[assign_[j + 2]] += row[j + 2];
+                    s3[assign_[j + 3]] += row[j + 3];
+                }
+                for (; j < np; ++j) s0[assign_[j]] += row[j];
             }
         }
+    }
+
+    // fold the four partial tables into the first
+    void finish() {
+        const std::size_t n = a_.c * K_;
+        for (std::size_t i = 0; i < n; ++i) sums_[i] += sums_[n + i] + sums_[2 * n + i] + sums_[3 * n + i];
+        for (std::size_t i = n; i < sums_.size(); ++i) sums_[i] = 0.0;
     }
 
   private:
@@ -306,7 +321,7 @@ class VladWorker {
     const T* wp_;
     const T* wn_;
     std::ptrdiff_t K_, Kpad_;
-    std::vector<T> panel_, dots_;
+    std::vector<T> panel_, dots_, best_;
     std::vector<std::ptrdiff_t> assign_;
     std::vector<double> sums_, counts_;
 };
@@ -388,6 +403,7 @@ void vlad(const Activations& a, const T* words, std::ptrdiff_t K, const VladOpti
             for (std::ptrdiff_t s = lo; s < hi; ++s) {
                 worker.zero();
                 worker.accumulate(s, 0, M);
+                worker.finish();
                 write_vlad(worker.sums(), worker.counts(), words, K, c, opt, out + s * F);
             }
         });
@@ -400,10 +416,11 @@ void vlad(const Activations& a, const T* words, std::ptrdiff_t K, const VladOpti
         parallel_chunks(M, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
             workers[t].zero();
             workers[t].accumulate(s, lo, hi);
+            workers[t].finish();
         });
         const int used = static_cast<int>(std::min<std::ptrdiff_t>(nt, M));
         for (int t = 1; t < used; ++t) {
-            for (std::size_t i = 0; i < workers[0].sums().size(); ++i) workers[0].sums()[i] += workers[t].sums()[i];
+            for (std::size_t i = 0; i < std::size_t(a.c * K); ++i) workers[0].sums()[i] += workers[t].sums()[i];
             for (std::size_t i = 0; i < workers[0].counts().size(); ++i)
                 workers[0].counts()[i] += workers[t].counts()[i];
         }

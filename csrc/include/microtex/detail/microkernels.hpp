@@ -1,6 +1,8 @@
 // Two builds of the inner loops: baseline and AVX2/FMA, chosen at run time.
 #pragma once
 
+#include <algorithm>
+
 #include "microtex/cpu.hpp"
 
 namespace microtex::detail {
@@ -24,16 +26,20 @@ template <class T>
 struct Microkernels {
     void (*gram_tile)(const T* const*, const T* const*, long, double*);
     void (*vlad_tile)(const T*, const T*, long, T*);
-    void (*sum_max_run)(const T*, long, double*, T*, T*);
+    void (*vlad_argmin)(const T*, const T*, long, T*);
+    void (*sum_run)(const T*, long, double*);
+    void (*max_run)(const T*, long, T*, T*);
 };
 
 template <class T>
 inline Microkernels<T> microkernels() {
 #ifdef MICROTEX_HAVE_AVX2_CLONE
     if (cpu_has_avx2_fma())
-        return {&avx2::gram_tile<T>, &avx2::vlad_tile<T>, &avx2::sum_max_run<T>};
+        return {&avx2::gram_tile<T>, &avx2::vlad_tile<T>, &avx2::vlad_argmin<T>, &avx2::sum_run<T>,
+                &avx2::max_run<T>};
 #endif
-    return {&generic::gram_tile<T>, &generic::vlad_tile<T>, &generic::sum_max_run<T>};
+    return {&generic::gram_tile<T>, &generic::vlad_tile<T>, &generic::vlad_argmin<T>,
+            &generic::sum_run<T>, &generic::max_run<T>};
 }
 
 }  // namespace microtex::detail

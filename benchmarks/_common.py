@@ -1,0 +1,81 @@
+"""Shared helpers for the benchmark scripts: timing, machine description, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    import numpy as np
+
+    info = {
+        "cpu": cpu,
+        "cores": cores,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        from microtex import _kernels
+
+        info["microtex_simd"] = _kernels.simd_level()
+    except ImportError:
+        pass
+    return info
+
+
+def time_interleaved(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: float = 0.0) -> dict:
+    """Median wall time (seconds) of each callable, measured round-robin.
+
+    Interleaving the candidates spreads any background load evenly over them,
+    so their ratio is fairer than timing one after the other.
+    """
+    for f in funcs.values():
+        for _ in range(warmup):
+            f()
+    samples = {k: [] for k in funcs}
+    start = time.perf_counter()
+    r = 0
+    while r < repeats or time.perf_counter() - start < min_time:
+        for k, f in funcs.items():
+            t0 = time.perf_counter()
+            f()
+            samples[k].append(time.perf_counter() - t0)
+        r += 1
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
