@@ -16,12 +16,15 @@ _LAZY = {
     "synth": "microtex.synth",
     "backbones": "microtex.backbones",
     "runtime": "microtex.runtime",
-    "featurize": "microtex.featurize",
+    "featurizer": "microtex.featurizer",
     "errors": "microtex.errors",
+    "bundle": "microtex.bundle",
+    "report": "microtex.report",
+    "demo": "microtex.demo",
 }
 _LAZY_ATTRS = {
-    "TextureFeaturizer": "microtex.featurize",
-    "featurize": "microtex.featurize",
+    "TextureFeaturizer": "microtex.featurizer",
+    "featurize": "microtex.featurizer",
     "read_image": "microtex.io",
     "perlin_texture": "microtex.synth",
 }

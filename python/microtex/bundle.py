@@ -1,0 +1,365 @@
+"""Model bundles: a directory of files plus a checksummed ``microtex.json`` manifest.
+
+DESIGN.md §9. A bundle holds ONNX files, fitted state (``.npz``: VLAD
+dictionary, scaler, ...) and a manifest::
+
+    {
+      "format_version": 1,
+      "microtex_version": "0.1.0",
+      "config": {...},                       # free-form, supplied by the caller
+      "files": {"backbone.onnx": "<sha256>", "state/vlad.npz": "<sha256>"}
+    }
+
+:func:`save_bundle` writes into a temporary sibling directory and renames it
+into place, so a failure leaves no half-written bundle; :func:`load_bundle`
+verifies the format version and every checksum. No PyTorch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from microtex import _cache
+from microtex.errors import BundleError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "Bundle",
+    "is_bundle",
+    "load_bundle",
+    "load_npz",
+    "npz_bytes",
+    "save_bundle",
+    "save_npz",
+]
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "microtex.json"
+
+FileSource = str | os.PathLike | bytes | bytearray | memoryview
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The bundle directory (absolute).
+    config : dict
+        The caller's configuration as saved.
+    files : dict of str to pathlib.Path
+        Relative name in the manifest -> absolute path.
+    microtex_version : str
+        Version of microtex that wrote the bundle.
+    format_version : int
+    """
+
+    path: pathlib.Path
+    config: dict[str, Any]
+    files: dict[str, pathlib.Path]
+    microtex_version: str
+    format_version: int = FORMAT_VERSION
+
+    def file(self, name: str) -> pathlib.Path:
+        """Absolute path of the bundle file ``name``; BundleError if there is none."""
+        try:
+            return self.files[name]
+        except KeyError:
+            raise BundleError(
+                f"bundle {str(self.path)!r} has no file {name!r}; it has {sorted(self.files)}"
+            ) from None
+
+
+def _check_name(name: object) -> str:
+    """A manifest file name: relative, '/'-separated, staying inside the bundle."""
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"bundle file names must be non-empty strings, not {name!r}")
+    parts = name.split("/")
+    if (
+        name.startswith("/")
+        or "\\" in name
+        or any(part in ("", ".", "..") for part in parts)
+        or pathlib.PurePosixPath(name).is_absolute()
+        or (len(parts[0]) >= 2 and parts[0][1] == ":")
+    ):
+        raise BundleError(
+            f"bad bundle file name {name!r}: use a relative '/'-separated path inside the bundle"
+        )
+    if name == MANIFEST_NAME:
+        raise BundleError(f"{MANIFEST_NAME!r} is the manifest; choose another file name")
+    return name
+
+
+def is_bundle(directory: str | os.PathLike) -> bool:
+    """True if ``directory`` holds a ``microtex.json`` manifest (not verified)."""
+    return (pathlib.Path(directory) / MANIFEST_NAME).is_file()
+
+
+def _write_source(source: FileSource, destination: pathlib.Path) -> str:
+    """Copy a path or write bytes to ``destination``; return its sha256."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        destination.write_bytes(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        source_path = pathlib.Path(source)
+        if not source_path.is_file():
+            raise FileNotFoundError(f"bundle source file not found: {str(source_path)!r}")
+        shutil.copyfile(source_path, destination)
+    else:
+        raise TypeError(f"bundle file sources must be paths or bytes, not {type(source).__name__}")
+    return _cache.sha256_file(destination, memoize=False)
+
+
+def save_bundle(
+    directory: str | os.PathLike,
+    files: Mapping[str, FileSource],
+    config: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Write a bundle directory.
+
+    Parameters
+    ----------
+    directory : path-like
+        The bundle to create. It must not exist, be an empty directory, or
+        (with ``overwrite=True``) be an existing bundle; any other existing
+        path is refused.
+    files : mapping of str to path-like or bytes
+        Relative name inside the bundle (``'/'``-separated, may contain
+        sub-directories) -> source file to copy, or the bytes to write.
+    config : mapping
+        JSON-serializable configuration (backbone, taps, pooling options,
+        preprocessing, ...), stored verbatim in the manifest.
+    overwrite : bool
+        Replace an existing bundle.
+
+    Returns
+    -------
+    pathlib.Path
+        The bundle directory.
+
+    Raises
+    ------
+    FileExistsError
+        ``directory`` exists and is not an empty directory or a bundle
+        ``overwrite`` allows replacing.
+    BundleError
+        A bad file name.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> path = save_bundle(root / "model", {"notes.txt": b"hello"}, {"backbone": "vgg19"})
+    >>> load_bundle(path).config
+    {'backbone': 'vgg19'}
+    """
+    from microtex import __version__
+
+    target = pathlib.Path(directory).absolute()
+    names = {_check_name(name): source for name, source in files.items()}
+    try:
+        config_json = json.loads(json.dumps(dict(config), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"bundle config must be JSON-serializable: {exc}") from None
+
+    replace_existing = False
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise FileExistsError(f"{str(target)!r} exists and is not a directory")
+        if is_bundle(target):
+            if not overwrite:
+                raise FileExistsError(
+                    f"bundle {str(target)!r} already exists; pass overwrite=True to replace it"
+                )
+            replace_existing = True
+        elif any(target.iterdir()):
+            raise FileExistsError(
+                f"{str(target)!r} exists and is not a microtex bundle (no {MANIFEST_NAME}); "
+                "refusing to overwrite it"
+            )
+        else:
+            replace_existing = True  # an empty directory
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    )
+    try:
+        checksums = {
+            name: _write_source(source, staging / name) for name, source in sorted(names.items())
+        }
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "microtex_version": __version__,
+            "config": config_json,
+            "files": checksums,
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.chmod(staging, 0o755)  # mkdtemp makes 0700
+        if replace_existing:
+            _swap_into_place(staging, target)
+        else:
+            os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _swap_into_place(staging: pathlib.Path, target: pathlib.Path) -> None:
+    """Replace directory ``target`` by ``staging``, restoring ``target`` if that fails."""
+    backup = pathlib.Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+    )
+    backup.rmdir()
+    os.rename(target, backup)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _read_manifest(directory: pathlib.Path) -> dict[str, Any]:
+    manifest_path = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        raise BundleError(f"bundle {str(directory)!r} is not a directory")
+    if not manifest_path.is_file():
+        raise BundleError(f"bundle {str(directory)!r} has no manifest {MANIFEST_NAME!r}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BundleError(
+            f"manifest {str(manifest_path)!r} is unreadable or corrupt: {exc}"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"manifest {str(manifest_path)!r} is not a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = (
+            f" (written by microtex {manifest.get('microtex_version')!r})"
+            if isinstance(version, int) and version > FORMAT_VERSION
+            else ""
+        )
+        raise BundleError(
+            f"manifest {str(manifest_path)!r}: format_version expected {FORMAT_VERSION}, "
+            f"found {version!r}{newer}"
+        )
+    for key, kind in (("config", dict), ("files", dict), ("microtex_version", str)):
+        if not isinstance(manifest.get(key), kind):
+            raise BundleError(
+                f"manifest {str(manifest_path)!r}: {key!r} expected a {kind.__name__}, "
+                f"found {manifest.get(key)!r}"
+            )
+    return manifest
+
+
+def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
+    """Open a bundle and verify it.
+
+    Parameters
+    ----------
+    directory : path-like
+    verify : bool
+        Check every file's sha256 against the manifest (default). The format
+        version and the presence of every file are always checked.
+
+    Raises
+    ------
+    BundleError
+        Missing or corrupt manifest, unknown format version, a missing file or
+        a checksum mismatch; the message names the file and the expected and
+        actual values.
+    """
+    root = pathlib.Path(directory).absolute()
+    manifest = _read_manifest(root)
+    paths: dict[str, pathlib.Path] = {}
+    for name, expected in manifest["files"].items():
+        _check_name(name)
+        path = root / name
+        if not path.is_file():
+            raise BundleError(
+                f"bundle {str(root)!r}: file {name!r} listed in the manifest is missing"
+            )
+        if verify:
+            actual = _cache.sha256_file(path)
+            if actual != expected:
+                raise BundleError(
+                    f"bundle {str(root)!r}: checksum mismatch for {name!r}: "
+                    f"expected sha256 {expected}, found {actual}"
+                )
+        paths[name] = path
+    return Bundle(
+        path=root,
+        config=manifest["config"],
+        files=paths,
+        microtex_version=manifest["microtex_version"],
+        format_version=manifest["format_version"],
+    )
+
+
+# --------------------------------------------------------------------------- npz
+
+
+def _as_plain_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    plain = {}
+    for key, value in arrays.items():
+        array = np.asarray(value)
+        if array.dtype.hasobject:
+            raise TypeError(f"array {key!r} has dtype object; fitted state must not need pickle")
+        plain[str(key)] = array
+    return plain
+
+
+def npz_bytes(arrays: Mapping[str, Any]) -> bytes:
+    """The bytes of an uncompressed ``.npz`` holding ``arrays`` (no object dtypes)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **_as_plain_arrays(arrays))
+    return buffer.getvalue()
+
+
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> pathlib.Path:
+    """Write fitted arrays to ``path`` atomically; object arrays are refused.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = save_npz(pathlib.Path(tempfile.mkdtemp()) / "state.npz", {"centers": np.eye(2)})
+    >>> load_npz(path)["centers"].shape
+    (2, 2)
+    """
+    path = pathlib.Path(path)
+    return _cache.atomic_write_bytes(path, npz_bytes(arrays))
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read every array of an ``.npz`` file, never unpickling anything.
+
+    Raises
+    ------
+    BundleError
+        If the file is missing, corrupt, or holds an object array.
+    """
+    path = pathlib.Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"cannot read fitted state {str(path)!r}: {exc}") from None

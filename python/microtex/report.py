@@ -1,0 +1,96 @@
+"""Figures and numbers behind them: PNG plots (matplotlib, headless) and JSON, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+
+__all__ = ["write_json", "pca_scatter", "montage"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - declared dependency
+        raise ImportError("plots need matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def _atomic(path: pathlib.Path) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_json(path, payload) -> pathlib.Path:
+    """Write ``payload`` as indented JSON, atomically (temporary name, then rename)."""
+    path = pathlib.Path(path)
+    tmp = _atomic(path)
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _save(fig, path: pathlib.Path) -> pathlib.Path:
+    tmp = _atomic(path)
+    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def pca_scatter(coords: np.ndarray, labels, label_names: dict, path, *, title: str = "",
+                explained=None) -> pathlib.Path:
+    """Scatter of 2-D coordinates coloured by class, saved as PNG."""
+    plt = _pyplot()
+    coords = np.asarray(coords)
+    labels = np.asarray(labels)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for i, label in enumerate(np.unique(labels)):
+        m = labels == label
+        ax.scatter(coords[m, 0], coords[m, 1], s=28, color=plt.cm.tab10(i % 10),
+                   label=label_names.get(label, str(label)), edgecolors="k", linewidths=0.3)
+    xlabel, ylabel = "PC 1", "PC 2"
+    if explained is not None:
+        xlabel += f" ({100 * explained[0]:.1f}% of variance)"
+        ylabel += f" ({100 * explained[1]:.1f}% of variance)"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    try:
+        return _save(fig, pathlib.Path(path))
+    finally:
+        plt.close(fig)
+
+
+def montage(images, titles, path, *, columns: int = 4) -> pathlib.Path:
+    """Grid of grayscale images in [0, 1] with titles, saved as PNG."""
+    plt = _pyplot()
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, title in zip(axes.ravel(), images, titles):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=8)
+    try:
+        return _save(fig, pathlib.Path(path))
+    finally:
+        plt.close(fig)
