@@ -70,7 +70,9 @@ def layouts(x):
     yield "negative", flipped[:, ::-1, ::-1, :]
 
 
-SHAPES = [(3, 7, 9, 11), (2, 16, 5, 5), (1, 1, 1, 1), (4, 1, 6, 3), (2, 13, 1, 1), (1, 40, 17, 33)]
+# (2, 70, 5, 7) and (1, 97, 3, 4) take the outer-product Gram path (positions <= channels)
+SHAPES = [(3, 7, 9, 11), (2, 16, 5, 5), (1, 1, 1, 1), (4, 1, 6, 3), (2, 13, 1, 1), (1, 40, 17, 33),
+          (2, 70, 5, 7), (1, 97, 3, 4)]
 
 
 @pytest.fixture(params=DTYPES, ids=["float32", "float64"])

@@ -116,77 +116,120 @@ inline std::ptrdiff_t gram_features(std::ptrdiff_t c, bool triu) {
     return triu ? c * (c + 1) / 2 : c * c;
 }
 
+// Accumulates G = F F^T for the row blocks [i_begin, i_end) of the upper
+// triangle into a caller-owned double matrix (stride `rows()`). Float tiles of
+// at most KC positions are summed in double. Two tile shapes:
+//  * few channels: 4 x 3 dot products along the positions, reading channel
+//    rows in place when contiguous (no copy of the activations);
+//  * few positions per channel (M <= c, e.g. 512 x 196 at relu5_1 of a 224
+//    image): 6 x 2W outer products over contiguous position-major panels,
+//    which need no per-tile lane folding (measured faster only there).
 template <class T>
 class GramWorker {
   public:
-    static constexpr std::ptrdiff_t MR = 4, NR = 3, W = generic::vec32<T>::lanes;
-
+    static constexpr std::ptrdiff_t W = generic::vec32<T>::lanes;
+    static constexpr std::ptrdiff_t KC = 1024;
     explicit GramWorker(const Activations& a)
-        : a_(a),
-          mk_(microkernels<T>()),
-          rows_(round_up(a.c, MR * NR)),
-          kc_(choose_kc(a.c)),
-          buffer_(a.c * kc_),
-          zeros_(kc_, T(0)),
-          ptrs_(rows_),
-          tile_(MR * NR),
-          acc_(rows_ * rows_) {}
+        : a_(a), mk_(microkernels<T>()), outer_(use_outer(a)), rows_(padded_rows(a.c)) {
+        if (!outer_) {
+            zeros_.assign(KC, T(0));
+            ptrs_.resize(rows_);
+        }
+    }
 
-    void zero() { std::fill(acc_.begin(), acc_.end(), 0.0); }
-    const std::vector<double>& acc() const { return acc_; }
-    std::vector<double>& acc() { return acc_; }
-    std::ptrdiff_t stride() const { return rows_; }
+    static bool use_outer(const Activations& a) { return a.c >= 64 && a.positions() <= a.c; }
+    static std::ptrdiff_t block(const Activations& a) { return use_outer(a) ? 6 : 4; }
+    static std::ptrdiff_t padded_rows(std::ptrdiff_t c) { return (c + 47) / 48 * 48; }
+    std::ptrdiff_t rows() const { return rows_; }
 
-    // acc += F[:, p0:p1] F[:, p0:p1]^T on the blocks touching the upper triangle
-    void accumulate(std::ptrdiff_t s, std::ptrdiff_t p0, std::ptrdiff_t p1) {
-        const std::ptrdiff_t c = a_.c;
-        const bool plane = a_.sw == std::ptrdiff_t(sizeof(T)) && a_.sh == a_.w * a_.sw;
-        for (std::ptrdiff_t k0 = p0; k0 < p1; k0 += kc_) {
-            const std::ptrdiff_t kc = std::min(kc_, p1 - k0), kv = round_up(kc, W);
-            if (plane && kv == kc) {  // read the channel rows in place
-                for (std::ptrdiff_t ch = 0; ch < c; ++ch)
-                    ptrs_[ch] = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch * a_.sc) + k0;
-            } else {  // strided or ragged tail: copy, zero-padded to the vector width
-                for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
-                    T* dst = buffer_.data() + ch * kc_;
-                    gather_positions<T>(a_, s, ch, k0, k0 + kc, dst);
-                    std::fill(dst + kc, dst + kv, T(0));
-                    ptrs_[ch] = dst;
-                }
-            }
-            for (std::ptrdiff_t ch = c; ch < rows_; ++ch) ptrs_[ch] = zeros_.data();
-            for (std::ptrdiff_t i0 = 0; i0 < c; i0 += MR) {
-                for (std::ptrdiff_t j0 = i0 / NR * NR; j0 < c; j0 += NR) {
-                    std::fill(tile_.begin(), tile_.end(), 0.0);
-                    mk_.gram_tile(&ptrs_[i0], &ptrs_[j0], kv, tile_.data());
-                    for (std::ptrdiff_t r = 0; r < MR; ++r)
-                        for (std::ptrdiff_t q = 0; q < NR; ++q)
-                            acc_[(i0 + r) * rows_ + j0 + q] += tile_[r * NR + q];
-                }
-            }
+    void accumulate(std::ptrdiff_t s, std::ptrdiff_t i_begin, std::ptrdiff_t i_end, double* acc) {
+        const std::ptrdiff_t M = a_.positions();
+        for (std::ptrdiff_t k0 = 0; k0 < M; k0 += KC) {
+            const std::ptrdiff_t kc = std::min(KC, M - k0);
+            if (outer_)
+                outer_chunk(s, k0, kc, i_begin, i_end, acc);
+            else
+                dot_chunk(s, k0, kc, i_begin, i_end, acc);
         }
     }
 
   private:
-    static std::ptrdiff_t round_up(std::ptrdiff_t x, std::ptrdiff_t m) { return (x + m - 1) / m * m; }
-    static std::ptrdiff_t choose_kc(std::ptrdiff_t c) {
-        // 4 "A" rows of a chunk stay in L1 while the other rows stream from L2/L3;
-        // long chunks amortise the per-tile reduction, bounded for accuracy
-        (void)c;
-        return 1024;
+    void dot_chunk(std::ptrdiff_t s, std::ptrdiff_t k0, std::ptrdiff_t kc, std::ptrdiff_t i_begin,
+                   std::ptrdiff_t i_end, double* acc) {
+        constexpr std::ptrdiff_t MR = 4, NR = 3;
+        const std::ptrdiff_t c = a_.c, kv = (kc + W - 1) / W * W;
+        const bool plane = a_.sw == std::ptrdiff_t(sizeof(T)) && a_.sh == a_.w * a_.sw;
+        const std::ptrdiff_t first = i_begin / NR * NR;  // rows read: [first, c)
+        if (plane && kv == kc) {
+            for (std::ptrdiff_t ch = first; ch < c; ++ch)
+                ptrs_[ch] = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch * a_.sc) + k0;
+        } else {
+            if (buffer_.empty()) buffer_.resize(c * KC);
+            for (std::ptrdiff_t ch = first; ch < c; ++ch) {
+                T* dst = buffer_.data() + ch * KC;
+                gather_positions<T>(a_, s, ch, k0, k0 + kc, dst);
+                std::fill(dst + kc, dst + kv, T(0));
+                ptrs_[ch] = dst;
+            }
+        }
+        for (std::ptrdiff_t ch = c; ch < rows_; ++ch) ptrs_[ch] = zeros_.data();
+        double tile[MR * NR];
+        for (std::ptrdiff_t i0 = i_begin; i0 < i_end; i0 += MR) {
+            for (std::ptrdiff_t j0 = i0 / NR * NR; j0 < c; j0 += NR) {
+                std::fill(tile, tile + MR * NR, 0.0);
+                mk_.gram_tile(&ptrs_[i0], &ptrs_[j0], kv, tile);
+                for (std::ptrdiff_t r = 0; r < MR; ++r)
+                    for (std::ptrdiff_t q = 0; q < NR; ++q) acc[(i0 + r) * rows_ + j0 + q] += tile[r * NR + q];
+            }
+        }
+    }
+
+    void outer_chunk(std::ptrdiff_t s, std::ptrdiff_t k0, std::ptrdiff_t kc, std::ptrdiff_t i_begin,
+                     std::ptrdiff_t i_end, double* acc) {
+        constexpr std::ptrdiff_t MR = 6, NR = 2 * W;
+        const std::ptrdiff_t c = a_.c, ld = rows_;
+        if (panel_.empty()) panel_.assign(KC * ld, T(0));  // padding columns stay zero
+        // position-major copy of channels [first, c): panel[k * ld + ch]
+        const std::ptrdiff_t first = i_begin / NR * NR;
+        std::vector<T>& line = line_;
+        line.resize(KC);
+        for (std::ptrdiff_t ch = first; ch < c; ++ch) {
+            gather_positions<T>(a_, s, ch, k0, k0 + kc, line.data());
+            T* dst = panel_.data() + ch;
+            for (std::ptrdiff_t k = 0; k < kc; ++k) dst[k * ld] = line[k];
+        }
+        // contiguous micro-panels: B blocks of NR channels, then per row block A of MR
+        const std::ptrdiff_t jb0 = first / NR;
+        if (bpack_.size() < std::size_t(ld * KC)) bpack_.resize(ld * KC);
+        for (std::ptrdiff_t jb = jb0; jb * NR < c; ++jb) {
+            T* dst = bpack_.data() + jb * NR * kc;
+            const T* src = panel_.data() + jb * NR;
+            for (std::ptrdiff_t k = 0; k < kc; ++k) std::memcpy(dst + k * NR, src + k * ld, NR * sizeof(T));
+        }
+        if (apack_.size() < std::size_t(MR * KC)) apack_.resize(MR * KC);
+        T tile[MR * NR];
+        for (std::ptrdiff_t i0 = i_begin; i0 < i_end; i0 += MR) {
+            const T* src = panel_.data() + i0;
+            for (std::ptrdiff_t k = 0; k < kc; ++k) std::memcpy(apack_.data() + k * MR, src + k * ld, MR * sizeof(T));
+            for (std::ptrdiff_t j0 = i0 / NR * NR; j0 < c; j0 += NR) {
+                mk_.gram_outer_tile(apack_.data(), bpack_.data() + j0 * kc, MR, NR, kc, tile);
+                for (std::ptrdiff_t r = 0; r < MR; ++r)
+                    for (std::ptrdiff_t q = 0; q < NR; ++q) acc[(i0 + r) * rows_ + j0 + q] += tile[r * NR + q];
+            }
+        }
     }
 
     const Activations& a_;
     Microkernels<T> mk_;
-    std::ptrdiff_t rows_, kc_;
-    std::vector<T> buffer_, zeros_;
+    bool outer_;
+    std::ptrdiff_t rows_;
+    std::vector<T> buffer_, zeros_, panel_, line_, apack_, bpack_;
     std::vector<const T*> ptrs_;
-    std::vector<double> tile_, acc_;
 };
 
 template <class T>
-void write_gram(const std::vector<double>& acc, std::ptrdiff_t stride, std::ptrdiff_t c,
-                std::ptrdiff_t M, GramNormalization norm, bool triu, T* out) {
+void write_gram(const double* acc, std::ptrdiff_t stride, std::ptrdiff_t c, std::ptrdiff_t M,
+                GramNormalization norm, bool triu, T* out) {
     double scale = 1.0;
     if (norm == GramNormalization::spatial) scale = 1.0 / double(M);
     if (norm == GramNormalization::lubbers) scale = 1.0 / (2.0 * double(c) * double(M));
@@ -205,36 +248,55 @@ void write_gram(const std::vector<double>& acc, std::ptrdiff_t stride, std::ptrd
     }
 }
 
+// Row-block boundaries splitting the upper triangle into `parts` equal areas.
+inline std::vector<std::ptrdiff_t> triangle_split(std::ptrdiff_t c, std::ptrdiff_t block, int parts) {
+    const std::ptrdiff_t n_blocks = (c + block - 1) / block;
+    std::vector<double> work(n_blocks);
+    double total = 0;
+    for (std::ptrdiff_t b = 0; b < n_blocks; ++b) total += work[b] = double(c - b * block);
+    std::vector<std::ptrdiff_t> bounds{0};
+    double run = 0;
+    for (std::ptrdiff_t b = 0; b < n_blocks; ++b) {
+        run += work[b];
+        if (static_cast<int>(bounds.size()) < parts && run >= total * double(bounds.size()) / parts)
+            bounds.push_back((b + 1) * block);
+    }
+    while (static_cast<int>(bounds.size()) <= parts) bounds.push_back(n_blocks * block);
+    bounds.back() = n_blocks * block;
+    return bounds;  // parts + 1 entries, non-decreasing
+}
+
 template <class T>
 void gram(const Activations& a, GramNormalization norm, bool triu, T* out, int n_threads) {
     check_activations(a);
     const std::ptrdiff_t M = a.positions(), F = gram_features(a.c, triu);
+    const std::ptrdiff_t rows = GramWorker<T>::padded_rows(a.c);
     const int nt = threads_for(double(a.n) * a.c * a.c * M, n_threads);
     if (a.n >= nt) {  // whole samples per thread
         parallel_chunks(a.n, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
             GramWorker<T> worker(a);
+            std::vector<double> acc(rows * rows);
             for (std::ptrdiff_t s = lo; s < hi; ++s) {
-                worker.zero();
-                worker.accumulate(s, 0, M);
-                write_gram(worker.acc(), worker.stride(), a.c, M, norm, triu, out + s * F);
+                std::fill(acc.begin(), acc.end(), 0.0);
+                worker.accumulate(s, 0, a.c, acc.data());
+                write_gram(acc.data(), rows, a.c, M, norm, triu, out + s * F);
             }
         });
         return;
     }
-    // fewer samples than threads: split each sample's positions, then reduce
+    // fewer samples than threads: threads share a sample, each its rows of the triangle
+    const auto bounds = triangle_split(a.c, GramWorker<T>::block(a), nt);
+    std::vector<double> acc(rows * rows);
     std::vector<GramWorker<T>> workers;
     workers.reserve(nt);
     for (int t = 0; t < nt; ++t) workers.emplace_back(a);
     for (std::ptrdiff_t s = 0; s < a.n; ++s) {
-        parallel_chunks(M, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
-            workers[t].zero();
-            workers[t].accumulate(s, lo, hi);
+        std::fill(acc.begin(), acc.end(), 0.0);
+        parallel_chunks(nt, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
+            for (std::ptrdiff_t t = lo; t < hi; ++t)
+                if (bounds[t] < bounds[t + 1]) workers[t].accumulate(s, bounds[t], bounds[t + 1], acc.data());
         });
-        auto& total = workers[0].acc();
-        const int used = static_cast<int>(std::min<std::ptrdiff_t>(nt, M));
-        for (int t = 1; t < used; ++t)
-            for (std::size_t i = 0; i < total.size(); ++i) total[i] += workers[t].acc()[i];
-        write_gram(total, workers[0].stride(), a.c, M, norm, triu, out + s * F);
+        write_gram(acc.data(), rows, a.c, M, norm, triu, out + s * F);
     }
 }
 
