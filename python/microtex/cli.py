@@ -120,7 +120,16 @@ def _featurize(args) -> int:
         crop_bottom=args.crop_bottom, batch_size=args.batch_size, device=args.device,
         engine=args.engine, n_threads=args.threads, random_state=args.seed,
     )
-    featurizer.fit(args.images)
+    from microtex.errors import NoImagesError
+
+    fit_failures: list = []
+    try:
+        featurizer._fit(args.images, args.on_error, fit_failures)  # skips unreadable files (VLAD fit)
+    except NoImagesError:
+        for failure in fit_failures:
+            print(f"microtex: skipped {failure.path}: {failure.reason}", file=sys.stderr)
+        print("microtex: error: no image could be featurized", file=sys.stderr)
+        return 1
     table = featurize(args.images, featurizer=featurizer, on_error=args.on_error,
                       progress=not args.no_progress and sys.stderr.isatty())
     for failure in table.failures:

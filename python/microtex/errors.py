@@ -9,6 +9,7 @@ __all__ = [
     "WeightsError",
     "BundleError",
     "DeviceError",
+    "NoImagesError",
 ]
 
 
@@ -39,3 +40,7 @@ class BundleError(MicrotexError, ValueError):
 
 class DeviceError(MicrotexError, RuntimeError):
     """An execution device (e.g. ``cuda``) that was asked for but is not available."""
+
+
+class NoImagesError(MicrotexError, ValueError):
+    """A job that got no readable image at all."""

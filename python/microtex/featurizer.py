@@ -28,7 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from microtex import io as mio
 from microtex import pooling
-from microtex.errors import ImageReadError, MicrotexError
+from microtex.errors import NoImagesError
 
 __all__ = ["RAW_TAP", "TextureFeaturizer", "FeatureTable", "featurize"]
 
@@ -365,7 +365,8 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not (self.crop_bottom is None or self.crop_bottom == "auto"
-                or (isinstance(self.crop_bottom, (int, np.integer)) and self.crop_bottom >= 0)):
+                or (isinstance(self.crop_bottom, (int, np.integer)) and not isinstance(self.crop_bottom, bool)
+                    and self.crop_bottom >= 0)):
             raise ValueError(f"crop_bottom must be None, 'auto' or a number of rows >= 0, got {self.crop_bottom!r}")
         from microtex.runtime import DEVICES
 
@@ -395,12 +396,15 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         return 2 ** (block - 1)
 
     # ------------------------------------------------------------ sessions
-    def _engine(self, session_device: str | None = None) -> str:
+    def _engine(self) -> str:
+        """"kernels" or "graph": where mean/max/Gram pooling runs."""
         if self.engine != "auto":
             return self.engine
-        if "vlad" in self._pools():
+        if "vlad" in self._pools() or "_bundle_onnx" in self.__dict__:
             return "kernels"
-        return "graph" if session_device == "cuda" else "kernels"
+        from microtex.runtime import CPU, resolve_device
+
+        return "kernels" if resolve_device(self.device)[0] == CPU else "graph"
 
     def _session(self, heads: bool):
         """Cached ONNX Runtime session over the activations graph or the heads graph."""
@@ -445,11 +449,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                 yield image_id, image
 
         batches = _prefetch(_batches(checked(), int(self.batch_size)))
-        session = None
-        if cnn:
-            session = self._session(heads=False)
-            if self._engine(session.device) == "graph":
-                session = self._session(heads=True)
+        session = self._session(heads=self._engine() == "graph") if cnn else None
         for ids, batch in batches:
             outputs = {}
             if raw:
@@ -515,12 +515,17 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         X : array (n, height, width), list of 2-D arrays, or paths / directories
         y : ignored
         """
+        return self._fit(X, "raise")
+
+    def _fit(self, X, on_error: str, failures: list | None = None):
+        """:meth:`fit`; with ``on_error="skip"`` unreadable files are left out of the VLAD fit
+        (and appended to ``failures``)."""
         self._setup()
         if "vlad" in self.pools_:
             rng = np.random.default_rng(self.random_state)
             samples = {tap: [] for tap in self.taps_}
             n_images = 0
-            for _ids, outputs in self._stream(X, "raise", []):
+            for _ids, outputs in self._stream(X, on_error, [] if failures is None else failures):
                 n_images += len(_ids)
                 for tap in self.taps_:
                     acts = outputs[tap]
@@ -530,7 +535,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                     idx = rng.choice(len(cols), size=take, replace=False)
                     samples[tap].append(np.ascontiguousarray(cols[idx]))
             if n_images == 0:
-                raise ValueError("fit got no images")
+                raise NoImagesError("no readable image to fit the VLAD dictionaries on")
             for tap, parts in samples.items():
                 cols = np.concatenate(parts)  # (k, c)
                 acts = cols.T[None, :, None, :]  # as (1, c, 1, k) activations
@@ -613,10 +618,10 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
             with np.load(b.file("state.npz"), allow_pickle=False) as data:
                 est.vlad_dictionaries_ = {k.split("/", 1)[1]: data[k] for k in data.files}
         if "backbone.onnx" in b.files:
+            # a bundle holds the activations graph; pooling runs in the C++ kernels,
+            # which give the same numbers as the in-graph heads (tested)
             est._bundle_onnx = {"acts": b.file("backbone.onnx")}
-            if est.engine == "graph":
-                raise BundleError("bundles hold the activations graph; load with engine='kernels' or 'auto'")
-            est.engine = "kernels" if est.engine == "auto" else est.engine
+            est.engine = "kernels"
         if est.n_features_out_ != b.config.get("n_features"):
             raise BundleError(f"bundle {str(directory)!r} promises {b.config.get('n_features')} features "
                               f"but its configuration gives {est.n_features_out_}")
@@ -653,9 +658,12 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
     start = time.perf_counter()
+    if featurizer is not None and params:
+        raise TypeError(f"pass either a fitted featurizer or featurizer parameters, not both: {sorted(params)}")
     if featurizer is None:
         featurizer = TextureFeaturizer(**params)
-        featurizer.fit(images if fit_images is None else fit_images)  # reads images only for VLAD
+        # reads images only for VLAD; unreadable files are skipped there too with on_error="skip"
+        featurizer._fit(images if fit_images is None else fit_images, on_error)
     failures: list = []
     ids, rows = [], []
     bar = None

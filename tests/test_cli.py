@@ -1,0 +1,344 @@
+"""The ``microtex`` command line (in-process, plus one subprocess), and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import microtex
+from microtex import synth
+from microtex.cli import main
+from microtex.demo import leave_one_out_1nn
+from microtex.featurizer import FeatureTable, TextureFeaturizer
+
+N_BLOCK_FIRST_MEAN_GRAM = 1472 + 2080 + 8256 + 32896 + 131328 + 131328  # default taps and pools
+
+
+def save_png(path, image) -> pathlib.Path:
+    Image.fromarray(np.round(np.asarray(image) * 255).astype(np.uint8)).save(path)
+    return pathlib.Path(path)
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    """Three 40x40 Perlin textures and one corrupt PNG (sorted: a, b, bad, c)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, (k, theta, seed) in zip("abc", [(3, 0.0, 1), (6, 1.0, 2), (4, 2.0, 3)]):
+        save_png(folder / f"{name}.png", synth.perlin_texture(40, k, theta, 1.5, seed=seed))
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
+    return folder
+
+
+def good_files(folder):
+    return [folder / f"{name}.png" for name in "abc"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def summary_line(out: str) -> str:
+    lines = [line for line in out.splitlines() if line.startswith("featurized")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+# ------------------------------------------------------------------ featurize
+@pytest.mark.torch
+def test_featurize_default_backbone_npz(default_onnx, image_dir, tmp_path, capsys):
+    output = tmp_path / "out" / "features.npz"
+    code, out, err = run(capsys, "featurize", image_dir, "-o", output, "--no-progress")
+    assert code == 0, err
+    table = FeatureTable.read(output)
+    assert table.features.shape == (3, N_BLOCK_FIRST_MEAN_GRAM)
+    assert [pathlib.Path(i).name for i in table.ids] == ["a.png", "b.png", "c.png"]
+    assert table.columns[0] == "relu1_1/mean/0" and table.columns[-1] == "relu5_1/gram/131327"
+    assert np.isfinite(table.features).all() and np.abs(table.features).max() > 0
+    assert "bad.png" in err and "skipped" in err and "Traceback" not in err
+    line = summary_line(out)
+    assert "featurized 3 images (1 skipped)" in line
+    assert f"{N_BLOCK_FIRST_MEAN_GRAM} features" in line
+    assert re.search(r"\d+\.\d+ images/s", line)
+    assert str(output) in line
+    assert sorted(p.name for p in output.parent.iterdir()) == ["features.npz"]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_featurize_taps_and_pools_to_csv_and_parquet(
+    cnn_relu1, image_dir, tmp_path, capsys, suffix
+):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    output = tmp_path / f"features{suffix}"
+    code, out, err = run(
+        capsys,
+        "featurize",
+        image_dir,
+        "-o",
+        output,
+        "--taps",
+        "relu1_1",
+        "--pool",
+        "mean,max",
+        "--no-progress",
+        "--threads",
+        "1",
+    )
+    assert code == 0, err
+    table = FeatureTable.read(output)
+    assert table.columns == [f"relu1_1/{p}/{i}" for p in ("mean", "max") for i in range(64)]
+    assert [pathlib.Path(i).name for i in table.ids] == ["a.png", "b.png", "c.png"]
+    expected = (
+        TextureFeaturizer(taps="relu1_1", pool="mean,max")
+        .fit(None)
+        .transform(good_files(image_dir))
+    )
+    np.testing.assert_allclose(table.features, expected, rtol=1e-5, atol=1e-7)
+    assert "128 features" in summary_line(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features" + suffix, "images"]
+
+
+@pytest.fixture
+def cnn_relu1(shallow_onnx):
+    """Skips without torch (the relu1_1 graph is exported on first use)."""
+    return shallow_onnx
+
+
+def test_featurize_raw(image_dir, tmp_path, capsys):
+    output = tmp_path / "raw.npz"
+    code, out, err = run(
+        capsys, "featurize", image_dir, "-o", output, "--raw", "--pool", "mean,gram"
+    )
+    assert code == 0, err
+    table = FeatureTable.read(output)
+    assert list(table.columns) == ["raw/mean/0", "raw/gram/0"]
+    images = np.stack([np.asarray(Image.open(p), np.float64) / 255 for p in good_files(image_dir)])
+    flat = images.reshape(3, -1)
+    np.testing.assert_allclose(table.features[:, 0], flat.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(table.features[:, 1], (flat**2).mean(axis=1), rtol=1e-6)
+    assert "featurized 3 images (1 skipped) -> 2 features" in summary_line(out)
+
+
+@pytest.mark.parametrize(("size", "expected_max"), [("20", 0.25), ("20x10", 0.125), ("40", 1.0)])
+def test_featurize_image_size(tmp_path, capsys, size, expected_max):
+    image = np.zeros((40, 40))
+    image[0, 0] = 1.0  # one white pixel: its area average shows the resize factor
+    save_png(tmp_path / "dot.png", image)
+    output = tmp_path / "f.csv"
+    code, _, err = run(
+        capsys,
+        "featurize",
+        tmp_path / "dot.png",
+        "-o",
+        output,
+        "--raw",
+        "--pool",
+        "max",
+        "--image-size",
+        size,
+    )
+    assert code == 0, err
+    np.testing.assert_allclose(FeatureTable.read(output).features, [[expected_max]], rtol=1e-6)
+
+
+def test_featurize_crop_bottom(tmp_path, capsys):
+    image = np.full((40, 40), 0.2)
+    image[-4:] = 1.0  # white info band
+    save_png(tmp_path / "banded.png", image)
+    results = {}
+    for crop in ("0", "3", "4"):
+        output = tmp_path / f"crop{crop}.npz"
+        code, _, err = run(
+            capsys,
+            "featurize",
+            tmp_path / "banded.png",
+            "-o",
+            output,
+            "--raw",
+            "--pool",
+            "max,mean",
+            "--crop-bottom",
+            crop,
+        )
+        assert code == 0, err
+        results[crop] = FeatureTable.read(output).features[0]
+    np.testing.assert_allclose(results["4"], [51 / 255, 51 / 255], rtol=1e-6)
+    assert results["3"][0] == 1.0 and results["0"][0] == 1.0
+
+
+@pytest.mark.torch
+def test_featurize_save_bundle_with_vlad(cnn_relu1, image_dir, tmp_path, capsys):
+    output = tmp_path / "f.npz"
+    bundle = tmp_path / "model"
+    code, _, err = run(
+        capsys,
+        "featurize",
+        image_dir,
+        "-o",
+        output,
+        "--taps",
+        "relu1_1",
+        "--pool",
+        "mean,vlad",
+        "--n-words",
+        "3",
+        "--seed",
+        "5",
+        "--save-bundle",
+        bundle,
+    )
+    assert code == 0, err
+    assert "bad.png" in err  # skipped while fitting VLAD words too
+    table = FeatureTable.read(output)
+    assert table.features.shape == (3, 64 + 3 * 64)
+    loaded = TextureFeaturizer.load(bundle)
+    assert loaded.vlad_dictionaries_["relu1_1"].shape == (3, 64)
+    np.testing.assert_allclose(
+        loaded.transform(good_files(image_dir)), table.features, rtol=1e-5, atol=1e-7
+    )
+    np.testing.assert_allclose(np.linalg.norm(table.features[:, 64:], axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad_layer", ["relu9_1", "relu3_1,pool2"])
+def test_featurize_unknown_layer(image_dir, tmp_path, capsys, bad_layer):
+    output = tmp_path / "f.npz"
+    code, _, err = run(capsys, "featurize", image_dir, "-o", output, "--taps", bad_layer)
+    assert code == 2
+    assert err.startswith("microtex: error: unknown layer")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "relu1_1" in err and "relu5_4" in err
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("name", ["f.xlsx", "features", "f.npz.tmp"])
+def test_featurize_bad_output_suffix(image_dir, tmp_path, capsys, name):
+    output = tmp_path / name
+    code, _, err = run(capsys, "featurize", image_dir, "-o", output, "--raw")
+    assert code == 2
+    assert err.startswith("microtex: error:") and ".parquet, .npz or .csv" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_featurize_all_inputs_bad(tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"nope")
+    (tmp_path / "y.png").write_bytes(b"")
+    output = tmp_path / "f.npz"
+    code, out, err = run(
+        capsys,
+        "featurize",
+        tmp_path / "x.png",
+        tmp_path / "y.png",
+        tmp_path / "z.png",
+        "-o",
+        output,
+        "--raw",
+    )
+    assert code == 1
+    for name in ("x.png", "y.png", "z.png"):
+        assert name in err
+    assert "microtex: error: no image could be featurized" in err
+    assert not output.exists() and out == ""
+
+
+def test_featurize_all_inputs_bad_with_vlad(tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"nope")
+    output = tmp_path / "f.npz"
+    code, _, err = run(
+        capsys, "featurize", tmp_path / "x.png", "-o", output, "--raw", "--pool", "mean,vlad"
+    )
+    assert not output.exists()
+    assert code == 1
+    assert "microtex: skipped" in err and "x.png" in err
+
+
+def test_featurize_on_error_raise(image_dir, tmp_path, capsys):
+    output = tmp_path / "f.npz"
+    code, _, err = run(capsys, "featurize", image_dir, "-o", output, "--raw", "--on-error", "raise")
+    assert code == 2 and "bad.png" in err and err.startswith("microtex: error:")
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--image-size", "ten"],
+        ["--crop-bottom", "-2"],
+        ["--batch-size", "0"],
+        ["--device", "tpu"],
+        ["--pool"],
+    ],
+)
+def test_featurize_bad_arguments_exit_2(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(["featurize", str(tmp_path), "-o", str(tmp_path / "f.npz"), *argv])
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_version_subprocess():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    result = subprocess.run(
+        [sys.executable, "-m", "microtex.cli", "--version"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"microtex {microtex.__version__}"
+
+
+# ------------------------------------------------------------------ demo
+@pytest.mark.torch
+def test_demo(default_onnx, tmp_path, capsys):
+    report = tmp_path / "report"
+    code, out, err = run(
+        capsys, "demo", "--n-per-class", "3", "--size", "64", "-o", report, "--no-progress"
+    )
+    assert code == 0, err
+    names = sorted(p.name for p in report.iterdir())
+    assert names == ["examples.png", "features.npz", "labels.csv", "pca.png", "summary.json"]
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["images"] == 12
+    assert summary["features"] == N_BLOCK_FIRST_MEAN_GRAM
+    assert summary["leave_one_out_1nn_accuracy"] >= 0.75
+    assert summary["image_size"] == 64 and len(summary["classes"]) == 4
+    assert 0 < sum(summary["pca_explained_variance_ratio"]) <= 1
+    table = FeatureTable.read(report / "features.npz")
+    assert table.features.shape == (12, summary["features"])
+    labels = (report / "labels.csv").read_text().splitlines()
+    assert labels[0] == "image,class,k,theta_deg,amplitude" and len(labels) == 13
+    assert [row.split(",")[1] for row in labels[1:]] == [str(c) for c in range(4) for _ in range(3)]
+    for png in ("pca.png", "examples.png"):
+        path = report / png
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as im:
+            im.load()
+            assert im.size[0] > 100 and im.size[1] > 100
+    assert "demo: 12 textures" in out and f"{N_BLOCK_FIRST_MEAN_GRAM} features" in out
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_leave_one_out_1nn_hand_made():
+    X = np.array([[0.0], [1.0], [10.0], [11.0]])
+    assert leave_one_out_1nn(X, np.array([0, 0, 0, 1])) == 0.5  # 2 and 3 are each other's nearest
+    assert leave_one_out_1nn(X, np.array([0, 0, 1, 1])) == 1.0
+    assert leave_one_out_1nn(X, np.array([0, 1, 0, 1])) == 0.0
+    points = np.array([[0.0, 0.0], [0.0, 3.0], [4.0, 0.0], [4.0, 2.9]])
+    # nearest: 0 -> 1 (3.0), 1 -> 0 (3.0), 2 -> 3 (2.9), 3 -> 2 (2.9)
+    assert leave_one_out_1nn(points, ["a", "a", "b", "a"]) == 0.5
+    assert leave_one_out_1nn(points, np.array(["a", "a", "b", "b"])) == 1.0

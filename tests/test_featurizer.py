@@ -1,0 +1,745 @@
+"""TextureFeaturizer, featurize() and FeatureTable (DESIGN.md §4, §7, §9)."""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from microtex import synth
+from microtex.errors import BundleError, ImageReadError, UnknownLayerError
+from microtex.featurizer import FeatureTable, TextureFeaturizer, featurize
+
+SHALLOW = ("relu1_1", "relu2_1")
+BLOCK_CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}  # DESIGN.md §3 / VGG
+# VGG19 taps of each preset (golden, DESIGN.md §3)
+PRESET_TAPS = {
+    "block_first": ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"],
+    "block_last": ["relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4"],
+    "all": [f"relu{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 4, 4, 4)) for i in range(1, n + 1)],
+}
+
+
+def channels(tap: str) -> int:
+    return 1 if tap == "raw" else BLOCK_CHANNELS[int(tap[4])]
+
+
+def expected_size(pool: str, c: int, layout: str = "triu", n_words: int = 32) -> int:
+    return {
+        "mean": c,
+        "max": c,
+        "vlad": n_words * c,
+        "gram": c * (c + 1) // 2 if layout == "triu" else c * c,
+    }[pool]
+
+
+def columns_of(names, tap: str, pool: str) -> np.ndarray:
+    """Indices of the columns ``{tap}/{pool}/*`` in order."""
+    prefix = f"{tap}/{pool}/"
+    idx = [i for i, n in enumerate(names) if n.startswith(prefix)]
+    assert [names[i] for i in idx] == [f"{prefix}{j}" for j in range(len(idx))]
+    return np.asarray(idx)
+
+
+def textures(n: int, size=(32, 32), seed: int = 0) -> np.ndarray:
+    """n distinct float32 textures in [0, 1] of shape (n, h, w)."""
+    h, w = size
+    side = max(h, w, 8)
+    out = [
+        synth.perlin_texture(side, k=3 + 2 * i, theta=0.4 * i, amplitude=2.0, seed=seed + i)[:h, :w]
+        for i in range(n)
+    ]
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+
+
+def numpy_gram(F: np.ndarray, normalization: str, layout: str) -> np.ndarray:
+    """Reference Gram features of activations (n, c, h, w), DESIGN.md §4."""
+    n, c = F.shape[:2]
+    F = F.reshape(n, c, -1).astype(np.float64)
+    m = F.shape[2]
+    G = F @ F.transpose(0, 2, 1)
+    G = {"sum": G, "spatial": G / m, "lubbers": G / (2 * c * m)}[normalization]
+    if layout == "full":
+        return G.reshape(n, c * c)
+    rows, cols = np.triu_indices(c)
+    return G[:, rows, cols] * np.where(rows == cols, 1.0, math.sqrt(2.0))
+
+
+@pytest.fixture
+def cnn(shallow_onnx):
+    """The shallow graph is exported (skips without torch)."""
+    return shallow_onnx
+
+
+def write_png(path, image: np.ndarray) -> pathlib.Path:
+    """Save a float image in [0, 1] as 8-bit PNG; return the path."""
+    Image.fromarray(np.round(np.asarray(image) * 255).astype(np.uint8)).save(path)
+    return pathlib.Path(path)
+
+
+# ================================================================== names and shapes
+@pytest.mark.parametrize(
+    (
+        "preset",
+        "layout",
+    ),  # ("all", "full") would build 2.4 million names: its count is checked below
+    [
+        ("block_first", "triu"),
+        ("block_first", "full"),
+        ("block_last", "triu"),
+        ("block_last", "full"),
+        ("all", "triu"),
+    ],
+)
+def test_golden_feature_names_of_presets(preset, layout):
+    """Per tap C, C(C+1)/2, C² or n_words·C values; names "{tap}/{pool}/{i}" by tap, then pool."""
+    pools = ("mean", "max", "gram", "vlad")
+    f = TextureFeaturizer(taps=preset, pool=pools, gram_layout=layout, n_words=3)
+    f._setup()  # names without fitting VLAD words (fit would read images)
+    names = list(f.get_feature_names_out())
+    taps = PRESET_TAPS[preset]
+    assert f.taps_ == tuple(taps)
+    total = sum(expected_size(p, channels(t), layout, 3) for t in taps for p in pools)
+    assert len(names) == total == f.n_features_out_
+    expected = [
+        f"{t}/{p}/{i}"
+        for t in taps
+        for p in pools
+        for i in range(expected_size(p, channels(t), layout, 3))
+    ]
+    assert names == expected
+
+
+@pytest.mark.parametrize(
+    ("taps", "pool", "kwargs", "n_features"),
+    [
+        ("block_first", "mean", {}, 64 + 128 + 256 + 512 + 512),
+        ("block_last", "max", {}, 1472),
+        ("block_first", "gram", {}, 2080 + 8256 + 32896 + 131328 + 131328),
+        ("block_first", "gram", {"gram_layout": "full"}, 64**2 + 128**2 + 256**2 + 2 * 512**2),
+        ("block_last", "vlad", {}, 32 * 1472),
+        ("block_last", "vlad", {"n_words": 5}, 5 * 1472),
+        ("all", "mean", {}, 2 * 64 + 2 * 128 + 4 * 256 + 8 * 512),
+        ("all", "gram", {"gram_layout": "full"}, 2 * 64**2 + 2 * 128**2 + 4 * 256**2 + 8 * 512**2),
+        ("relu3_1,raw", ("gram", "mean"), {}, 1 + 1 + 32896 + 256),
+    ],
+)
+def test_golden_feature_counts(taps, pool, kwargs, n_features):
+    f = TextureFeaturizer(taps=taps, pool=pool, **kwargs)
+    if "vlad" not in pool:
+        f.fit(None)  # no VLAD: fit reads nothing
+    else:
+        f._setup()
+    assert f.n_features_out_ == n_features == len(f.get_feature_names_out())
+
+
+def test_names_follow_forward_tap_order_and_given_pool_order():
+    f = TextureFeaturizer(taps=["relu2_1", "raw", "relu1_1"], pool="gram,mean").fit(None)
+    names = list(f.get_feature_names_out())
+    assert f.taps_ == ("raw", "relu1_1", "relu2_1")
+    expected = (
+        ["raw/gram/0", "raw/mean/0"]
+        + [f"relu1_1/gram/{i}" for i in range(2080)]
+        + [f"relu1_1/mean/{i}" for i in range(64)]
+        + [f"relu2_1/gram/{i}" for i in range(8256)]
+        + [f"relu2_1/mean/{i}" for i in range(128)]
+    )
+    assert names == expected
+
+
+def test_vgg16_block_last_names(tmp_path):
+    """VGG16 needs user weights; names need only the configuration (weights are not read)."""
+    f = TextureFeaturizer(
+        backbone="vgg16", weights=tmp_path / "vgg16.pth", taps="block_last", pool="mean"
+    ).fit(None)
+    assert f.taps_ == ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+    assert f.n_features_out_ == 1472
+
+
+def test_fit_without_vlad_reads_no_images(tmp_path):
+    missing = [tmp_path / "nope.png", tmp_path / "nothing-here"]
+    f = TextureFeaturizer(taps="block_first", pool=("mean", "gram"))
+    assert f.fit(missing) is f
+    assert f.fit(None) is f
+    assert f.vlad_dictionaries_ == {}
+
+
+# ================================================================== graph vs kernels vs numpy
+@pytest.mark.torch
+@pytest.mark.parametrize("normalization", ["spatial", "sum", "lubbers"])
+@pytest.mark.parametrize("layout", ["triu", "full"])
+def test_graph_heads_equal_cpp_kernels(cnn, image_batch, normalization, layout):
+    params = {
+        "taps": SHALLOW,
+        "pool": ("mean", "max", "gram"),
+        "gram_normalization": normalization,
+        "gram_layout": layout,
+        "device": "cpu",
+    }
+    graph = TextureFeaturizer(engine="graph", **params).fit(None)
+    kernels = TextureFeaturizer(engine="kernels", **params).fit(None)
+    a, b = graph.transform(image_batch), kernels.transform(image_batch)
+    assert graph._sessions and all(
+        "/" in s.output_names[0] for k, s in graph._sessions.items() if k[0] == "heads"
+    )
+    assert ("heads", "cpu", None) in graph._sessions and (
+        "heads",
+        "cpu",
+        None,
+    ) not in kernels._sessions
+    names = list(graph.get_feature_names_out())
+    assert a.shape == b.shape == (2, len(names))
+    for tap in SHALLOW:
+        for pool in ("mean", "max", "gram"):
+            cols = columns_of(names, tap, pool)
+            x, y = a[:, cols].astype(np.float64), b[:, cols].astype(np.float64)
+            assert np.abs(y).max() > 0
+            rel = np.abs(x - y) / np.maximum(np.abs(y), 1e-3 * np.abs(y).max())
+            assert rel.max() < 1e-5, (tap, pool, rel.max())
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("normalization", ["spatial", "sum", "lubbers"])
+@pytest.mark.parametrize("layout", ["triu", "full"])
+def test_kernels_equal_numpy_on_onnx_activations(cnn, image_batch, normalization, layout):
+    from microtex.runtime import Session
+
+    acts = Session(cnn, device="cpu").run(image_batch)
+    f = TextureFeaturizer(
+        taps=SHALLOW,
+        pool=("mean", "max", "gram"),
+        engine="kernels",
+        gram_normalization=normalization,
+        gram_layout=layout,
+    ).fit(None)
+    features = f.transform(image_batch)
+    names = list(f.get_feature_names_out())
+    for tap in SHALLOW:
+        F = acts[tap].astype(np.float64)
+        n, c = F.shape[:2]
+        flat = F.reshape(n, c, -1)
+        np.testing.assert_allclose(
+            features[:, columns_of(names, tap, "mean")], flat.mean(axis=2), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_array_equal(
+            features[:, columns_of(names, tap, "max")], flat.max(axis=2).astype(np.float32)
+        )
+        reference = numpy_gram(F, normalization, layout)
+        np.testing.assert_allclose(
+            features[:, columns_of(names, tap, "gram")],
+            reference,
+            rtol=1e-5,
+            atol=1e-6 * np.abs(reference).max(),
+        )
+
+
+# ================================================================== raw tap
+@pytest.mark.parametrize(
+    ("normalization", "scale"), [("spatial", "m"), ("sum", 1), ("lubbers", "2m")]
+)
+def test_raw_tap_is_numpy_pooling_of_the_image(rng, monkeypatch, normalization, scale):
+    def no_network(*args, **kwargs):
+        raise AssertionError("taps='raw' must not build an ONNX session")
+
+    monkeypatch.setattr(TextureFeaturizer, "_session", no_network)
+    images = rng.random((3, 21, 17)).astype(np.float32)
+    f = TextureFeaturizer(
+        taps="raw", pool=("mean", "max", "gram"), gram_normalization=normalization
+    )
+    features = f.fit(images).transform(images)
+    assert list(f.get_feature_names_out()) == ["raw/mean/0", "raw/max/0", "raw/gram/0"]
+    x = images.astype(np.float64).reshape(3, -1)
+    m = x.shape[1]
+    divisor = {"m": m, 1: 1, "2m": 2 * m}[scale]
+    np.testing.assert_allclose(features[:, 0], x.mean(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(features[:, 1], images.reshape(3, -1).max(axis=1))
+    np.testing.assert_allclose(features[:, 2], (x**2).sum(axis=1) / divisor, rtol=1e-6)
+
+
+def test_raw_needs_neither_torch_nor_onnxruntime():
+    code = (
+        "import sys, numpy as np\n"
+        "from microtex.featurizer import featurize\n"
+        "t = featurize(np.full((2, 8, 8), 0.5, np.float32), taps='raw', pool='mean,gram')\n"
+        "assert t.features.tolist() == [[0.5, 0.25], [0.5, 0.25]], t.features\n"
+        "bad = [m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# ================================================================== VLAD
+@pytest.mark.torch
+def test_vlad_fit_is_reproducible_and_rows_are_unit_norm(cnn):
+    images = textures(3, (24, 24))
+    params = {"taps": "relu1_1", "pool": ("vlad",), "n_words": 4, "vlad_max_vectors": 1500}
+    a = TextureFeaturizer(random_state=7, **params).fit(images)
+    b = TextureFeaturizer(random_state=7, **params).fit(images)
+    assert set(a.vlad_dictionaries_) == {"relu1_1"}
+    assert a.vlad_dictionaries_["relu1_1"].shape == (4, 64)
+    np.testing.assert_array_equal(a.vlad_dictionaries_["relu1_1"], b.vlad_dictionaries_["relu1_1"])
+    c = TextureFeaturizer(random_state=8, **params).fit(images)
+    assert not np.array_equal(a.vlad_dictionaries_["relu1_1"], c.vlad_dictionaries_["relu1_1"])
+    features = a.transform(images)
+    assert features.shape == (3, 4 * 64) and a.n_features_out_ == 256
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(features, b.transform(images))
+    # the dictionary is fitted state: transforming other images does not refit it
+    words = a.vlad_dictionaries_["relu1_1"].copy()
+    a.transform(textures(2, (24, 24), seed=50))
+    np.testing.assert_array_equal(a.vlad_dictionaries_["relu1_1"], words)
+
+
+def test_raw_vlad_equals_numpy_residual_sums(rng):
+    images = rng.random((4, 16, 12)).astype(np.float32)
+    f = TextureFeaturizer(
+        taps="raw",
+        pool="vlad",
+        n_words=3,
+        random_state=0,
+        intra_normalize=False,
+        signed_sqrt=False,
+        l2_normalize=False,
+    ).fit(images)
+    words = f.vlad_dictionaries_["raw"]
+    assert words.shape == (3, 1)
+    assert np.all(np.diff(np.sort(words[:, 0])) > 0.05)  # three distinct gray levels
+    features = f.transform(images)
+    x = images.reshape(4, -1, 1).astype(np.float64)
+    nearest = np.abs(x - words[:, 0]).argmin(axis=2)  # (4, m)
+    expected = np.stack(
+        [[(x[i, nearest[i] == k, 0] - words[k, 0]).sum() for k in range(3)] for i in range(4)]
+    )
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
+    # default flags: unit rows
+    g = TextureFeaturizer(taps="raw", pool="vlad", n_words=3, random_state=0).fit(images)
+    np.testing.assert_allclose(np.linalg.norm(g.transform(images), axis=1), 1.0, rtol=1e-6)
+
+
+# ================================================================== inputs
+def test_array_layouts_and_uint8_agree(rng):
+    images = rng.random((3, 20, 24)).astype(np.float32)
+    f = TextureFeaturizer(taps="raw", pool=("mean", "max", "gram")).fit(None)
+    reference = f.transform(images)
+    np.testing.assert_array_equal(f.transform(images[:, None]), reference)
+    np.testing.assert_array_equal(f.transform(list(images)), reference)
+    as_uint8 = np.round(images * 255).astype(np.uint8)
+    scaled = as_uint8.astype(np.float32) / np.float32(255)
+    np.testing.assert_array_equal(f.transform(as_uint8), f.transform(scaled))
+    np.testing.assert_array_equal(f.transform(as_uint8[:, None]), f.transform(scaled))
+    assert f.transform(as_uint8)[:, 1].max() <= 1.0  # scaled /255, not 0..255
+
+
+@pytest.mark.torch
+def test_uint8_and_float_cnn_features_agree(cnn):
+    images = np.round(textures(2, (20, 20)) * 255).astype(np.uint8)
+    f = TextureFeaturizer(taps="relu1_1", pool=("mean", "gram")).fit(None)
+    np.testing.assert_array_equal(f.transform(images), f.transform(images.astype(np.float32) / 255))
+
+
+@pytest.mark.torch
+def test_images_of_different_sizes_keep_their_order(cnn):
+    sizes = [(32, 32), (40, 48), (32, 32), (32, 32), (20, 36)]
+    images = [textures(1, s, seed=i)[0] for i, s in enumerate(sizes)]
+    f = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram"), batch_size=2).fit(None)
+    features = f.transform(images)
+    assert features.shape == (5, f.n_features_out_)
+    for i, image in enumerate(images):
+        alone = f.transform([image])
+        np.testing.assert_allclose(features[i], alone[0], rtol=1e-5, atol=1e-6)
+    # rows differ (a row mix-up would be seen)
+    assert np.abs(features[0] - features[2]).max() > 1e-3
+    table = featurize(images, featurizer=f)
+    assert table.ids == [f"array[{i}]" for i in range(5)]
+    np.testing.assert_array_equal(table.features, features)
+
+
+def test_paths_directory_and_order(tmp_path, rng):
+    images = textures(3, (24, 20))
+    paths = [
+        write_png(tmp_path / name, image)
+        for name, image in zip(["c.png", "a.png", "b.png"], images)
+    ]
+    (tmp_path / "notes.txt").write_text("not an image")
+    f = TextureFeaturizer(taps="raw", pool=("mean", "gram")).fit(None)
+    as_read = np.round(images * 255).astype(np.uint8)
+    expected = f.transform(as_read)
+    np.testing.assert_array_equal(f.transform(paths), expected)
+    np.testing.assert_array_equal(f.transform([str(p) for p in paths]), expected)
+    np.testing.assert_array_equal(f.transform(paths[1]), expected[1:2])
+    assert f.transform([]).shape == (0, 2)
+    # a directory: its image files sorted by name (a, b, c)
+    np.testing.assert_array_equal(f.transform(tmp_path), expected[[1, 2, 0]])
+    table = featurize(tmp_path, taps="raw", pool=("mean", "gram"))
+    assert [pathlib.Path(i).name for i in table.ids] == ["a.png", "b.png", "c.png"]
+    assert table.failures == []
+
+
+def test_image_size_resizes_before_pooling():
+    image = np.zeros((40, 60), np.float32)
+    image[0, 0] = 1.0  # one bright pixel: its area average after resizing is exact
+    f_int = TextureFeaturizer(taps="raw", pool=("max", "mean"), image_size=20).fit(None)
+    np.testing.assert_allclose(
+        f_int.transform(image[None])[0], [1 / 4, 1 / 2400], rtol=1e-6
+    )  # 20x30
+    f_pair = TextureFeaturizer(taps="raw", pool=("max", "mean"), image_size=(10, 15)).fit(None)
+    np.testing.assert_allclose(f_pair.transform(image[None])[0], [1 / 16, 1 / 2400], rtol=1e-6)
+    f_pair = TextureFeaturizer(taps="raw", pool="max", image_size=[20, 15]).fit(None)
+    np.testing.assert_allclose(f_pair.transform(image[None])[0], [1 / 8], rtol=1e-6)
+
+
+def test_crop_bottom_on_arrays():
+    image = np.full((30, 10), 0.25, np.float32)
+    image[-4:] = 1.0  # an "info band"
+    f = TextureFeaturizer(taps="raw", pool=("max", "mean"), crop_bottom=4).fit(None)
+    np.testing.assert_allclose(f.transform(image[None])[0], [0.25, 0.25])
+    g = TextureFeaturizer(taps="raw", pool=("max", "mean"), crop_bottom=3).fit(None)
+    np.testing.assert_allclose(g.transform(image[None])[0], [1.0, (26 * 0.25 + 1) / 27], rtol=1e-6)
+    h = TextureFeaturizer(taps="raw", pool="max", crop_bottom=30).fit(None)
+    with pytest.raises(ValueError, match="crop_bottom=30"):
+        h.transform(image[None])
+
+
+# ================================================================== bad input
+def test_unknown_layer_lists_valid_names():
+    with pytest.raises(UnknownLayerError) as info:
+        TextureFeaturizer(taps="relu6_1").fit(None)
+    message = str(info.value)
+    assert "'relu6_1'" in message
+    for name in ("relu1_1", "relu5_4", "conv3_2", "block_first"):
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"pool": "median"}, "unknown pool 'median'"),
+        ({"pool": "mean,mean"}, "repeated pool"),
+        ({"pool": ""}, "at least one"),
+        ({"taps": ""}, "at least one"),
+        ({"engine": "graph", "pool": "mean,vlad"}, "engine='graph' cannot compute VLAD"),
+        ({"engine": "gpu"}, "unknown engine 'gpu'"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"batch_size": 2.5}, "got 2.5"),
+        ({"batch_size": True}, "got True"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+        ({"gram_normalization": "frobenius"}, "'frobenius'"),
+        ({"gram_layout": "tril"}, "'tril'"),
+        ({"crop_bottom": -1}, "crop_bottom"),
+        ({"pooling": "min", "taps": "relu1_1"}, "unknown pooling 'min'"),
+        ({"backbone": "resnet50", "taps": "relu1_1"}, "'resnet50'"),
+    ],
+)
+def test_bad_parameters_fail_in_fit(params, match):
+    with pytest.raises(ValueError, match=match):
+        TextureFeaturizer(**params).fit(None)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (2, 1, 1, 16, 16), (16, 16), (16,)])
+def test_bad_array_shapes_name_the_shape(shape):
+    f = TextureFeaturizer(taps="raw", pool="mean").fit(None)
+    with pytest.raises(ValueError) as info:
+        f.transform(np.zeros(shape, np.float32))
+    assert str(shape) in str(info.value)
+
+
+@pytest.mark.torch
+def test_image_smaller_than_deepest_tap_needs(cnn, tmp_path):
+    f = TextureFeaturizer(taps="relu1_1,relu3_1", pool="mean").fit(None)
+    with pytest.raises(ValueError, match="3x9 is smaller than 4 pixels.*relu3_1"):
+        f.transform(np.zeros((1, 3, 9), np.float32))
+    assert f.transform(np.zeros((1, 4, 9), np.float32)).shape == (1, 64 + 256)
+    # files that are too small are skipped (and recorded) by featurize
+    small = write_png(tmp_path / "small.png", np.zeros((2, 9)))
+    good = write_png(tmp_path / "good.png", textures(1, (16, 16))[0])
+    table = featurize([small, good], featurizer=f)
+    assert table.ids == [str(good)]
+    assert [fl.path for fl in table.failures] == [str(small)]
+    assert "2x9" in table.failures[0].reason
+
+
+def test_corrupt_file_raises_in_transform_and_is_skipped_by_featurize(tmp_path):
+    images = textures(3, (16, 16))
+    a = write_png(tmp_path / "a.png", images[0])
+    bad = tmp_path / "b.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    c = write_png(tmp_path / "c.png", images[2])
+    f = TextureFeaturizer(taps="raw", pool=("mean", "max", "gram")).fit(None)
+    with pytest.raises(ImageReadError, match="b.png") as info:
+        f.transform([a, bad, c])
+    assert info.value.path == str(bad)
+    table = featurize([a, bad, c], taps="raw", pool=("mean", "max", "gram"), on_error="skip")
+    assert table.ids == [str(a), str(c)]
+    assert [pathlib.Path(fl.path) for fl in table.failures] == [bad]
+    np.testing.assert_array_equal(table.features, f.transform([a, c]))
+    with pytest.raises(ImageReadError):
+        featurize([a, bad, c], taps="raw", on_error="raise")
+    with pytest.raises(ValueError, match="on_error"):
+        featurize([a], taps="raw", on_error="ignore")
+
+
+@pytest.mark.torch
+def test_featurize_with_vlad_skips_corrupt_files_in_the_fit_too(cnn, tmp_path):
+    images = textures(3, (16, 16))
+    paths = [write_png(tmp_path / f"{i}.png", image) for i, image in enumerate(images)]
+    (tmp_path / "1.png").write_bytes(b"garbage")
+    params = {"taps": "relu1_1", "pool": ("mean", "vlad"), "n_words": 3, "random_state": 0}
+    table = featurize(tmp_path, on_error="skip", **params)
+    assert table.ids == [str(paths[0]), str(paths[2])]
+    assert [pathlib.Path(fl.path).name for fl in table.failures] == ["1.png"]
+    reference = TextureFeaturizer(**params).fit([paths[0], paths[2]])
+    np.testing.assert_allclose(table.features, reference.transform([paths[0], paths[2]]), rtol=1e-5)
+
+
+# ================================================================== FeatureTable
+@pytest.fixture
+def table(rng):
+    features = (rng.standard_normal((4, 5)) * np.array([1e-6, 1, 1e3, 1e6, 0])).astype(np.float32)
+    ids = ["a.png", "dir with space/b.png", 'quote"and,comma.png', "array[3]"]
+    return FeatureTable(features, [f"relu1_1/mean/{i}" for i in range(5)], ids)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".csv", ".parquet", ".NPZ"])
+def test_feature_table_round_trip(tmp_path, table, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    path = table.write(tmp_path / f"features{suffix}")
+    assert path == tmp_path / f"features{suffix}"
+    back = FeatureTable.read(path)
+    assert [str(c) for c in back.columns] == table.columns
+    assert [str(i) for i in back.ids] == table.ids
+    assert back.features.dtype == np.float32 and back.features.shape == (4, 5)
+    if suffix == ".csv":
+        np.testing.assert_allclose(back.features, table.features, rtol=1e-6, atol=0)
+    else:
+        np.testing.assert_array_equal(back.features, table.features)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary files left
+
+
+def test_feature_table_csv_layout(tmp_path, table):
+    import csv
+
+    path = table.write(tmp_path / "f.csv")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["image", *table.columns]
+    assert [r[0] for r in rows[1:]] == table.ids
+
+
+def test_feature_table_empty_round_trip(tmp_path):
+    empty = FeatureTable(np.zeros((0, 2), np.float32), ["raw/mean/0", "raw/max/0"], [])
+    for suffix in (".npz", ".csv"):
+        back = FeatureTable.read(empty.write(tmp_path / f"e{suffix}"))
+        assert (
+            back.features.shape == (0, 2) and back.ids == [] and list(back.columns) == empty.columns
+        )
+
+
+@pytest.mark.parametrize("name", ["features.xlsx", "features", "features.npz.bak"])
+def test_feature_table_unsupported_suffix(tmp_path, table, name):
+    with pytest.raises(ValueError, match="unsupported feature file type") as info:
+        table.write(tmp_path / name)
+    assert repr(pathlib.Path(name).suffix) in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="unsupported"):
+        FeatureTable.read(tmp_path / name)
+
+
+def test_failed_write_leaves_nothing(tmp_path, table, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken)
+    with pytest.raises(OSError, match="disk full"):
+        table.write(tmp_path / "features.npz")
+    assert list(tmp_path.iterdir()) == []
+    # an existing file is left as it was
+    target = tmp_path / "features.npz"
+    target.write_bytes(b"old")
+    with pytest.raises(OSError, match="disk full"):
+        table.write(target)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.npz"]
+
+
+def test_failed_parquet_write_leaves_nothing(tmp_path, table, monkeypatch):
+    pq = pytest.importorskip("pyarrow.parquet")
+
+    def broken(table_, where, *args, **kwargs):
+        pathlib.Path(where).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", broken)
+    with pytest.raises(OSError, match="disk full"):
+        table.write(tmp_path / "features.parquet")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ================================================================== bundles
+@pytest.fixture(scope="module")
+def vlad_featurizer(shallow_onnx):
+    images = textures(3, (24, 24))
+    f = TextureFeaturizer(
+        taps=SHALLOW,
+        pool=("mean", "gram", "vlad"),
+        n_words=3,
+        random_state=1,
+        vlad_max_vectors=1000,
+        image_size=(24, 20),
+    )
+    return f.fit(images), images
+
+
+@pytest.mark.torch
+def test_bundle_round_trip(tmp_path, vlad_featurizer):
+    f, images = vlad_featurizer
+    path = f.save(tmp_path / "bundle")
+    assert sorted(p.name for p in path.iterdir()) == ["backbone.onnx", "microtex.json", "state.npz"]
+    g = TextureFeaturizer.load(path)
+    assert g.taps_ == f.taps_ and g.n_features_out_ == f.n_features_out_
+    assert g.image_size == (24, 20) and g.get_params()["pool"] == ("mean", "gram", "vlad")
+    for tap in SHALLOW:
+        np.testing.assert_array_equal(g.vlad_dictionaries_[tap], f.vlad_dictionaries_[tap])
+    assert pathlib.Path(g._session(heads=False).path).parent == path  # runs the bundled graph
+    np.testing.assert_array_equal(g.transform(images), f.transform(images))
+    np.testing.assert_array_equal(g.get_feature_names_out(), f.get_feature_names_out())
+    with pytest.raises(FileExistsError):
+        f.save(path)
+    f.save(path, overwrite=True)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["backbone.onnx", "state.npz"])
+def test_bundle_tampering_is_refused(tmp_path, vlad_featurizer, name):
+    f, _ = vlad_featurizer
+    path = f.save(tmp_path / "bundle")
+    target = path / name
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=name.replace(".", r"\.")):
+        TextureFeaturizer.load(path)
+
+
+@pytest.mark.torch
+def test_bundle_of_graph_engine_featurizer_loads(cnn, tmp_path, image_batch):
+    f = TextureFeaturizer(taps="relu1_1", pool=("mean", "gram"), engine="graph").fit(None)
+    g = TextureFeaturizer.load(f.save(tmp_path / "bundle"))
+    np.testing.assert_allclose(
+        g.transform(image_batch), f.transform(image_batch), rtol=1e-5, atol=1e-7
+    )
+
+
+def test_raw_bundle_round_trip(tmp_path, rng):
+    images = rng.random((3, 12, 12)).astype(np.float32)
+    f = TextureFeaturizer(taps="raw", pool=("mean", "vlad"), n_words=2, random_state=0).fit(images)
+    g = TextureFeaturizer.load(f.save(tmp_path / "raw-bundle"))
+    np.testing.assert_array_equal(g.transform(images), f.transform(images))
+
+
+# ================================================================== scikit-learn conventions
+def test_clone_params_and_not_fitted():
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    f = TextureFeaturizer(taps="raw", pool=("mean", "max"), n_words=5, image_size=(8, 9))
+    with pytest.raises(NotFittedError):
+        check_is_fitted(f)
+    with pytest.raises(NotFittedError):
+        f.transform(np.zeros((1, 8, 8), np.float32))
+    with pytest.raises(NotFittedError):
+        f.get_feature_names_out()
+    f.fit(None)
+    check_is_fitted(f)
+    copy = clone(f)
+    assert copy.get_params() == f.get_params()
+    with pytest.raises(NotFittedError):
+        check_is_fitted(copy)
+    params = f.get_params()
+    assert params["pool"] == ("mean", "max") and params["image_size"] == (8, 9)
+    other = TextureFeaturizer().set_params(**params)
+    assert other.get_params() == params
+    assert f.set_params(n_words=7) is f and f.n_words == 7
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        f.set_params(words=7)
+
+
+def test_sklearn_estimator_checks():
+    """The common checks that apply to an image transformer.
+
+    Not run: the checks that feed tabular data (2-D float arrays, 1-D
+    targets) to ``fit``/``transform`` and compare outputs (``check_transformer_general``,
+    ``check_fit2d_*``, ``check_n_features_in``, ``check_estimators_dtypes``,
+    ``check_fit_check_is_fitted`` with VLAD, ...): a 2-D array is one image
+    here, not a table of samples, and featurizing it is rejected by design.
+    ``check_dont_overwrite_parameters`` does fit on a (20, 3) table; it applies
+    to the no-VLAD configurations only, because then ``fit`` reads no images.
+    """
+    from sklearn.utils import estimator_checks as checks
+
+    for estimator in (TextureFeaturizer(), TextureFeaturizer(taps="raw", pool="mean,max")):
+        name = type(estimator).__name__
+        checks.check_no_attributes_set_in_init(name, estimator)
+        checks.check_parameters_default_constructible(name, estimator)
+        checks.check_get_params_invariance(name, estimator)
+        checks.check_set_params(name, estimator)
+        checks.check_dont_overwrite_parameters(name, estimator)
+        checks.check_estimator_cloneable(name, estimator)
+        checks.check_estimator_repr(name, estimator)
+        checks.check_mixin_order(name, estimator)
+        checks.check_valid_tag_types(name, estimator)
+        checks.check_estimator_tags_renamed(name, estimator)
+        checks.check_do_not_raise_errors_in_init_or_set_params(name, estimator)
+        checks.check_estimators_overwrite_params(name, estimator)
+
+
+def test_pickle_round_trip(rng):
+    import pickle
+
+    images = rng.random((2, 10, 10)).astype(np.float32)
+    f = TextureFeaturizer(taps="raw", pool=("mean", "vlad"), n_words=2, random_state=0).fit(images)
+    g = pickle.loads(pickle.dumps(f))
+    np.testing.assert_array_equal(g.transform(images), f.transform(images))
+
+
+def test_pipeline_with_raw_taps_classifies_images(rng):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = 20
+    labels = np.arange(n) % 2
+    # class 0: dim and smooth; class 1: bright and rough
+    images = np.where(
+        labels[:, None, None] == 0,
+        0.3 + 0.05 * rng.random((n, 16, 16)),
+        0.5 + 0.4 * rng.random((n, 16, 16)),
+    ).astype(np.float32)
+    model = make_pipeline(
+        TextureFeaturizer(taps="raw", pool=("mean", "max", "gram")),
+        StandardScaler(),
+        LogisticRegression(),
+    )
+    model.fit(images, labels)
+    assert list(model[0].get_feature_names_out()) == ["raw/mean/0", "raw/max/0", "raw/gram/0"]
+    fresh = np.concatenate(
+        [0.3 + 0.05 * rng.random((3, 16, 16)), 0.5 + 0.4 * rng.random((3, 16, 16))]
+    ).astype(np.float32)
+    assert model.predict(fresh).tolist() == [0, 0, 0, 1, 1, 1]
+    assert model.score(images, labels) == 1.0
