@@ -342,3 +342,22 @@ def test_leave_one_out_1nn_hand_made():
     # nearest: 0 -> 1 (3.0), 1 -> 0 (3.0), 2 -> 3 (2.9), 3 -> 2 (2.9)
     assert leave_one_out_1nn(points, ["a", "a", "b", "a"]) == 0.5
     assert leave_one_out_1nn(points, np.array(["a", "a", "b", "b"])) == 1.0
+
+
+def test_save_bundle_into_a_non_bundle_folder_fails_before_writing(tmp_path, capsys):
+    from microtex.synth import perlin_texture
+    from PIL import Image
+
+    image = (perlin_texture(40, 4, 0.3, 1.0, seed=0) * 255).astype("uint8")
+    Image.fromarray(image).save(tmp_path / "a.png")
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("keep me")
+    output = tmp_path / "f.npz"
+    code = main(["featurize", str(tmp_path / "a.png"), "-o", str(output), "--raw",
+                 "--save-bundle", str(occupied)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "occupied" in err and "not a microtex bundle" in err
+    assert not output.exists()
+    assert (occupied / "notes.txt").read_text() == "keep me"

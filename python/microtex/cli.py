@@ -122,6 +122,16 @@ def _featurize(args) -> int:
     )
     from microtex.errors import NoImagesError
 
+    if args.save_bundle:
+        import pathlib
+
+        from microtex.bundle import is_bundle
+
+        target = pathlib.Path(args.save_bundle)
+        if target.exists() and not is_bundle(target):
+            raise ValueError(f"--save-bundle {str(target)!r} exists and is not a microtex bundle; "
+                             "choose a new folder")
+
     fit_failures: list = []
     try:
         featurizer._fit(args.images, args.on_error, fit_failures)  # skips unreadable files (VLAD fit)
