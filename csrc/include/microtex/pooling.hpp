@@ -307,10 +307,18 @@ struct VladOptions {
     bool l2_normalize = true;
 };
 
+// VLAD sums for one sample over a range of positions, in chunks of CH:
+//  1. per panel of PB pixels: dot products with all words (vlad_tile) and the
+//     nearest word (vlad_argmin);
+//  2. positions of the chunk counting-sorted by word;
+//  3. per channel row, each word's positions summed with independent double
+//     accumulators and added once: no read-modify-write chains per pixel.
 template <class T>
 class VladWorker {
   public:
     static constexpr std::ptrdiff_t PB = 3 * generic::vec32<T>::lanes;  // pixels per panel
+    static constexpr std::ptrdiff_t CH = 64 * PB;                        // positions per chunk
+    static constexpr std::ptrdiff_t kChannelBlock = 128;
 
     VladWorker(const Activations& a, const T* words_packed, const T* word_norms, std::ptrdiff_t K,
                std::ptrdiff_t Kpad)
@@ -323,8 +331,11 @@ class VladWorker {
           panel_(a.c * PB),
           dots_(Kpad * PB),
           best_(PB),
-          assign_(PB),
-          sums_(4 * a.c * K),
+          row_(4 * CH),
+          assign_(CH),
+          order_(CH),
+          start_(K + 1),
+          sums_(a.c * K),
           counts_(K) {}
 
     void zero() {
@@ -336,45 +347,79 @@ class VladWorker {
 
     void accumulate(std::ptrdiff_t s, std::ptrdiff_t p0, std::ptrdiff_t p1) {
         const std::ptrdiff_t c = a_.c;
-        for (std::ptrdiff_t q0 = p0; q0 < p1; q0 += PB) {
-            const std::ptrdiff_t np = std::min(PB, p1 - q0);
-            for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
-                T* dst = panel_.data() + ch * PB;
-                gather_positions<T>(a_, s, ch, q0, q0 + np, dst);
-                std::fill(dst + np, dst + PB, T(0));
-            }
-            for (std::ptrdiff_t kb = 0; kb < Kpad_ / 4; ++kb)
-                mk_.vlad_tile(wp_ + kb * c * 4, panel_.data(), c, dots_.data() + kb * 4 * PB);
-            mk_.vlad_argmin(dots_.data(), wn_, K_, best_.data());
-            for (std::ptrdiff_t j = 0; j < np; ++j) {
-                assign_[j] = static_cast<std::ptrdiff_t>(best_[j]);
-                counts_[assign_[j]] += 1.0;
-            }
-            // four partial sum tables break the add chains of neighbouring
-            // pixels that share a word (they usually do)
-            for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
-                const T* row = panel_.data() + ch * PB;
-                double* s0 = sums_.data() + ch * K_;
-                double* s1 = s0 + c * K_;
-                double* s2 = s1 + c * K_;
-                double* s3 = s2 + c * K_;
-                std::ptrdiff_t j = 0;
-                for (; j + 4 <= np; j += 4) {
-                    s0[assign_[j]] += row[j];
-                    s1[assign_[j + 1]] += row[j + 1];
-                    s2[assign_[j + 2]] += row[j + 2];
-                    s3[assign_[j + 3]] += row[j + 3];
+        const bool plane = a_.sw == std::ptrdiff_t(sizeof(T)) && a_.sh == a_.w * a_.sw &&
+                           a_.sc % std::ptrdiff_t(sizeof(T)) == 0;
+        for (std::ptrdiff_t c0 = p0; c0 < p1; c0 += CH) {
+            const std::ptrdiff_t cn = std::min(CH, p1 - c0);
+            // 1. nearest word of every position of the chunk
+            for (std::ptrdiff_t q0 = 0; q0 < cn; q0 += PB) {
+                const std::ptrdiff_t np = std::min(PB, cn - q0);
+                const T* P;
+                std::ptrdiff_t ldp;
+                if (plane && np == PB) {  // read the panel in place, channel stride M
+                    P = reinterpret_cast<const T*>(a_.data + s * a_.sn) + c0 + q0;
+                    ldp = a_.sc / std::ptrdiff_t(sizeof(T));
+                } else {
+                    for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
+                        T* dst = panel_.data() + ch * PB;
+                        gather_positions<T>(a_, s, ch, c0 + q0, c0 + q0 + np, dst);
+                        std::fill(dst + np, dst + PB, T(0));
+                    }
+                    P = panel_.data();
+                    ldp = PB;
                 }
-                for (; j < np; ++j) s0[assign_[j]] += row[j];
+                // channel blocks keep the panel slice in L1 across the word blocks
+                std::fill(dots_.begin(), dots_.end(), T(0));
+                for (std::ptrdiff_t cb = 0; cb < c; cb += kChannelBlock) {
+                    const std::ptrdiff_t nc = std::min(kChannelBlock, c - cb);
+                    for (std::ptrdiff_t kb = 0; kb < Kpad_ / 4; ++kb)
+                        mk_.vlad_tile(wp_ + (kb * c + cb) * 4, P + cb * ldp, ldp, nc, dots_.data() + kb * 4 * PB);
+                }
+                mk_.vlad_argmin(dots_.data(), wn_, K_, best_.data());
+                for (std::ptrdiff_t j = 0; j < np; ++j) assign_[q0 + j] = static_cast<std::ptrdiff_t>(best_[j]);
+            }
+            // 2. counting sort of the chunk's positions by word
+            std::fill(start_.begin(), start_.end(), 0);
+            for (std::ptrdiff_t j = 0; j < cn; ++j) ++start_[assign_[j] + 1];
+            for (std::ptrdiff_t k = 0; k < K_; ++k) {
+                counts_[k] += double(start_[k + 1]);
+                start_[k + 1] += start_[k];
+            }
+            {
+                std::vector<std::ptrdiff_t>& next = next_;
+                next.assign(start_.begin(), start_.end() - 1);
+                for (std::ptrdiff_t j = 0; j < cn; ++j) order_[next[assign_[j]]++] = j;
+            }
+            // 3. per word: sum of its positions, four channel rows per pass
+            for (std::ptrdiff_t ch0 = 0; ch0 < c; ch0 += 4) {
+                const std::ptrdiff_t nr = std::min<std::ptrdiff_t>(4, c - ch0);
+                const T* rows[4];
+                for (std::ptrdiff_t r = 0; r < 4; ++r) {
+                    const std::ptrdiff_t ch = ch0 + std::min(r, nr - 1);  // repeat the last row as padding
+                    if (plane) {
+                        rows[r] = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch * a_.sc) + c0;
+                    } else {
+                        gather_positions<T>(a_, s, ch, c0, c0 + cn, row_.data() + r * CH);
+                        rows[r] = row_.data() + r * CH;
+                    }
+                }
+                const T *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
+                for (std::ptrdiff_t k = 0; k < K_; ++k) {
+                    const std::ptrdiff_t* idx = order_.data() + start_[k];
+                    const std::ptrdiff_t n = start_[k + 1] - start_[k];
+                    T t0 = 0, t1 = 0, t2 = 0, t3 = 0;  // at most CH terms, then double
+                    for (std::ptrdiff_t i = 0; i < n; ++i) {
+                        const std::ptrdiff_t j = idx[i];
+                        t0 += r0[j];
+                        t1 += r1[j];
+                        t2 += r2[j];
+                        t3 += r3[j];
+                    }
+                    const double t[4] = {double(t0), double(t1), double(t2), double(t3)};
+                    for (std::ptrdiff_t r = 0; r < nr; ++r) sums_[(ch0 + r) * K_ + k] += t[r];
+                }
             }
         }
-    }
-
-    // fold the four partial tables into the first
-    void finish() {
-        const std::size_t n = a_.c * K_;
-        for (std::size_t i = 0; i < n; ++i) sums_[i] += sums_[n + i] + sums_[2 * n + i] + sums_[3 * n + i];
-        for (std::size_t i = n; i < sums_.size(); ++i) sums_[i] = 0.0;
     }
 
   private:
@@ -383,8 +428,8 @@ class VladWorker {
     const T* wp_;
     const T* wn_;
     std::ptrdiff_t K_, Kpad_;
-    std::vector<T> panel_, dots_, best_;
-    std::vector<std::ptrdiff_t> assign_;
+    std::vector<T> panel_, dots_, best_, row_;
+    std::vector<std::ptrdiff_t> assign_, order_, start_, next_;
     std::vector<double> sums_, counts_;
 };
 
@@ -465,7 +510,6 @@ void vlad(const Activations& a, const T* words, std::ptrdiff_t K, const VladOpti
             for (std::ptrdiff_t s = lo; s < hi; ++s) {
                 worker.zero();
                 worker.accumulate(s, 0, M);
-                worker.finish();
                 write_vlad(worker.sums(), worker.counts(), words, K, c, opt, out + s * F);
             }
         });
@@ -478,7 +522,6 @@ void vlad(const Activations& a, const T* words, std::ptrdiff_t K, const VladOpti
         parallel_chunks(M, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
             workers[t].zero();
             workers[t].accumulate(s, lo, hi);
-            workers[t].finish();
         });
         const int used = static_cast<int>(std::min<std::ptrdiff_t>(nt, M));
         for (int t = 1; t < used; ++t) {

@@ -26,7 +26,7 @@ template <class T>
 struct Microkernels {
     void (*gram_tile)(const T* const*, const T* const*, long, double*);
     void (*gram_outer_tile)(const T*, const T*, long, long, long, T*);
-    void (*vlad_tile)(const T*, const T*, long, T*);
+    void (*vlad_tile)(const T*, const T*, long, long, T*);
     void (*vlad_argmin)(const T*, const T*, long, T*);
     void (*sum_run)(const T*, long, double*);
     void (*max_run)(const T*, long, T*, T*);
