@@ -45,24 +45,31 @@ def machine() -> dict:
     return info
 
 
-def time_interleaved(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: float = 0.0) -> dict:
-    """Median wall time (seconds) of each callable, measured round-robin.
+def time_interleaved(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: float = 0.0,
+                     block: int = 3, settle: float = 0.15) -> dict:
+    """Median wall time (seconds) per call of each callable, measured in alternating blocks.
 
-    Interleaving the candidates spreads any background load evenly over them,
-    so their ratio is fairer than timing one after the other.
+    Candidates take turns, ``block`` timed calls each, until every one has
+    ``repeats`` timings (and ``min_time`` has passed), so background load is
+    spread evenly over them. Before each turn the machine is left idle for
+    ``settle`` seconds and one untimed call is made: multi-threaded libraries
+    (OpenBLAS, OpenMP, ONNX Runtime) keep their worker threads spinning for a
+    while after a call returns, and without the pause those spinning threads
+    would steal cores from whichever candidate runs next.
     """
     for f in funcs.values():
         for _ in range(warmup):
             f()
     samples = {k: [] for k in funcs}
     start = time.perf_counter()
-    r = 0
-    while r < repeats or time.perf_counter() - start < min_time:
+    while min(len(v) for v in samples.values()) < repeats or time.perf_counter() - start < min_time:
         for k, f in funcs.items():
-            t0 = time.perf_counter()
+            time.sleep(settle)
             f()
-            samples[k].append(time.perf_counter() - t0)
-        r += 1
+            for _ in range(block):
+                t0 = time.perf_counter()
+                f()
+                samples[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

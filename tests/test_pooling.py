@@ -335,3 +335,50 @@ def test_default_threads_env(monkeypatch):
     monkeypatch.setenv("MICROTEX_NUM_THREADS", "zero")
     with pytest.raises(ValueError, match="'zero'"):
         pooling.default_threads()
+
+
+def test_concurrent_callers_get_the_same_numbers():
+    # kernels release the GIL; callers that find the worker pool busy use threads of their own
+    import threading
+
+    rng = np.random.default_rng(8)
+    batches = [rng.random((2, 24, 20, 30)).astype(np.float32) for _ in range(6)]
+    words = fit_vlad_dictionary(batches[0], 4, random_state=0)
+    expected = [(gram(b, n_threads=2), vlad_encode(b, words, n_threads=2), mean_pool(b, n_threads=2))
+                for b in batches]
+    results = [None] * len(batches)
+
+    def work(i):
+        for _ in range(5):
+            results[i] = (gram(batches[i], n_threads=2), vlad_encode(batches[i], words, n_threads=2),
+                          mean_pool(batches[i], n_threads=2))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_kernels_work_in_a_forked_child():
+    import multiprocessing as mp
+
+    x = np.random.default_rng(9).random((1, 70, 20, 20)).astype(np.float32)
+    before = gram(x, n_threads=2)  # starts the worker pool in this process
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        after = pool.apply(gram, (x,), {"n_threads": 2})
+    np.testing.assert_array_equal(after, before)
+
+
+def test_unpickled_arrays_are_accepted():
+    # an array that went through pickle has an equal, but not identical, dtype object
+    import pickle
+
+    x = pickle.loads(pickle.dumps(np.random.default_rng(10).random((1, 3, 4, 4)).astype(np.float32)))
+    np.testing.assert_allclose(gram(x, "sum", "full"), ref_gram(x, "sum", "full"), rtol=1e-6)
+    words = pickle.loads(pickle.dumps(np.zeros((2, 3), np.float32)))
+    assert vlad_encode(x, words).shape == (1, 6)

@@ -23,8 +23,8 @@ Activations view_activations(const py::array& x) {
 
 template <class F>
 py::object dispatch(const py::array& x, F&& f) {
-    if (x.dtype().is(py::dtype::of<float>())) return f(float{});
-    if (x.dtype().is(py::dtype::of<double>())) return f(double{});
+    if (x.dtype().equal(py::dtype::of<float>())) return f(float{});
+    if (x.dtype().equal(py::dtype::of<double>())) return f(double{});
     throw py::type_error("unsupported activation dtype " + std::string(py::str(x.dtype())) +
                          " (expected float32 or float64)");
 }
@@ -70,7 +70,7 @@ py::object vlad(const py::array& x, const py::array& words, bool intra_normalize
     const Activations a = view_activations(x);
     if (words.ndim() != 2 || words.shape(1) != a.c)
         throw std::invalid_argument("VLAD dictionary must have shape (n_words, n_channels)");
-    if (!words.dtype().is(x.dtype()))
+    if (!words.dtype().equal(x.dtype()))
         throw py::type_error("VLAD dictionary dtype must match the activations' dtype");
     if (!(words.flags() & py::array::c_style))
         throw std::invalid_argument("VLAD dictionary must be C-contiguous");

@@ -128,7 +128,8 @@ template <class T>
 class GramWorker {
   public:
     static constexpr std::ptrdiff_t W = generic::vec32<T>::lanes;
-    static constexpr std::ptrdiff_t KC = 1024;
+    static constexpr std::ptrdiff_t KC = 512;  // positions per chunk: 2 KiB of each float row
+    static constexpr std::ptrdiff_t NC = 96;   // rows per column panel: 192 KiB of float rows in L2
     explicit GramWorker(const Activations& a)
         : a_(a), mk_(microkernels<T>()), outer_(use_outer(a)), rows_(padded_rows(a.c)) {
         if (!outer_) {
@@ -174,12 +175,16 @@ class GramWorker {
         }
         for (std::ptrdiff_t ch = c; ch < rows_; ++ch) ptrs_[ch] = zeros_.data();
         double tile[MR * NR];
-        for (std::ptrdiff_t i0 = i_begin; i0 < i_end; i0 += MR) {
-            for (std::ptrdiff_t j0 = i0 / NR * NR; j0 < c; j0 += NR) {
-                std::fill(tile, tile + MR * NR, 0.0);
-                mk_.gram_tile(&ptrs_[i0], &ptrs_[j0], kv, tile);
-                for (std::ptrdiff_t r = 0; r < MR; ++r)
-                    for (std::ptrdiff_t q = 0; q < NR; ++q) acc[(i0 + r) * rows_ + j0 + q] += tile[r * NR + q];
+        // column panels of NC rows stay in L2 while every row block passes over them
+        for (std::ptrdiff_t jc = first; jc < c; jc += NC) {
+            const std::ptrdiff_t jend = std::min(jc + NC, c);
+            for (std::ptrdiff_t i0 = i_begin; i0 < i_end && i0 < jend; i0 += MR) {
+                for (std::ptrdiff_t j0 = std::max(jc, i0 / NR * NR); j0 < jend; j0 += NR) {
+                    std::fill(tile, tile + MR * NR, 0.0);
+                    mk_.gram_tile(&ptrs_[i0], &ptrs_[j0], kv, tile);
+                    for (std::ptrdiff_t r = 0; r < MR; ++r)
+                        for (std::ptrdiff_t q = 0; q < NR; ++q) acc[(i0 + r) * rows_ + j0 + q] += tile[r * NR + q];
+                }
             }
         }
     }
