@@ -158,16 +158,9 @@ def _iter_inputs(X, crop_bottom, size, on_error, failures) -> Iterator[tuple[str
     for i, x in enumerate(X):
         if _is_path(x):
             raise TypeError("mix of paths and arrays in one input; pass one kind")
-        image = mio.as_float_image(np.asarray(x))
-        if crop_bottom is not None:
-            rows = mio.detect_info_band(image) if crop_bottom == "auto" else int(crop_bottom)
-            if rows < 0 or rows >= image.shape[0]:
-                raise ValueError(f"crop_bottom={crop_bottom!r} is invalid for an image of {image.shape[0]} rows")
-            if rows:
-                image = image[: image.shape[0] - rows]
-        if size is not None:
-            image = mio.resize_image(image, size)
-        yield f"array[{i}]", np.ascontiguousarray(image, dtype=np.float32)
+        image, _rows = mio.prepare_image(mio.as_float_image(np.asarray(x)), crop_bottom=crop_bottom,
+                                         size=size, name=f"array[{i}]")
+        yield f"array[{i}]", image
 
 
 def _batches(items: Iterator[tuple[str, np.ndarray]], batch_size: int):

@@ -59,6 +59,7 @@ __all__ = [
     "detect_info_band",
     "resize_image",
     "tile",
+    "prepare_image",
     "expand_paths",
     "iter_images",
     "read_images",
@@ -661,19 +662,44 @@ def tile(image, patch_size: int, stride: int | None = None) -> tuple[np.ndarray,
 # --------------------------------------------------------------------------- reading
 
 
-def _read(path: PathLike, crop_bottom: CropBottom, size: Size) -> tuple[np.ndarray, ImageInfo]:
-    path = Path(path)
-    gray, meta = _decode(path)
-    original_shape = gray.shape
-    height = original_shape[0]
+def prepare_image(image, *, crop_bottom: CropBottom = None, size: Size = None, name: str = "image"):
+    """Crop the bottom info band and resize a float image, as the readers do.
+
+    Parameters
+    ----------
+    image : ndarray, shape (height, width)
+        A float image in ``[0, 1]`` (e.g. from :func:`as_float_image`).
+    crop_bottom : int, "auto" or None
+        Rows to remove from the bottom; ``"auto"`` detects an info band
+        (:func:`detect_info_band`) and logs the crop.
+    size : int, (int, int) or None
+        Short side, or fixed ``(height, width)``, as in :func:`resize_image`.
+    name : str
+        How messages refer to the image (a path, or ``"array[3]"``).
+
+    Returns
+    -------
+    image : ndarray float32, C-contiguous
+    rows_cropped : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out, rows = prepare_image(np.ones((10, 8), np.float32), crop_bottom=2, size=4)
+    >>> out.shape, rows
+    ((4, 4), 2)
+    """
+    crop_bottom = _check_crop_bottom(crop_bottom)
+    size = _check_size(size)
+    height = image.shape[0]
     rows = 0
     if crop_bottom == "auto":
-        rows = detect_info_band(gray)
+        rows = detect_info_band(image)
         if rows:
             logger.info(
                 "auto-crop: removed a %d-row info band from the bottom of %s (height %d -> %d)",
                 rows,
-                path,
+                name,
                 height,
                 height - rows,
             )
@@ -681,17 +707,24 @@ def _read(path: PathLike, crop_bottom: CropBottom, size: Size) -> tuple[np.ndarr
         rows = crop_bottom
         if rows >= height:
             raise ValueError(
-                f"crop_bottom={rows} must be smaller than the image height {height} of {path}"
+                f"crop_bottom={rows} must be smaller than the image height {height} of {name}"
             )
     if rows:
-        gray = gray[: height - rows]
+        image = image[: height - rows]
     if size is not None:
-        gray = resize_image(gray, size)
-    gray = np.ascontiguousarray(gray, dtype=np.float32)
+        image = resize_image(image, size)
+    return np.ascontiguousarray(image, dtype=np.float32), int(rows)
+
+
+def _read(path: PathLike, crop_bottom: CropBottom, size: Size) -> tuple[np.ndarray, ImageInfo]:
+    path = Path(path)
+    gray, meta = _decode(path)
+    original_shape = gray.shape
+    gray, rows = prepare_image(gray, crop_bottom=crop_bottom, size=size, name=str(path))
     info = ImageInfo(
         path=str(path),
         original_shape=(int(original_shape[0]), int(original_shape[1])),
-        rows_cropped=int(rows),
+        rows_cropped=rows,
         shape=(int(gray.shape[0]), int(gray.shape[1])),
         **meta,
     )
