@@ -29,6 +29,12 @@ struct Activations {
     std::ptrdiff_t n, c, h, w;      // shape
     std::ptrdiff_t sn, sc, sh, sw;  // byte strides
     std::ptrdiff_t positions() const { return h * w; }
+    // Every channel plane is one contiguous run of h*w items of size `item`, at
+    // item-aligned channel strides: kernels may then read channel rows in place.
+    bool contiguous_planes(std::size_t item) const {
+        const auto size = static_cast<std::ptrdiff_t>(item);
+        return sw == size && sh == w * sw && sc % size == 0;
+    }
 };
 
 inline void check_activations(const Activations& a) {
@@ -69,7 +75,7 @@ void mean_max_pool(const Activations& a, T* mean_out, T* max_out, int n_threads)
     const auto mk = microkernels<T>();
     const std::ptrdiff_t M = a.positions();
     const bool contiguous_rows = a.sw == static_cast<std::ptrdiff_t>(sizeof(T));
-    const bool contiguous_plane = contiguous_rows && a.sh == a.w * a.sw;
+    const bool contiguous_plane = a.contiguous_planes(sizeof(T));
     // a streaming pass: worth a second thread from ~250k values (the pool wakes in microseconds)
     const int nt = threads_for(8.0 * double(a.n) * a.c * M, n_threads);
     parallel_chunks(a.n * a.c, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
@@ -160,7 +166,7 @@ class GramWorker {
                    std::ptrdiff_t i_end, double* acc) {
         constexpr std::ptrdiff_t MR = 4, NR = 3;
         const std::ptrdiff_t c = a_.c, kv = (kc + W - 1) / W * W;
-        const bool plane = a_.sw == std::ptrdiff_t(sizeof(T)) && a_.sh == a_.w * a_.sw;
+        const bool plane = a_.contiguous_planes(sizeof(T));
         const std::ptrdiff_t first = i_begin / NR * NR;  // rows read: [first, c)
         if (plane && kv == kc) {
             for (std::ptrdiff_t ch = first; ch < c; ++ch)
@@ -317,8 +323,9 @@ struct VladOptions {
 //  1. per panel of PB pixels: dot products with all words (vlad_tile) and the
 //     nearest word (vlad_argmin);
 //  2. positions of the chunk counting-sorted by word;
-//  3. per channel row, each word's positions summed with independent double
-//     accumulators and added once: no read-modify-write chains per pixel.
+//  3. per word, its positions summed over four channel rows at once (float
+//     sums over at most CH positions, then added to the double totals): no
+//     read-modify-write chain per pixel.
 template <class T>
 class VladWorker {
   public:
@@ -353,8 +360,7 @@ class VladWorker {
 
     void accumulate(std::ptrdiff_t s, std::ptrdiff_t p0, std::ptrdiff_t p1) {
         const std::ptrdiff_t c = a_.c;
-        const bool plane = a_.sw == std::ptrdiff_t(sizeof(T)) && a_.sh == a_.w * a_.sw &&
-                           a_.sc % std::ptrdiff_t(sizeof(T)) == 0;
+        const bool plane = a_.contiguous_planes(sizeof(T));
         for (std::ptrdiff_t c0 = p0; c0 < p1; c0 += CH) {
             const std::ptrdiff_t cn = std::min(CH, p1 - c0);
             // 1. nearest word of every position of the chunk
@@ -391,11 +397,8 @@ class VladWorker {
                 counts_[k] += double(start_[k + 1]);
                 start_[k + 1] += start_[k];
             }
-            {
-                std::vector<std::ptrdiff_t>& next = next_;
-                next.assign(start_.begin(), start_.end() - 1);
-                for (std::ptrdiff_t j = 0; j < cn; ++j) order_[next[assign_[j]]++] = j;
-            }
+            next_.assign(start_.begin(), start_.end() - 1);
+            for (std::ptrdiff_t j = 0; j < cn; ++j) order_[next_[assign_[j]]++] = j;
             // 3. per word: sum of its positions, four channel rows per pass
             for (std::ptrdiff_t ch0 = 0; ch0 < c; ch0 += 4) {
                 const std::ptrdiff_t nr = std::min<std::ptrdiff_t>(4, c - ch0);
