@@ -127,6 +127,22 @@ def test_gram_matches_numpy(shape, normalization, layout, dtype):
             np.testing.assert_allclose(g, expected, rtol=RTOL[dtype] * 5, atol=0, err_msg=name)
 
 
+@pytest.mark.parametrize("shape", [
+    (1, 200, 8, 8),    # one sample, few positions: threads take rows of the triangle
+    (1, 20, 100, 100),  # one sample, many positions: threads take ranges of positions
+    (2, 37, 40, 43),   # fewer samples than threads, odd sizes, position chunks with tails
+    (5, 70, 30, 31),   # whole samples per thread
+])
+@pytest.mark.parametrize("layout", ["full", "triu"])
+def test_gram_work_sharing_matches_numpy(shape, layout, dtype):
+    rng = np.random.default_rng(7)
+    x = np.maximum(rng.standard_normal(shape), 0).astype(dtype)
+    expected = ref_gram(x, "sum", layout)
+    for n_threads in (1, 2, 3, 4):
+        g = gram(x, "sum", layout, n_threads=n_threads)
+        np.testing.assert_allclose(g, expected, rtol=RTOL[dtype] * 5, atol=0, err_msg=f"{n_threads} threads")
+
+
 def test_gram_golden_values():
     # F = [[1, 2], [3, 4]] : G = [[5, 11], [11, 25]], M = 2, C = 2
     x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 2, 1, 2)

@@ -10,8 +10,14 @@
 #pragma once
 
 #include <unistd.h>
+#ifdef __linux__
+#include <pthread.h>
+#include <sched.h>
+#endif
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <exception>
@@ -20,6 +26,10 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#ifndef MICROTEX_SPIN_US
+#define MICROTEX_SPIN_US 2000
+#endif
 
 namespace microtex::detail {
 
@@ -47,14 +57,15 @@ class WorkerPool {
         std::unique_lock<std::mutex> submit(submit_, std::try_to_lock);
         if (!submit.owns_lock()) return false;
         grow(n - 1);
+        steer_workers();
         std::vector<std::exception_ptr> errors(n);
         {
             std::lock_guard<std::mutex> lock(mutex_);
             task_ = &task;
             errors_ = &errors;
             n_chunks_ = n;
-            pending_ = n - 1;
-            ++generation_;
+            pending_.store(n - 1);
+            generation_.fetch_add(1);
         }
         wake_.notify_all();
         try {
@@ -62,9 +73,10 @@ class WorkerPool {
         } catch (...) {
             errors[0] = std::current_exception();
         }
+        spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; });
         {
             std::unique_lock<std::mutex> lock(mutex_);
-            done_.wait(lock, [&] { return pending_ == 0; });
+            done_.wait(lock, [&] { return pending_.load() == 0; });
             task_ = nullptr;
         }
         for (auto& e : errors)
@@ -73,13 +85,52 @@ class WorkerPool {
     }
 
   private:
-    WorkerPool() : pid_(::getpid()) {}
+    WorkerPool() : pid_(::getpid()) {
+#ifdef __linux__
+        CPU_ZERO(&allowed_);
+        if (sched_getaffinity(0, sizeof(allowed_), &allowed_) != 0) CPU_ZERO(&allowed_);
+#endif
+    }
 
     void grow(int n_workers) {
         while (static_cast<int>(threads_.size()) < n_workers) {
             const int index = static_cast<int>(threads_.size()) + 1;  // chunk it serves
             threads_.emplace_back([this, index] { loop(index); });
+            handles_.push_back(threads_.back().native_handle());
             threads_.back().detach();
+            steered_cpu_ = -2;  // the new worker has no mask yet
+        }
+    }
+
+    // Keeps the workers off the CPU the caller runs on. A worker woken from
+    // sleep is often placed on its waker's CPU (wake-affine scheduling, made
+    // worse on virtual machines whose idle vCPUs are halted) and then runs
+    // only after the caller's own chunk: two threads as slow as one. Masks
+    // change only when the caller moves (a syscall per worker, not per call).
+    void steer_workers() {
+#ifdef __linux__
+        const int cpu = sched_getcpu();
+        if (cpu == steered_cpu_ || CPU_COUNT(&allowed_) < 2) return;
+        steered_cpu_ = cpu;
+        cpu_set_t mask = allowed_;
+        if (cpu >= 0 && CPU_ISSET(cpu, &mask)) CPU_CLR(cpu, &mask);
+        for (auto h : handles_) pthread_setaffinity_np(h, sizeof(mask), &mask);
+#endif
+    }
+
+    // Busy-waits (with a pause hint) until pred() or kSpin has passed: a worker
+    // that keeps running for a moment after its chunk keeps its CPU, so the
+    // next call finds it there instead of waking it up (on a virtual machine a
+    // woken thread often lands on its waker's CPU and runs after it).
+    template <class Pred>
+    static bool spin_until(Pred pred) {
+        const auto deadline = std::chrono::steady_clock::now() + kSpin;
+        for (unsigned i = 1;; ++i) {
+            if (pred()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+            if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) return false;
         }
     }
 
@@ -88,10 +139,11 @@ class WorkerPool {
         for (;;) {
             const std::function<void(int)>* task;
             std::vector<std::exception_ptr>* errors;
+            spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
             {
                 std::unique_lock<std::mutex> lock(mutex_);
-                wake_.wait(lock, [&] { return generation_ != seen; });
-                seen = generation_;
+                wake_.wait(lock, [&] { return generation_.load() != seen; });
+                seen = generation_.load();
                 if (index >= n_chunks_) continue;
                 task = task_;
                 errors = errors_;
@@ -101,9 +153,9 @@ class WorkerPool {
             } catch (...) {
                 (*errors)[index] = std::current_exception();
             }
-            {
+            if (pending_.fetch_sub(1) == 1) {
                 std::lock_guard<std::mutex> lock(mutex_);
-                if (--pending_ == 0) done_.notify_one();
+                done_.notify_one();
             }
         }
     }
@@ -112,10 +164,17 @@ class WorkerPool {
     std::mutex submit_, mutex_;
     std::condition_variable wake_, done_;
     std::vector<std::thread> threads_;
+    std::vector<std::thread::native_handle_type> handles_;
+    int steered_cpu_ = -2;
+#ifdef __linux__
+    cpu_set_t allowed_;
+#endif
     const std::function<void(int)>* task_ = nullptr;
     std::vector<std::exception_ptr>* errors_ = nullptr;
-    int n_chunks_ = 0, pending_ = 0;
-    unsigned long generation_ = 0;
+    int n_chunks_ = 0;
+    std::atomic<int> pending_{0};
+    std::atomic<unsigned long> generation_{0};
+    static constexpr std::chrono::microseconds kSpin{MICROTEX_SPIN_US};
 };
 
 // Calls f(begin, end, t) for t in [0, n_chunks) over [0, n) split into

@@ -123,192 +123,203 @@ inline std::ptrdiff_t gram_features(std::ptrdiff_t c, bool triu) {
     return triu ? c * (c + 1) / 2 : c * c;
 }
 
-// Accumulates G = F F^T for the row blocks [i_begin, i_end) of the upper
-// triangle into a caller-owned double matrix (stride `rows()`). Float tiles of
-// at most KC positions are summed in double. Two tile shapes:
-//  * few channels: 4 x 3 dot products along the positions, reading channel
-//    rows in place when contiguous (no copy of the activations);
-//  * few positions per channel (M <= c, e.g. 512 x 196 at relu5_1 of a 224
-//    image): 6 x 2W outer products over contiguous position-major panels,
-//    which need no per-tile lane folding (measured faster only there).
+// Accumulates G = F F^T over a range of positions into a caller-owned double
+// matrix (stride `rows()`, upper triangle), BLIS-style: per chunk of KC
+// positions the channel rows are packed into k-major micro-panels of NR = 2W
+// channels (8 x 8 in-register transposes), then every 6 x NR tile on or above
+// the diagonal is a sum of outer products over the chunk (gram_panel_tile):
+// one packed panel (KC x NR, in L1) against six rows read from the packed
+// panels at stride NR (streamed from L2). Float sums over a chunk go to double.
 template <class T>
 class GramWorker {
   public:
     static constexpr std::ptrdiff_t W = generic::vec32<T>::lanes;
-    static constexpr std::ptrdiff_t KC = 512;  // positions per chunk: 2 KiB of each float row
-    static constexpr std::ptrdiff_t NC = 96;   // rows per column panel: 192 KiB of float rows in L2
-    explicit GramWorker(const Activations& a)
-        : a_(a), mk_(microkernels<T>()), outer_(use_outer(a)), rows_(padded_rows(a.c)) {
-        if (!outer_) {
-            zeros_.assign(KC, T(0));
-            ptrs_.resize(rows_);
-        }
+    static constexpr std::ptrdiff_t NR = 2 * W;  // channels per packed micro-panel
+    static constexpr std::ptrdiff_t MR = 6;      // rows per tile
+    static constexpr std::ptrdiff_t KC = 256;    // positions per chunk: a 16 KiB float panel
+    // `scratch` holds scratch_size(c) items (contents irrelevant): the packed
+    // panels, then one zero panel that stands in for rows past the last panel.
+    GramWorker(const Activations& a, T* scratch)
+        : a_(a),
+          mk_(microkernels<T>()),
+          panel_rows_((a.c + NR - 1) / NR * NR),
+          rows_(padded_rows(a.c)),
+          packed_(scratch),
+          zeros_(scratch + panel_rows_ * KC),
+          src_(panel_rows_, nullptr) {
+        std::fill(zeros_, zeros_ + KC * NR, T(0));
     }
 
-    static bool use_outer(const Activations& a) { return a.c >= 64 && a.positions() <= a.c; }
-    static std::ptrdiff_t block(const Activations& a) { return use_outer(a) ? 6 : 4; }
+    static std::ptrdiff_t scratch_size(std::ptrdiff_t c) { return ((c + NR - 1) / NR * NR + NR) * KC; }
+    // accumulator side: a multiple of MR and NR, so that tiles never leave it
     static std::ptrdiff_t padded_rows(std::ptrdiff_t c) { return (c + 47) / 48 * 48; }
-    std::ptrdiff_t rows() const { return rows_; }
 
-    void accumulate(std::ptrdiff_t s, std::ptrdiff_t i_begin, std::ptrdiff_t i_end, double* acc) {
-        const std::ptrdiff_t M = a_.positions();
-        for (std::ptrdiff_t k0 = 0; k0 < M; k0 += KC) {
-            const std::ptrdiff_t kc = std::min(KC, M - k0);
-            if (outer_)
-                outer_chunk(s, k0, kc, i_begin, i_end, acc);
-            else
-                dot_chunk(s, k0, kc, i_begin, i_end, acc);
-        }
-    }
-
-  private:
-    void dot_chunk(std::ptrdiff_t s, std::ptrdiff_t k0, std::ptrdiff_t kc, std::ptrdiff_t i_begin,
-                   std::ptrdiff_t i_end, double* acc) {
-        constexpr std::ptrdiff_t MR = 4, NR = 3;
-        const std::ptrdiff_t c = a_.c, kv = (kc + W - 1) / W * W;
+    // acc (+)= F F^T over positions [p_begin, p_end) of sample s, for the rows
+    // [i_begin, i_end) of the upper triangle (i_begin a multiple of MR); the
+    // first chunk overwrites when `overwrite` (no need to zero acc).
+    void accumulate(std::ptrdiff_t s, std::ptrdiff_t p_begin, std::ptrdiff_t p_end, double* acc, bool overwrite,
+                    std::ptrdiff_t i_begin = 0, std::ptrdiff_t i_end = -1) {
+        const std::ptrdiff_t c = a_.c;
+        if (i_end < 0) i_end = c;
+        const std::ptrdiff_t j_first = i_begin / NR * NR;  // panels left of it are not needed
         const bool plane = a_.contiguous_planes(sizeof(T));
-        const std::ptrdiff_t first = i_begin / NR * NR;  // rows read: [first, c)
-        if (plane && kv == kc) {
-            for (std::ptrdiff_t ch = first; ch < c; ++ch)
-                ptrs_[ch] = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch * a_.sc) + k0;
-        } else {
-            if (buffer_.empty()) buffer_.resize(c * KC);
-            for (std::ptrdiff_t ch = first; ch < c; ++ch) {
-                T* dst = buffer_.data() + ch * KC;
-                gather_positions<T>(a_, s, ch, k0, k0 + kc, dst);
-                std::fill(dst + kc, dst + kv, T(0));
-                ptrs_[ch] = dst;
+        for (std::ptrdiff_t k0 = p_begin; k0 < p_end; k0 += KC) {
+            const std::ptrdiff_t kc = std::min(KC, p_end - k0);
+            // 1. channel rows of the chunk, in place or gathered
+            if (plane) {
+                for (std::ptrdiff_t ch = j_first; ch < c; ++ch)
+                    src_[ch] = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch * a_.sc) + k0;
+            } else {
+                if (stage_.empty()) stage_.resize(c * KC);
+                for (std::ptrdiff_t ch = j_first; ch < c; ++ch) {
+                    gather_positions<T>(a_, s, ch, k0, k0 + kc, stage_.data() + ch * KC);
+                    src_[ch] = stage_.data() + ch * KC;
+                }
             }
-        }
-        for (std::ptrdiff_t ch = c; ch < rows_; ++ch) ptrs_[ch] = zeros_.data();
-        double tile[MR * NR];
-        // column panels of NC rows stay in L2 while every row block passes over them
-        for (std::ptrdiff_t jc = first; jc < c; jc += NC) {
-            const std::ptrdiff_t jend = std::min(jc + NC, c);
-            for (std::ptrdiff_t i0 = i_begin; i0 < i_end && i0 < jend; i0 += MR) {
-                for (std::ptrdiff_t j0 = std::max(jc, i0 / NR * NR); j0 < jend; j0 += NR) {
-                    std::fill(tile, tile + MR * NR, 0.0);
-                    mk_.gram_tile(&ptrs_[i0], &ptrs_[j0], kv, tile);
-                    for (std::ptrdiff_t r = 0; r < MR; ++r)
-                        for (std::ptrdiff_t q = 0; q < NR; ++q) acc[(i0 + r) * rows_ + j0 + q] += tile[r * NR + q];
+            // 2. pack: panel jb holds channels [jb NR, jb NR + NR) at packed_[jb NR kc + k NR + r]
+            for (std::ptrdiff_t j0 = j_first; j0 < c; j0 += NR)
+                mk_.pack_panel(src_.data() + j0, std::min(NR, c - j0), kc, packed_ + j0 * kc);
+            // 3. tiles on or above the diagonal: six rows (in L1) against the
+            //    packed panels to their right, one sequential stream from L2
+            const bool first = overwrite && k0 == p_begin;
+            for (std::ptrdiff_t i0 = i_begin; i0 < i_end; i0 += MR) {
+                const T* rows[MR];
+                for (std::ptrdiff_t r = 0; r < MR; ++r) {
+                    const std::ptrdiff_t i = i0 + r;
+                    rows[r] = i < panel_rows_ ? packed_ + (i / NR) * NR * kc + i % NR : zeros_;
+                }
+                for (std::ptrdiff_t j0 = i0 / NR * NR; j0 < c; j0 += NR) {
+                    const T* B = packed_ + j0 * kc;
+                    mk_.gram_panel_tile(rows, B, kc, acc + i0 * rows_ + j0, rows_, first);
                 }
             }
         }
     }
 
-    void outer_chunk(std::ptrdiff_t s, std::ptrdiff_t k0, std::ptrdiff_t kc, std::ptrdiff_t i_begin,
-                     std::ptrdiff_t i_end, double* acc) {
-        constexpr std::ptrdiff_t MR = 6, NR = 2 * W;
-        const std::ptrdiff_t c = a_.c, ld = rows_;
-        if (panel_.empty()) panel_.assign(KC * ld, T(0));  // padding columns stay zero
-        // position-major copy of channels [first, c): panel[k * ld + ch]
-        const std::ptrdiff_t first = i_begin / NR * NR;
-        std::vector<T>& line = line_;
-        line.resize(KC);
-        for (std::ptrdiff_t ch = first; ch < c; ++ch) {
-            gather_positions<T>(a_, s, ch, k0, k0 + kc, line.data());
-            T* dst = panel_.data() + ch;
-            for (std::ptrdiff_t k = 0; k < kc; ++k) dst[k * ld] = line[k];
-        }
-        // contiguous micro-panels: B blocks of NR channels, then per row block A of MR
-        const std::ptrdiff_t jb0 = first / NR;
-        if (bpack_.size() < std::size_t(ld * KC)) bpack_.resize(ld * KC);
-        for (std::ptrdiff_t jb = jb0; jb * NR < c; ++jb) {
-            T* dst = bpack_.data() + jb * NR * kc;
-            const T* src = panel_.data() + jb * NR;
-            for (std::ptrdiff_t k = 0; k < kc; ++k) std::memcpy(dst + k * NR, src + k * ld, NR * sizeof(T));
-        }
-        if (apack_.size() < std::size_t(MR * KC)) apack_.resize(MR * KC);
-        T tile[MR * NR];
-        for (std::ptrdiff_t i0 = i_begin; i0 < i_end; i0 += MR) {
-            const T* src = panel_.data() + i0;
-            for (std::ptrdiff_t k = 0; k < kc; ++k) std::memcpy(apack_.data() + k * MR, src + k * ld, MR * sizeof(T));
-            for (std::ptrdiff_t j0 = i0 / NR * NR; j0 < c; j0 += NR) {
-                mk_.gram_outer_tile(apack_.data(), bpack_.data() + j0 * kc, MR, NR, kc, tile);
-                for (std::ptrdiff_t r = 0; r < MR; ++r)
-                    for (std::ptrdiff_t q = 0; q < NR; ++q) acc[(i0 + r) * rows_ + j0 + q] += tile[r * NR + q];
-            }
-        }
-    }
-
+  private:
     const Activations& a_;
     Microkernels<T> mk_;
-    bool outer_;
-    std::ptrdiff_t rows_;
-    std::vector<T> buffer_, zeros_, panel_, line_, apack_, bpack_;
-    std::vector<const T*> ptrs_;
+    std::ptrdiff_t panel_rows_, rows_;
+    T* packed_;
+    T* zeros_;
+    std::vector<T> stage_;
+    std::vector<const T*> src_;
 };
 
+// Writes the normalized Gram matrix of one sample from the upper triangles of
+// one or more partial double accumulators (summed). The full layout is written
+// in 32 x 32 blocks, each with its mirror image, so that neither the reads
+// nor the transposed writes stride across the whole matrix.
 template <class T>
-void write_gram(const double* acc, std::ptrdiff_t stride, std::ptrdiff_t c, std::ptrdiff_t M,
-                GramNormalization norm, bool triu, T* out) {
+void write_gram(const std::vector<const double*>& accs, std::ptrdiff_t stride, std::ptrdiff_t c, std::ptrdiff_t M,
+                GramNormalization norm, bool triu, T* out, std::ptrdiff_t i_begin = 0, std::ptrdiff_t i_end = -1) {
+    if (i_end < 0) i_end = c;
     double scale = 1.0;
     if (norm == GramNormalization::spatial) scale = 1.0 / double(M);
     if (norm == GramNormalization::lubbers) scale = 1.0 / (2.0 * double(c) * double(M));
-    const double off = triu ? std::sqrt(2.0) * scale : scale;
-    std::ptrdiff_t idx = 0;
-    for (std::ptrdiff_t i = 0; i < c; ++i) {
-        if (triu) {
-            out[idx++] = static_cast<T>(acc[i * stride + i] * scale);
-            for (std::ptrdiff_t j = i + 1; j < c; ++j) out[idx++] = static_cast<T>(acc[i * stride + j] * off);
-        } else {
-            for (std::ptrdiff_t j = 0; j < c; ++j) {
-                const double v = j >= i ? acc[i * stride + j] : acc[j * stride + i];
-                out[i * c + j] = static_cast<T>(v * scale);
-            }
+    auto at = [&](std::ptrdiff_t i, std::ptrdiff_t j) {  // i <= j
+        double v = accs[0][i * stride + j];
+        for (std::size_t t = 1; t < accs.size(); ++t) v += accs[t][i * stride + j];
+        return v;
+    };
+    if (triu) {
+        const double off = std::sqrt(2.0) * scale;
+        std::ptrdiff_t idx = i_begin * c - i_begin * (i_begin - 1) / 2;  // where row i_begin starts
+        for (std::ptrdiff_t i = i_begin; i < i_end; ++i) {
+            out[idx++] = static_cast<T>(at(i, i) * scale);
+            for (std::ptrdiff_t j = i + 1; j < c; ++j) out[idx++] = static_cast<T>(at(i, j) * off);
         }
+        return;
     }
+    constexpr std::ptrdiff_t B = 32;
+    for (std::ptrdiff_t i0 = i_begin; i0 < i_end; i0 += B)
+        for (std::ptrdiff_t j0 = i0; j0 < c; j0 += B)
+            for (std::ptrdiff_t i = i0; i < std::min(i0 + B, i_end); ++i)
+                for (std::ptrdiff_t j = std::max(i, j0); j < std::min(j0 + B, c); ++j)
+                    out[i * c + j] = out[j * c + i] = static_cast<T>(at(i, j) * scale);
 }
 
-// Row-block boundaries splitting the upper triangle into `parts` equal areas.
-inline std::vector<std::ptrdiff_t> triangle_split(std::ptrdiff_t c, std::ptrdiff_t block, int parts) {
-    const std::ptrdiff_t n_blocks = (c + block - 1) / block;
-    std::vector<double> work(n_blocks);
+// Grow-only scratch memory of the calling thread for gram(): accumulators and
+// packed panels of each part. Allocating and first touching megabytes per
+// call cost as much as the arithmetic at the deeper VGG layers.
+template <class T>
+struct GramScratch {
+    std::vector<double> acc;
+    std::vector<T> panels;
+    static GramScratch& get(std::size_t acc_items, std::size_t panel_items) {
+        thread_local GramScratch scratch;
+        if (scratch.acc.size() < acc_items) scratch.acc.resize(acc_items);
+        if (scratch.panels.size() < panel_items) scratch.panels.resize(panel_items);
+        return scratch;
+    }
+};
+
+// Row boundaries (multiples of MR, then c) splitting the upper triangle's
+// tiles into `parts` runs of about equal work.
+inline std::vector<std::ptrdiff_t> gram_row_split(std::ptrdiff_t c, std::ptrdiff_t MR, std::ptrdiff_t NR, int parts) {
+    std::vector<double> work;
     double total = 0;
-    for (std::ptrdiff_t b = 0; b < n_blocks; ++b) total += work[b] = double(c - b * block);
+    for (std::ptrdiff_t i0 = 0; i0 < c; i0 += MR) total += work.emplace_back(double(c - i0 / NR * NR));
     std::vector<std::ptrdiff_t> bounds{0};
     double run = 0;
-    for (std::ptrdiff_t b = 0; b < n_blocks; ++b) {
-        run += work[b];
+    for (std::size_t g = 0; g < work.size(); ++g) {
+        run += work[g];
         if (static_cast<int>(bounds.size()) < parts && run >= total * double(bounds.size()) / parts)
-            bounds.push_back((b + 1) * block);
+            bounds.push_back(std::min<std::ptrdiff_t>(c, std::ptrdiff_t(g + 1) * MR));
     }
-    while (static_cast<int>(bounds.size()) <= parts) bounds.push_back(n_blocks * block);
-    bounds.back() = n_blocks * block;
+    while (static_cast<int>(bounds.size()) <= parts) bounds.push_back(c);
     return bounds;  // parts + 1 entries, non-decreasing
 }
 
 template <class T>
 void gram(const Activations& a, GramNormalization norm, bool triu, T* out, int n_threads) {
+    using Worker = GramWorker<T>;
     check_activations(a);
-    const std::ptrdiff_t M = a.positions(), F = gram_features(a.c, triu);
-    const std::ptrdiff_t rows = GramWorker<T>::padded_rows(a.c);
-    const int nt = threads_for(double(a.n) * a.c * a.c * M, n_threads);
-    if (a.n >= nt) {  // whole samples per thread
-        parallel_chunks(a.n, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
-            GramWorker<T> worker(a);
-            std::vector<double> acc(rows * rows);
+    const std::ptrdiff_t c = a.c, M = a.positions(), F = gram_features(c, triu);
+    const std::ptrdiff_t rows = Worker::padded_rows(c), A = rows * rows, P = Worker::scratch_size(c);
+    const int nt = threads_for(double(a.n) * c * c * M, n_threads);
+    // Three ways to share the work:
+    //  * whole samples per thread (at least as many samples as threads);
+    //  * rows of one sample's triangle per thread, each packing the panels it
+    //    reads (few positions per channel: packing is cheap next to the tiles);
+    //  * positions of one sample per thread, each with an accumulator of its
+    //    own, summed on output (many positions: packing is not repeated).
+    enum { samples, rows_of_sample, positions_of_sample } mode =
+        a.n >= nt ? samples : (M <= 2 * c ? rows_of_sample : positions_of_sample);
+    const int parts = mode == positions_of_sample ? static_cast<int>(std::min<std::ptrdiff_t>(nt, M)) : nt;
+    const int accs_needed = mode == rows_of_sample ? 1 : parts;
+    auto& scratch = GramScratch<T>::get(std::size_t(accs_needed * A), std::size_t(parts * P));
+    std::vector<Worker> workers;
+    workers.reserve(parts);
+    for (int t = 0; t < parts; ++t) workers.emplace_back(a, scratch.panels.data() + t * P);
+    std::vector<const double*> accs;
+    for (int t = 0; t < accs_needed; ++t) accs.push_back(scratch.acc.data() + t * A);
+    if (mode == samples) {
+        parallel_chunks(a.n, parts, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
+            double* acc = scratch.acc.data() + t * A;
             for (std::ptrdiff_t s = lo; s < hi; ++s) {
-                std::fill(acc.begin(), acc.end(), 0.0);
-                worker.accumulate(s, 0, a.c, acc.data());
-                write_gram(acc.data(), rows, a.c, M, norm, triu, out + s * F);
+                workers[t].accumulate(s, 0, M, acc, true);
+                write_gram<T>({acc}, rows, c, M, norm, triu, out + s * F);
             }
         });
         return;
     }
-    // fewer samples than threads: threads share a sample, each its rows of the triangle
-    const auto bounds = triangle_split(a.c, GramWorker<T>::block(a), nt);
-    std::vector<double> acc(rows * rows);
-    std::vector<GramWorker<T>> workers;
-    workers.reserve(nt);
-    for (int t = 0; t < nt; ++t) workers.emplace_back(a);
+    const auto bounds = gram_row_split(c, Worker::MR, Worker::NR, parts);
     for (std::ptrdiff_t s = 0; s < a.n; ++s) {
-        std::fill(acc.begin(), acc.end(), 0.0);
-        parallel_chunks(nt, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
-            for (std::ptrdiff_t t = lo; t < hi; ++t)
-                if (bounds[t] < bounds[t + 1]) workers[t].accumulate(s, bounds[t], bounds[t + 1], acc.data());
-        });
-        write_gram(acc.data(), rows, a.c, M, norm, triu, out + s * F);
+        if (mode == rows_of_sample) {
+            parallel_chunks(parts, parts, [&](std::ptrdiff_t, std::ptrdiff_t, int t) {
+                if (bounds[t] == bounds[t + 1]) return;
+                workers[t].accumulate(s, 0, M, scratch.acc.data(), true, bounds[t], bounds[t + 1]);
+                write_gram(accs, rows, c, M, norm, triu, out + s * F, bounds[t], bounds[t + 1]);
+            });
+        } else {
+            parallel_chunks(M, parts, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
+                workers[t].accumulate(s, lo, hi, scratch.acc.data() + t * A, true);
+            });
+            parallel_chunks(parts, parts, [&](std::ptrdiff_t, std::ptrdiff_t, int t) {
+                write_gram(accs, rows, c, M, norm, triu, out + s * F, bounds[t], bounds[t + 1]);
+            });
+        }
     }
 }
 

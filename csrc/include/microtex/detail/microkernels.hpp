@@ -24,8 +24,8 @@ namespace avx2 {
 
 template <class T>
 struct Microkernels {
-    void (*gram_tile)(const T* const*, const T* const*, long, double*);
-    void (*gram_outer_tile)(const T*, const T*, long, long, long, T*);
+    void (*pack_panel)(const T* const*, long, long, T*);
+    void (*gram_panel_tile)(const T* const*, const T*, long, double*, long, bool);
     void (*vlad_tile)(const T*, const T*, long, long, T*);
     void (*vlad_argmin)(const T*, const T*, long, T*);
     void (*sum_run)(const T*, long, double*);
@@ -36,10 +36,10 @@ template <class T>
 inline Microkernels<T> microkernels() {
 #ifdef MICROTEX_HAVE_AVX2_CLONE
     if (cpu_has_avx2_fma())
-        return {&avx2::gram_tile<T>, &avx2::gram_outer_tile<T>, &avx2::vlad_tile<T>, &avx2::vlad_argmin<T>, &avx2::sum_run<T>,
+        return {&avx2::pack_panel<T>, &avx2::gram_panel_tile<T>, &avx2::vlad_tile<T>, &avx2::vlad_argmin<T>, &avx2::sum_run<T>,
                 &avx2::max_run<T>};
 #endif
-    return {&generic::gram_tile<T>, &generic::gram_outer_tile<T>, &generic::vlad_tile<T>, &generic::vlad_argmin<T>,
+    return {&generic::pack_panel<T>, &generic::gram_panel_tile<T>, &generic::vlad_tile<T>, &generic::vlad_argmin<T>,
             &generic::sum_run<T>, &generic::max_run<T>};
 }
 
