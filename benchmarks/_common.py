@@ -46,7 +46,7 @@ def machine() -> dict:
 
 
 def time_interleaved(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: float = 0.0,
-                     block: int = 3, settle: float = 0.15) -> dict:
+                     block: int = 3, settle: float = 0.15, block_time: float = 0.0) -> dict:
     """Median wall time (seconds) per call of each callable, measured in alternating blocks.
 
     Candidates take turns, ``block`` timed calls each, until every one has
@@ -56,17 +56,26 @@ def time_interleaved(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: 
     (OpenBLAS, OpenMP, ONNX Runtime) keep their worker threads spinning for a
     while after a call returns, and without the pause those spinning threads
     would steal cores from whichever candidate runs next.
+
+    ``block_time`` (seconds) lengthens a turn to at least that long for quick
+    calls (the same rule for every candidate, from its warm-up time): after
+    the idle pause a virtual machine's CPUs take a few milliseconds to come
+    back to speed, which would otherwise dominate sub-millisecond calls.
     """
-    for f in funcs.values():
-        for _ in range(warmup):
+    blocks = {}
+    for k, f in funcs.items():
+        t0 = time.perf_counter()
+        for _ in range(max(warmup, 1)):
             f()
+        per_call = (time.perf_counter() - t0) / max(warmup, 1)
+        blocks[k] = max(block, int(block_time / max(per_call, 1e-9)) if block_time > 0 else block)
     samples = {k: [] for k in funcs}
     start = time.perf_counter()
     while min(len(v) for v in samples.values()) < repeats or time.perf_counter() - start < min_time:
         for k, f in funcs.items():
             time.sleep(settle)
             f()
-            for _ in range(block):
+            for _ in range(blocks[k]):
                 t0 = time.perf_counter()
                 f()
                 samples[k].append(time.perf_counter() - t0)

@@ -344,29 +344,32 @@ class VladWorker {
     static constexpr std::ptrdiff_t CH = 64 * PB;                        // positions per chunk
     static constexpr std::ptrdiff_t kChannelBlock = 128;
 
-    VladWorker(const Activations& a, const T* words_packed, const T* word_norms, std::ptrdiff_t K,
-               std::ptrdiff_t Kpad)
-        : a_(a),
-          mk_(microkernels<T>()),
-          wp_(words_packed),
-          wn_(word_norms),
-          K_(K),
-          Kpad_(Kpad),
-          panel_(a.c * PB),
-          dots_(Kpad * PB),
-          best_(PB),
-          row_(4 * CH),
-          assign_(CH),
-          order_(CH),
-          start_(K + 1),
-          sums_(a.c * K),
-          counts_(K) {}
+    // Points the worker at a call's activations and packed words; buffers only
+    // grow, so a worker kept by the calling thread allocates nothing per call.
+    void prepare(const Activations& a, const T* words_packed, const T* word_norms, std::ptrdiff_t K,
+                 std::ptrdiff_t Kpad) {
+        a_ = a;
+        mk_ = microkernels<T>();
+        wp_ = words_packed;
+        wn_ = word_norms;
+        K_ = K;
+        Kpad_ = Kpad;
+        panel_.resize(a.c * PB);
+        dots_.resize(Kpad * PB);
+        best_.resize(PB);
+        row_.resize(4 * CH);
+        assign_.resize(CH);
+        order_.resize(CH);
+        start_.resize(K + 1);
+        sums_.resize(a.c * K);
+        counts_.resize(K);
+    }
 
     void zero() {
         std::fill(sums_.begin(), sums_.end(), 0.0);
         std::fill(counts_.begin(), counts_.end(), 0.0);
     }
-    std::vector<double>& sums() { return sums_; }      // (c, K): sum of assigned x
+    std::vector<double>& sums() { return sums_; }      // (K, c): sum of assigned x
     std::vector<double>& counts() { return counts_; }  // (K,)
 
     void accumulate(std::ptrdiff_t s, std::ptrdiff_t p0, std::ptrdiff_t p1) {
@@ -382,6 +385,16 @@ class VladWorker {
                 if (plane && np == PB) {  // read the panel in place, channel stride M
                     P = reinterpret_cast<const T*>(a_.data + s * a_.sn) + c0 + q0;
                     ldp = a_.sc / std::ptrdiff_t(sizeof(T));
+                    // every channel row is a stream of its own, too many for the
+                    // hardware prefetchers: ask for the next panel's lines now
+                    if (c0 + q0 + 2 * PB <= p1) {
+                        constexpr std::ptrdiff_t line = 64 / sizeof(T);
+                        for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
+                            const T* next = P + ch * ldp + PB;
+                            for (std::ptrdiff_t o = 0; o < PB; o += line) __builtin_prefetch(next + o);
+                            __builtin_prefetch(next + PB - 1);
+                        }
+                    }
                 } else {
                     for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
                         T* dst = panel_.data() + ch * PB;
@@ -436,72 +449,102 @@ class VladWorker {
                         t3 += r3[j];
                     }
                     const double t[4] = {double(t0), double(t1), double(t2), double(t3)};
-                    for (std::ptrdiff_t r = 0; r < nr; ++r) sums_[(ch0 + r) * K_ + k] += t[r];
+                    for (std::ptrdiff_t r = 0; r < nr; ++r) sums_[k * c + ch0 + r] += t[r];
                 }
             }
         }
     }
 
   private:
-    const Activations& a_;
-    Microkernels<T> mk_;
-    const T* wp_;
-    const T* wn_;
-    std::ptrdiff_t K_, Kpad_;
+    Activations a_{};
+    Microkernels<T> mk_{};
+    const T* wp_ = nullptr;
+    const T* wn_ = nullptr;
+    std::ptrdiff_t K_ = 0, Kpad_ = 0;
     std::vector<T> panel_, dots_, best_, row_;
     std::vector<std::ptrdiff_t> assign_, order_, start_, next_;
     std::vector<double> sums_, counts_;
 };
 
+// The VLAD vector of one sample from its per-word sums (K, c) and counts, in
+// two passes over words (each pass may be split across threads):
+//  1. per word: residual norms, hence the word's scale under the chosen
+//     normalizations, and its share of the squared global norm;
+//  2. per word: each residual once, transformed and scaled.
+struct VladWordStats {
+    double scale = 0;  // multiplies the residual (0 for a residual at rounding level)
+    double share = 0;  // contribution to the squared norm after scaling and signed sqrt
+    bool finite = true;
+};
+
 template <class T>
-void write_vlad(const std::vector<double>& sums, const std::vector<double>& counts, const T* words,
-                std::ptrdiff_t K, std::ptrdiff_t c, const VladOptions& opt, T* out) {
-    for (double x : sums) {
-        if (!std::isfinite(x)) {  // NaN/inf activations: flag the sample, let Python report it
-            std::fill(out, out + K * c, std::numeric_limits<T>::quiet_NaN());
-            return;
-        }
-    }
-    std::vector<double> v(K * c);
+void vlad_word_stats(const double* sums, const double* counts, const T* words, std::ptrdiff_t k_begin,
+                     std::ptrdiff_t k_end, std::ptrdiff_t c, const VladOptions& opt, VladWordStats* stats) {
     // A residual at rounding level (e.g. a word whose only member is the word
     // itself) is exactly zero in exact arithmetic; keep it zero so that
     // intra-normalization does not blow rounding noise up to a unit vector.
     const double tol = 100.0 * std::numeric_limits<T>::epsilon();
-    for (std::ptrdiff_t k = 0; k < K; ++k) {
-        double ss = 0, s_norm = 0, c_norm = 0;
+    for (std::ptrdiff_t k = k_begin; k < k_end; ++k) {
+        const double* sk = sums + k * c;
+        const T* ck = words + k * c;
+        const double n = counts[k];
+        double ss = 0, abs_sum = 0, s_norm = 0, c_norm = 0;
         for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
-            const double sk = sums[ch * K + k], ck = words[k * c + ch];
-            const double r = sk - counts[k] * ck;
-            v[k * c + ch] = r;
+            const double r = sk[ch] - n * double(ck[ch]);
             ss += r * r;
-            s_norm += sk * sk;
-            c_norm += ck * ck;
+            abs_sum += std::fabs(r);
+            s_norm += sk[ch] * sk[ch];
+            c_norm += double(ck[ch]) * ck[ch];
         }
-        const double scale = std::sqrt(s_norm) + counts[k] * std::sqrt(c_norm);
-        if (std::sqrt(ss) <= tol * scale)
-            for (std::ptrdiff_t ch = 0; ch < c; ++ch) v[k * c + ch] = 0.0;
+        VladWordStats& st = stats[k];
+        st.finite = std::isfinite(ss) && std::isfinite(s_norm);  // NaN/inf activations
+        if (!st.finite || std::sqrt(ss) <= tol * (std::sqrt(s_norm) + n * std::sqrt(c_norm))) {
+            st.scale = st.share = 0;
+            continue;
+        }
+        st.scale = opt.intra_normalize ? 1.0 / std::sqrt(ss) : 1.0;
+        // z = r * scale: the squared norm of sign(z) sqrt|z| is Σ|z|, of z itself Σ z²
+        st.share = opt.signed_sqrt ? st.scale * abs_sum : st.scale * st.scale * ss;
     }
-    if (opt.intra_normalize) {
-        for (std::ptrdiff_t k = 0; k < K; ++k) {
-            double ss = 0;
-            for (std::ptrdiff_t ch = 0; ch < c; ++ch) ss += v[k * c + ch] * v[k * c + ch];
-            if (ss > 0) {
-                const double inv = 1.0 / std::sqrt(ss);
-                for (std::ptrdiff_t ch = 0; ch < c; ++ch) v[k * c + ch] *= inv;
+}
+
+template <class T>
+void vlad_write_words(const double* sums, const double* counts, const T* words, std::ptrdiff_t k_begin,
+                      std::ptrdiff_t k_end, std::ptrdiff_t c, const VladOptions& opt, const VladWordStats* stats,
+                      double inv_norm, T* out) {
+    for (std::ptrdiff_t k = k_begin; k < k_end; ++k) {
+        const double* sk = sums + k * c;
+        const T* ck = words + k * c;
+        const double n = counts[k], sc = stats[k].scale;
+        T* o = out + k * c;
+        if (opt.signed_sqrt) {
+            for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
+                const double z = (sk[ch] - n * double(ck[ch])) * sc;
+                o[ch] = static_cast<T>(std::copysign(std::sqrt(std::fabs(z)), z) * inv_norm);
             }
+        } else {
+            for (std::ptrdiff_t ch = 0; ch < c; ++ch) o[ch] = static_cast<T>((sk[ch] - n * double(ck[ch])) * sc * inv_norm);
         }
     }
-    if (opt.signed_sqrt)
-        for (auto& x : v) x = std::copysign(std::sqrt(std::fabs(x)), x);
-    if (opt.l2_normalize) {
-        double ss = 0;
-        for (double x : v) ss += x * x;
-        if (ss > 0) {
-            const double inv = 1.0 / std::sqrt(ss);
-            for (auto& x : v) x *= inv;
+}
+
+// Both passes for one sample; `split(K, f)` runs f(k_begin, k_end) over the
+// words (serially or across threads).
+template <class T, class Split>
+void write_vlad(const double* sums, const double* counts, const T* words, std::ptrdiff_t K, std::ptrdiff_t c,
+                const VladOptions& opt, T* out, std::vector<VladWordStats>& stats, Split&& split) {
+    stats.resize(K);
+    split(K, [&](std::ptrdiff_t k0, std::ptrdiff_t k1) { vlad_word_stats(sums, counts, words, k0, k1, c, opt, stats.data()); });
+    double total = 0;
+    for (const auto& st : stats) {
+        if (!st.finite) {  // flag the sample; Python reports it
+            std::fill(out, out + K * c, std::numeric_limits<T>::quiet_NaN());
+            return;
         }
+        total += st.share;
     }
-    for (std::ptrdiff_t i = 0; i < K * c; ++i) out[i] = static_cast<T>(v[i]);
+    const double inv = opt.l2_normalize && total > 0 ? 1.0 / std::sqrt(total) : 1.0;
+    split(K, [&](std::ptrdiff_t k0, std::ptrdiff_t k1) { vlad_write_words(sums, counts, words, k0, k1, c, opt, stats.data(), inv, out); });
 }
 
 // words: (K, c) C-contiguous dictionary; out: (n, K*c)
@@ -511,8 +554,17 @@ void vlad(const Activations& a, const T* words, std::ptrdiff_t K, const VladOpti
     check_activations(a);
     if (K <= 0) throw std::invalid_argument("VLAD dictionary must have at least one word");
     const std::ptrdiff_t c = a.c, M = a.positions(), Kpad = (K + 3) / 4 * 4;
+    const int nt = threads_for(double(a.n) * K * c * M * 2, n_threads);
+    // per calling thread, kept between calls: packed words and one worker per
+    // part (local references: a lambda run by a pool thread must not name the
+    // thread_local itself, which would be that thread's own instance)
+    thread_local std::vector<T> packed_tl, norms_tl;
+    thread_local std::vector<VladWorker<T>> workers_tl;
+    auto &packed = packed_tl, &norms = norms_tl;
+    auto& workers = workers_tl;
     // pack words four at a time, channel-major, and precompute |c_k|^2
-    std::vector<T> packed(Kpad * c, T(0)), norms(Kpad, std::numeric_limits<T>::infinity());
+    packed.assign(Kpad * c, T(0));
+    norms.assign(Kpad, std::numeric_limits<T>::infinity());
     for (std::ptrdiff_t k = 0; k < K; ++k) {
         double nn = 0;
         for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
@@ -522,34 +574,44 @@ void vlad(const Activations& a, const T* words, std::ptrdiff_t K, const VladOpti
         }
         norms[k] = static_cast<T>(nn);
     }
-    const int nt = threads_for(double(a.n) * K * c * M * 2, n_threads);
+    if (static_cast<int>(workers.size()) < nt) workers.resize(nt);
+    for (int t = 0; t < nt; ++t) workers[t].prepare(a, packed.data(), norms.data(), K, Kpad);
     const std::ptrdiff_t F = K * c;
-    if (a.n >= nt) {
-        parallel_chunks(a.n, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
-            VladWorker<T> worker(a, packed.data(), norms.data(), K, Kpad);
+    if (a.n >= nt) {  // whole samples per thread
+        parallel_chunks(a.n, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
+            std::vector<VladWordStats> stats;
+            auto serial = [](std::ptrdiff_t n, auto&& f) { f(std::ptrdiff_t{0}, n); };
             for (std::ptrdiff_t s = lo; s < hi; ++s) {
-                worker.zero();
-                worker.accumulate(s, 0, M);
-                write_vlad(worker.sums(), worker.counts(), words, K, c, opt, out + s * F);
+                workers[t].zero();
+                workers[t].accumulate(s, 0, M);
+                write_vlad(workers[t].sums().data(), workers[t].counts().data(), words, K, c, opt, out + s * F, stats,
+                           serial);
             }
         });
         return;
     }
-    std::vector<VladWorker<T>> workers;
-    workers.reserve(nt);
-    for (int t = 0; t < nt; ++t) workers.emplace_back(a, packed.data(), norms.data(), K, Kpad);
+    // threads share a sample: ranges of its positions, then ranges of words
+    // (partial sums added up, normalized, written)
+    const int used = static_cast<int>(std::min<std::ptrdiff_t>(nt, M));
+    std::vector<VladWordStats> stats;
+    auto across_threads = [&](std::ptrdiff_t n, auto&& f) {
+        parallel_chunks(n, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) { f(lo, hi); });
+    };
+    double* sums = workers[0].sums().data();
+    double* counts = workers[0].counts().data();
     for (std::ptrdiff_t s = 0; s < a.n; ++s) {
         parallel_chunks(M, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
             workers[t].zero();
             workers[t].accumulate(s, lo, hi);
         });
-        const int used = static_cast<int>(std::min<std::ptrdiff_t>(nt, M));
-        for (int t = 1; t < used; ++t) {
-            for (std::size_t i = 0; i < std::size_t(a.c * K); ++i) workers[0].sums()[i] += workers[t].sums()[i];
-            for (std::size_t i = 0; i < workers[0].counts().size(); ++i)
-                workers[0].counts()[i] += workers[t].counts()[i];
-        }
-        write_vlad(workers[0].sums(), workers[0].counts(), words, K, c, opt, out + s * F);
+        across_threads(K, [&](std::ptrdiff_t k0, std::ptrdiff_t k1) {
+            for (int t = 1; t < used; ++t) {
+                const double* other = workers[t].sums().data();
+                for (std::ptrdiff_t i = k0 * c; i < k1 * c; ++i) sums[i] += other[i];
+                for (std::ptrdiff_t k = k0; k < k1; ++k) counts[k] += workers[t].counts()[k];
+            }
+        });
+        write_vlad(sums, counts, words, K, c, opt, out + s * F, stats, across_threads);
     }
 }
 
