@@ -51,17 +51,26 @@ GRAM_LAYOUTS = ("full", "triu")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _kernels():
-    from microtex import _kernels
+_KERNELS = None
+_CPUS = None
 
-    return _kernels
+
+def _kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        from microtex import _kernels as module
+
+        _KERNELS = module
+    return _KERNELS
 
 
 def default_threads() -> int:
     """Threads the kernels use by default.
 
-    ``MICROTEX_NUM_THREADS`` if set, else the CPUs this process may run on.
+    ``MICROTEX_NUM_THREADS`` if set (read on every call), else the CPUs this
+    process may run on (read once per process).
     """
+    global _CPUS
     env = os.environ.get("MICROTEX_NUM_THREADS")
     if env:
         try:
@@ -71,10 +80,13 @@ def default_threads() -> int:
         if value < 1:
             raise ValueError(f"MICROTEX_NUM_THREADS must be >= 1, got {value}")
         return value
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    if _CPUS is None or _CPUS[0] != os.getpid():
+        try:
+            count = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            count = os.cpu_count() or 1
+        _CPUS = (os.getpid(), count)
+    return _CPUS[1]
 
 
 def _threads(n_threads: int | None) -> int:
@@ -107,6 +119,10 @@ def _check_activations(acts, name: str = "acts") -> np.ndarray:
 
 
 def _check_finite(out: np.ndarray, what: str) -> np.ndarray:
+    # a finite total means every entry is finite (NaN and inf propagate); a
+    # total that overflows falls through to the exact per-sample check
+    if np.isfinite(out.sum()):
+        return out
     finite = np.isfinite(out).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
