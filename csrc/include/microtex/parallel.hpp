@@ -1,10 +1,10 @@
 // Fork-join over contiguous chunks on a persistent pool of worker threads.
 // Header-only, no Python.
 //
-// Threads are created once and sleep between calls: a thread spawned per call
-// starts on its creator's CPU and is spread out by the scheduler only after
-// milliseconds, longer than most kernel calls, so per-call threads barely
-// scale. A second caller that finds the pool busy (kernels run with the GIL
+// Threads are created once, spin for a moment after each call and then sleep:
+// a thread spawned per call starts on its creator's CPU and is spread out by
+// the scheduler only after milliseconds, longer than most kernel calls, so
+// per-call threads barely scale. A second caller that finds the pool busy (kernels run with the GIL
 // released, so Python threads may call concurrently) falls back to threads of
 // its own; a process forked from one with a pool builds a new pool.
 #pragma once
@@ -93,11 +93,11 @@ class WorkerPool {
     }
 
     void grow(int n_workers) {
-        while (static_cast<int>(threads_.size()) < n_workers) {
-            const int index = static_cast<int>(threads_.size()) + 1;  // chunk it serves
-            threads_.emplace_back([this, index] { loop(index); });
-            handles_.push_back(threads_.back().native_handle());
-            threads_.back().detach();
+        while (static_cast<int>(handles_.size()) < n_workers) {
+            const int index = static_cast<int>(handles_.size()) + 1;  // chunk it serves
+            std::thread worker([this, index] { loop(index); });
+            handles_.push_back(worker.native_handle());  // stays valid: workers never exit
+            worker.detach();
             steered_cpu_ = -2;  // the new worker has no mask yet
         }
     }
@@ -163,8 +163,7 @@ class WorkerPool {
     const pid_t pid_;
     std::mutex submit_, mutex_;
     std::condition_variable wake_, done_;
-    std::vector<std::thread> threads_;
-    std::vector<std::thread::native_handle_type> handles_;
+    std::vector<std::thread::native_handle_type> handles_;  // one per worker
     int steered_cpu_ = -2;
 #ifdef __linux__
     cpu_set_t allowed_;

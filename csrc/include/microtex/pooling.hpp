@@ -63,6 +63,15 @@ inline void gather_positions(const Activations& a, std::ptrdiff_t s, std::ptrdif
     }
 }
 
+// State a kernel keeps per calling thread between calls (grow-only buffers).
+// Bind the returned reference to a local before a parallel section: a lambda
+// run by a pool thread that named a thread_local would get its own instance.
+template <class S>
+S& calling_thread_state() {
+    thread_local S state;
+    return state;
+}
+
 inline int threads_for(double work, int n_threads) {
     // Below ~2 Mflop the cost of starting a thread is not worth it.
     return work < 2e6 ? 1 : resolve_threads(n_threads);
@@ -246,11 +255,9 @@ template <class T>
 struct GramScratch {
     std::vector<double> acc;
     std::vector<T> panels;
-    static GramScratch& get(std::size_t acc_items, std::size_t panel_items) {
-        thread_local GramScratch scratch;
-        if (scratch.acc.size() < acc_items) scratch.acc.resize(acc_items);
-        if (scratch.panels.size() < panel_items) scratch.panels.resize(panel_items);
-        return scratch;
+    void reserve(std::size_t acc_items, std::size_t panel_items) {
+        if (acc.size() < acc_items) acc.resize(acc_items);
+        if (panels.size() < panel_items) panels.resize(panel_items);
     }
 };
 
@@ -288,7 +295,8 @@ void gram(const Activations& a, GramNormalization norm, bool triu, T* out, int n
         a.n >= nt ? samples : (M <= 2 * c ? rows_of_sample : positions_of_sample);
     const int parts = mode == positions_of_sample ? static_cast<int>(std::min<std::ptrdiff_t>(nt, M)) : nt;
     const int accs_needed = mode == rows_of_sample ? 1 : parts;
-    auto& scratch = GramScratch<T>::get(std::size_t(accs_needed * A), std::size_t(parts * P));
+    auto& scratch = calling_thread_state<GramScratch<T>>();
+    scratch.reserve(std::size_t(accs_needed * A), std::size_t(parts * P));
     std::vector<Worker> workers;
     workers.reserve(parts);
     for (int t = 0; t < parts; ++t) workers.emplace_back(a, scratch.panels.data() + t * P);
@@ -385,16 +393,6 @@ class VladWorker {
                 if (plane && np == PB) {  // read the panel in place, channel stride M
                     P = reinterpret_cast<const T*>(a_.data + s * a_.sn) + c0 + q0;
                     ldp = a_.sc / std::ptrdiff_t(sizeof(T));
-                    // every channel row is a stream of its own, too many for the
-                    // hardware prefetchers: ask for the next panel's lines now
-                    if (c0 + q0 + 2 * PB <= p1) {
-                        constexpr std::ptrdiff_t line = 64 / sizeof(T);
-                        for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
-                            const T* next = P + ch * ldp + PB;
-                            for (std::ptrdiff_t o = 0; o < PB; o += line) __builtin_prefetch(next + o);
-                            __builtin_prefetch(next + PB - 1);
-                        }
-                    }
                 } else {
                     for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
                         T* dst = panel_.data() + ch * PB;
@@ -547,6 +545,12 @@ void write_vlad(const double* sums, const double* counts, const T* words, std::p
     split(K, [&](std::ptrdiff_t k0, std::ptrdiff_t k1) { vlad_write_words(sums, counts, words, k0, k1, c, opt, stats.data(), inv, out); });
 }
 
+template <class T>
+struct VladState {
+    std::vector<T> packed, norms;
+    std::vector<VladWorker<T>> workers;
+};
+
 // words: (K, c) C-contiguous dictionary; out: (n, K*c)
 template <class T>
 void vlad(const Activations& a, const T* words, std::ptrdiff_t K, const VladOptions& opt, T* out,
@@ -555,13 +559,10 @@ void vlad(const Activations& a, const T* words, std::ptrdiff_t K, const VladOpti
     if (K <= 0) throw std::invalid_argument("VLAD dictionary must have at least one word");
     const std::ptrdiff_t c = a.c, M = a.positions(), Kpad = (K + 3) / 4 * 4;
     const int nt = threads_for(double(a.n) * K * c * M * 2, n_threads);
-    // per calling thread, kept between calls: packed words and one worker per
-    // part (local references: a lambda run by a pool thread must not name the
-    // thread_local itself, which would be that thread's own instance)
-    thread_local std::vector<T> packed_tl, norms_tl;
-    thread_local std::vector<VladWorker<T>> workers_tl;
-    auto &packed = packed_tl, &norms = norms_tl;
-    auto& workers = workers_tl;
+    // kept by the calling thread between calls: packed words, one worker per part
+    auto& state = calling_thread_state<VladState<T>>();
+    auto &packed = state.packed, &norms = state.norms;
+    auto& workers = state.workers;
     // pack words four at a time, channel-major, and precompute |c_k|^2
     packed.assign(Kpad * c, T(0));
     norms.assign(Kpad, std::numeric_limits<T>::infinity());
