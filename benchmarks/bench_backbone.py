@@ -239,23 +239,30 @@ def measure_matmul(torch, n_threads: int, runs: int, rows, table) -> dict:
     return {"gflop_per_s": rates[source]["best"], "source": source}
 
 
+def engine_calls(session, module, torch, x) -> dict:
+    """The calls to time on input ``x``: ORT, and torch eager when torch is installed."""
+    funcs = {"ort": lambda: session.run(x)}
+    if torch is not None:
+        xt = torch.from_numpy(x)
+
+        def eager():
+            with torch.inference_mode():
+                return module(xt)
+
+        funcs["torch eager"] = eager
+    return funcs
+
+
 def measure_throughput(session, module, torch, repeats: int, rows, table, flops, matmul):
     """Images/s of ORT vs torch eager per batch, and the ORT FLOP rate vs the matmul rate."""
     rng = np.random.default_rng(0)
     gflop_per_image = sum(flops.values()) / 1e9
     for batch in BATCHES:
         x = rng.random((batch, 1, SIDE, SIDE), dtype=np.float32)
-        funcs = {"ort": lambda x=x: session.run(x)}
-        if torch is not None:
-            xt = torch.from_numpy(x)
-
-            def eager(xt=xt):
-                with torch.inference_mode():
-                    return module(xt)
-
-            funcs["torch eager"] = eager
+        funcs = engine_calls(session, module, torch, x)
+        if "torch eager" in funcs:
             # sanity: the two engines agree before we time them
-            ours, theirs = session.run(x), eager()
+            ours, theirs = session.run(x), funcs["torch eager"]()
             for name, value in zip(session.output_names, theirs):
                 scale = float(np.abs(ours[name]).max()) or 1.0
                 np.testing.assert_allclose(ours[name], value.numpy(), rtol=1e-3, atol=1e-4 * scale)
@@ -327,15 +334,7 @@ def measure_latency(session, module, torch, runs_by_side: dict, rows, table):
     rng = np.random.default_rng(1)
     for side, runs in runs_by_side.items():
         x = rng.random((1, 1, side, side), dtype=np.float32)
-        funcs = {"ort": lambda x=x: session.run(x)}
-        if torch is not None:
-            xt = torch.from_numpy(x)
-
-            def eager(xt=xt):
-                with torch.inference_mode():
-                    return module(xt)
-
-            funcs["torch eager"] = eager
+        funcs = engine_calls(session, module, torch, x)
         samples = interleaved_samples(funcs, runs, warmup=1)
         stats = {
             k: (float(np.percentile(v, 50)) * 1e3, float(np.percentile(v, 99)) * 1e3)
