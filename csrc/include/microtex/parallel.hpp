@@ -20,6 +20,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -51,32 +52,35 @@ class WorkerPool {
         return *pool;
     }
 
-    // Runs task(t) for t in [0, n): chunk 0 on the caller, the rest on workers.
-    // Returns false (running nothing) if another caller holds the pool.
+    // Runs task(t) once for every t in [0, n). Chunks are claimed, not
+    // assigned: the caller and the woken workers take the next unclaimed
+    // chunk until none is left, so a worker that the scheduler starts late
+    // (its CPU busy with another process, a halted vCPU) costs a share of
+    // the work, not a wait. Returns false (running nothing) if another caller
+    // holds the pool.
     bool try_run(int n, const std::function<void(int)>& task) {
         std::unique_lock<std::mutex> submit(submit_, std::try_to_lock);
         if (!submit.owns_lock()) return false;
         grow(n - 1);
         steer_workers();
         std::vector<std::exception_ptr> errors(n);
+        std::uint32_t gen;
         {
             std::lock_guard<std::mutex> lock(mutex_);
+            gen = generation_.load() + 1;
             task_ = &task;
             errors_ = &errors;
             n_chunks_ = n;
-            pending_.store(n - 1);
-            generation_.fetch_add(1);
+            remaining_.store(n);
+            claim_.store(std::uint64_t(gen) << 32);
+            generation_.store(gen, std::memory_order_release);
         }
         wake_.notify_all();
-        try {
-            task(0);
-        } catch (...) {
-            errors[0] = std::current_exception();
-        }
-        spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; });
+        run_chunks(gen, n, &task, &errors);
+        spin_until([&] { return remaining_.load(std::memory_order_acquire) == 0; });
         {
             std::unique_lock<std::mutex> lock(mutex_);
-            done_.wait(lock, [&] { return pending_.load() == 0; });
+            done_.wait(lock, [&] { return remaining_.load() == 0; });
             task_ = nullptr;
         }
         for (auto& e : errors)
@@ -94,8 +98,7 @@ class WorkerPool {
 
     void grow(int n_workers) {
         while (static_cast<int>(handles_.size()) < n_workers) {
-            const int index = static_cast<int>(handles_.size()) + 1;  // chunk it serves
-            std::thread worker([this, index] { loop(index); });
+            std::thread worker([this] { loop(); });
             handles_.push_back(worker.native_handle());  // stays valid: workers never exit
             worker.detach();
             steered_cpu_ = -2;  // the new worker has no mask yet
@@ -134,29 +137,47 @@ class WorkerPool {
         }
     }
 
-    void loop(int index) {
-        unsigned long seen = 0;
+    // Claims and runs chunks of call `gen` until none is left. A claim
+    // succeeds only while `gen` is the current call, so a worker that wakes
+    // after its call has finished never touches the next call's chunks.
+    // (task and errors may be gone by the time a late worker gets here: they
+    // are dereferenced only after a successful claim.)
+    void run_chunks(std::uint32_t gen, int n, const std::function<void(int)>* task,
+                    std::vector<std::exception_ptr>* errors) {
+        for (;;) {
+            std::uint64_t v = claim_.load(std::memory_order_acquire);
+            do {
+                if (std::uint32_t(v >> 32) != gen || int(v & 0xffffffffu) >= n) return;
+            } while (!claim_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel));
+            const int t = int(v & 0xffffffffu);
+            try {
+                (*task)(t);
+            } catch (...) {
+                (*errors)[t] = std::current_exception();
+            }
+            if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+                std::lock_guard<std::mutex> lock(mutex_);
+                done_.notify_one();
+            }
+        }
+    }
+
+    void loop() {
+        std::uint32_t seen = 0;
         for (;;) {
             const std::function<void(int)>* task;
             std::vector<std::exception_ptr>* errors;
+            int n;
             spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
             {
                 std::unique_lock<std::mutex> lock(mutex_);
                 wake_.wait(lock, [&] { return generation_.load() != seen; });
                 seen = generation_.load();
-                if (index >= n_chunks_) continue;
                 task = task_;
                 errors = errors_;
+                n = n_chunks_;
             }
-            try {
-                (*task)(index);
-            } catch (...) {
-                (*errors)[index] = std::current_exception();
-            }
-            if (pending_.fetch_sub(1) == 1) {
-                std::lock_guard<std::mutex> lock(mutex_);
-                done_.notify_one();
-            }
+            if (task != nullptr) run_chunks(seen, n, task, errors);
         }
     }
 
@@ -171,13 +192,15 @@ class WorkerPool {
     const std::function<void(int)>* task_ = nullptr;
     std::vector<std::exception_ptr>* errors_ = nullptr;
     int n_chunks_ = 0;
-    std::atomic<int> pending_{0};
-    std::atomic<unsigned long> generation_{0};
+    std::atomic<int> remaining_{0};              // chunks of the current call not yet finished
+    std::atomic<std::uint64_t> claim_{0};        // (generation << 32) | next unclaimed chunk
+    std::atomic<std::uint32_t> generation_{0};  // one per call
     static constexpr std::chrono::microseconds kSpin{MICROTEX_SPIN_US};
 };
 
 // Calls f(begin, end, t) for t in [0, n_chunks) over [0, n) split into
-// contiguous chunks. Exceptions are re-thrown on the caller.
+// contiguous chunks; chunk t may run on any thread (state a chunk keeps must
+// be indexed by t, not by thread). Exceptions are re-thrown on the caller.
 template <class F>
 void parallel_chunks(std::ptrdiff_t n, int n_chunks, F&& f) {
     if (n <= 0) return;
