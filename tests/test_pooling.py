@@ -132,6 +132,8 @@ def test_gram_matches_numpy(shape, normalization, layout, dtype):
     (1, 20, 100, 100),  # one sample, many positions: threads take ranges of positions
     (2, 37, 40, 43),   # fewer samples than threads, odd sizes, position chunks with tails
     (5, 70, 30, 31),   # whole samples per thread
+    (1, 400, 20, 20),  # many channels: rows of the triangle in strips, over two position chunks
+    (3, 350, 9, 30),   # many channels, whole samples (or rows at 4 threads) in strips
 ])
 @pytest.mark.parametrize("layout", ["full", "triu"])
 def test_gram_work_sharing_matches_numpy(shape, layout, dtype):
@@ -197,7 +199,8 @@ def test_gram_large_layer_shapes():
 
 # ------------------------------------------------------------------ vlad
 @pytest.mark.parametrize("shape,n_words", [((3, 16, 9, 11), 5), ((1, 64, 30, 30), 32),
-                                           ((2, 3, 1, 1), 2), ((1, 1, 5, 5), 2), ((4, 33, 7, 9), 13)])
+                                           ((2, 3, 1, 1), 2), ((1, 1, 5, 5), 2), ((4, 33, 7, 9), 13),
+                                           ((2, 12, 6, 6), 3), ((1, 6, 40, 40), 4)])
 @pytest.mark.parametrize("flags", [(True, True, True), (False, False, False), (True, False, True),
                                    (False, True, False)])
 def test_vlad_matches_numpy(shape, n_words, flags, dtype):
@@ -214,6 +217,32 @@ def test_vlad_matches_numpy(shape, n_words, flags, dtype):
             assert v.dtype == dtype and v.shape == (shape[0], n_words * shape[1])
             np.testing.assert_allclose(v, expected, rtol=0, atol=(1e-4 if dtype == np.float32 else 1e-10),
                                        err_msg=name)
+
+
+def test_gram_strips_on_strided_input(dtype):
+    # many channels and a few position chunks, read through every kind of view
+    rng = np.random.default_rng(8)
+    x = rng.random((2, 340, 7, 40)).astype(dtype)
+    for layout in ("full", "triu"):
+        expected = ref_gram(x, "spatial", layout)
+        for name, view in layouts(x):
+            for n_threads in (1, 2):
+                g = gram(view, "spatial", layout, n_threads=n_threads)
+                np.testing.assert_allclose(g, expected, rtol=RTOL[dtype] * 5, atol=0, err_msg=name)
+
+
+def test_vlad_dictionary_may_change_between_calls(dtype):
+    # the kernels keep the last packed dictionary: a new one, or the same
+    # array changed in place, must be seen
+    rng = np.random.default_rng(9)
+    x = rng.random((2, 24, 10, 10)).astype(dtype)
+    words = rng.random((6, 24)).astype(dtype)
+    other = rng.random((6, 24)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for w in (words, other, words):
+        np.testing.assert_allclose(vlad_encode(x, w), ref_vlad(x, w, True, True, True), atol=tol)
+    words[2] += 0.5
+    np.testing.assert_allclose(vlad_encode(x, words), ref_vlad(x, words, True, True, True), atol=tol)
 
 
 def test_vlad_hand_computed():

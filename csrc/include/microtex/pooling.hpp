@@ -139,6 +139,13 @@ inline std::ptrdiff_t gram_features(std::ptrdiff_t c, bool triu) {
 // the diagonal is a sum of outer products over the chunk (gram_panel_tile):
 // one packed panel (KC x NR, in L1) against six rows read from the packed
 // panels at stride NR (streamed from L2). Float sums over a chunk go to double.
+//
+// With many channels the double accumulator (2 MiB at 512) does not stay in
+// cache, and streaming it in and out per chunk costs as much as the tiles at
+// VGG's deeper layers. There, `pack_all` packs every chunk first (threads
+// sharing a sample pack a share each) and `strips` finishes the triangle in
+// strips of kStripRows rows, each accumulated over all chunks in a small
+// accumulator and handed on for output while it is still in cache.
 template <class T>
 class GramWorker {
   public:
@@ -146,66 +153,105 @@ class GramWorker {
     static constexpr std::ptrdiff_t NR = 2 * W;  // channels per packed micro-panel
     static constexpr std::ptrdiff_t MR = 6;      // rows per tile
     static constexpr std::ptrdiff_t KC = 256;    // positions per chunk: a 16 KiB float panel
-    // `scratch` holds scratch_size(c) items (contents irrelevant): the packed
-    // panels, then one zero panel that stands in for rows past the last panel.
-    GramWorker(const Activations& a, T* scratch)
+    static constexpr std::ptrdiff_t kStripRows = 8 * MR;
+
+    // `scratch` holds scratch_size(c, positions) items (contents irrelevant):
+    // packed panels for `positions` positions (KC for chunk-by-chunk
+    // accumulation, all of them for strips), then one zero panel that stands
+    // in for rows past the last panel.
+    GramWorker(const Activations& a, T* scratch, std::ptrdiff_t positions)
         : a_(a),
           mk_(microkernels<T>()),
           panel_rows_((a.c + NR - 1) / NR * NR),
           rows_(padded_rows(a.c)),
           packed_(scratch),
-          zeros_(scratch + panel_rows_ * KC),
+          zeros_(scratch + panel_rows_ * positions),
           src_(panel_rows_, nullptr) {
         std::fill(zeros_, zeros_ + KC * NR, T(0));
     }
 
-    static std::ptrdiff_t scratch_size(std::ptrdiff_t c) { return ((c + NR - 1) / NR * NR + NR) * KC; }
+    static std::ptrdiff_t scratch_size(std::ptrdiff_t c, std::ptrdiff_t positions) {
+        return (c + NR - 1) / NR * NR * positions + NR * KC;
+    }
     // accumulator side: a multiple of MR and NR, so that tiles never leave it
     static std::ptrdiff_t padded_rows(std::ptrdiff_t c) { return (c + 47) / 48 * 48; }
+    // Strips pay off when the accumulator would leave L2 and the packed
+    // positions stay modest (at most a few MiB).
+    static bool use_strips(std::ptrdiff_t c, std::ptrdiff_t M) { return padded_rows(c) >= 384 && M <= 8 * KC; }
 
     // acc (+)= F F^T over positions [p_begin, p_end) of sample s, for the rows
     // [i_begin, i_end) of the upper triangle (i_begin a multiple of MR); the
     // first chunk overwrites when `overwrite` (no need to zero acc).
     void accumulate(std::ptrdiff_t s, std::ptrdiff_t p_begin, std::ptrdiff_t p_end, double* acc, bool overwrite,
                     std::ptrdiff_t i_begin = 0, std::ptrdiff_t i_end = -1) {
-        const std::ptrdiff_t c = a_.c;
-        if (i_end < 0) i_end = c;
-        const std::ptrdiff_t j_first = i_begin / NR * NR;  // panels left of it are not needed
-        const bool plane = a_.contiguous_planes(sizeof(T));
+        if (i_end < 0) i_end = a_.c;
         for (std::ptrdiff_t k0 = p_begin; k0 < p_end; k0 += KC) {
             const std::ptrdiff_t kc = std::min(KC, p_end - k0);
-            // 1. channel rows of the chunk, in place or gathered
-            if (plane) {
-                for (std::ptrdiff_t ch = j_first; ch < c; ++ch)
-                    src_[ch] = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch * a_.sc) + k0;
-            } else {
-                if (stage_.empty()) stage_.resize(c * KC);
-                for (std::ptrdiff_t ch = j_first; ch < c; ++ch) {
-                    gather_positions<T>(a_, s, ch, k0, k0 + kc, stage_.data() + ch * KC);
-                    src_[ch] = stage_.data() + ch * KC;
-                }
-            }
-            // 2. pack: panel jb holds channels [jb NR, jb NR + NR) at packed_[jb NR kc + k NR + r]
-            for (std::ptrdiff_t j0 = j_first; j0 < c; j0 += NR)
-                mk_.pack_panel(src_.data() + j0, std::min(NR, c - j0), kc, packed_ + j0 * kc);
-            // 3. tiles on or above the diagonal: six rows (in L1) against the
-            //    packed panels to their right, one sequential stream from L2
-            const bool first = overwrite && k0 == p_begin;
-            for (std::ptrdiff_t i0 = i_begin; i0 < i_end; i0 += MR) {
-                const T* rows[MR];
-                for (std::ptrdiff_t r = 0; r < MR; ++r) {
-                    const std::ptrdiff_t i = i0 + r;
-                    rows[r] = i < panel_rows_ ? packed_ + (i / NR) * NR * kc + i % NR : zeros_;
-                }
-                for (std::ptrdiff_t j0 = i0 / NR * NR; j0 < c; j0 += NR) {
-                    const T* B = packed_ + j0 * kc;
-                    mk_.gram_panel_tile(rows, B, kc, acc + i0 * rows_ + j0, rows_, first);
-                }
-            }
+            pack_chunk(s, k0, kc, i_begin / NR * NR, a_.c, packed_);
+            tiles(packed_, kc, i_begin, i_end, acc, 0, overwrite && k0 == p_begin);
+        }
+    }
+
+    // Packs channels [j_begin, j_end) (multiples of NR, or c) of all of
+    // sample s's positions, chunk after chunk, for strips(). Workers made on
+    // the same scratch may pack disjoint channel ranges at once.
+    void pack_all(std::ptrdiff_t s, std::ptrdiff_t j_begin, std::ptrdiff_t j_end) {
+        const std::ptrdiff_t M = a_.positions();
+        for (std::ptrdiff_t k0 = 0; k0 < M; k0 += KC)
+            pack_chunk(s, k0, std::min(KC, M - k0), j_begin, j_end, packed_ + panel_rows_ * k0);
+    }
+
+    // Rows [i_begin, i_end) of the triangle of the sample last packed by
+    // pack_all (channels from i_begin / NR * NR on), in strips: for each,
+    // acc (kStripRows x rows(), overwritten) holds rows [i0, i1) and
+    // done(acc, i0, i1) is called.
+    template <class Done>
+    void strips(double* acc, std::ptrdiff_t i_begin, std::ptrdiff_t i_end, Done&& done) {
+        const std::ptrdiff_t M = a_.positions();
+        for (std::ptrdiff_t i0 = i_begin; i0 < i_end; i0 += kStripRows) {
+            const std::ptrdiff_t i1 = std::min(i0 + kStripRows, i_end);
+            for (std::ptrdiff_t k0 = 0; k0 < M; k0 += KC)
+                tiles(packed_ + panel_rows_ * k0, std::min(KC, M - k0), i0, i1, acc, i0, k0 == 0);
+            done(static_cast<const double*>(acc), i0, i1);
         }
     }
 
   private:
+    // Channel rows [j_begin, j_end) of positions [k0, k0 + kc), packed: panel
+    // jb holds channels [jb NR, jb NR + NR) at dst[jb NR kc + k NR + r].
+    void pack_chunk(std::ptrdiff_t s, std::ptrdiff_t k0, std::ptrdiff_t kc, std::ptrdiff_t j_begin,
+                    std::ptrdiff_t j_end, T* dst) {
+        if (a_.contiguous_planes(sizeof(T))) {  // channel rows read in place
+            for (std::ptrdiff_t ch = j_begin; ch < j_end; ++ch)
+                src_[ch] = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch * a_.sc) + k0;
+        } else {
+            if (stage_.empty()) stage_.resize(a_.c * KC);
+            for (std::ptrdiff_t ch = j_begin; ch < j_end; ++ch) {
+                gather_positions<T>(a_, s, ch, k0, k0 + kc, stage_.data() + ch * KC);
+                src_[ch] = stage_.data() + ch * KC;
+            }
+        }
+        for (std::ptrdiff_t j0 = j_begin; j0 < j_end; j0 += NR)
+            mk_.pack_panel(src_.data() + j0, std::min(NR, j_end - j0), kc, dst + j0 * kc);
+    }
+
+    // Tiles on or above the diagonal for rows [i_begin, i_end) of one packed
+    // chunk: six rows (in L1) against the packed panels to their right, one
+    // sequential stream from L2. Row i goes to acc row i - acc_row0.
+    void tiles(const T* packed, std::ptrdiff_t kc, std::ptrdiff_t i_begin, std::ptrdiff_t i_end, double* acc,
+               std::ptrdiff_t acc_row0, bool overwrite) {
+        const std::ptrdiff_t c = a_.c;
+        for (std::ptrdiff_t i0 = i_begin; i0 < i_end; i0 += MR) {
+            const T* rows[MR];
+            for (std::ptrdiff_t r = 0; r < MR; ++r) {
+                const std::ptrdiff_t i = i0 + r;
+                rows[r] = i < panel_rows_ ? packed + (i / NR) * NR * kc + i % NR : zeros_;
+            }
+            for (std::ptrdiff_t j0 = i0 / NR * NR; j0 < c; j0 += NR)
+                mk_.gram_panel_tile(rows, packed + j0 * kc, kc, acc + (i0 - acc_row0) * rows_ + j0, rows_, overwrite);
+        }
+    }
+
     const Activations& a_;
     Microkernels<T> mk_;
     std::ptrdiff_t panel_rows_, rows_;
@@ -215,37 +261,71 @@ class GramWorker {
     std::vector<const T*> src_;
 };
 
-// Writes the normalized Gram matrix of one sample from the upper triangles of
-// one or more partial double accumulators (summed). The full layout is written
-// in 32 x 32 blocks, each with its mirror image, so that neither the reads
-// nor the transposed writes stride across the whole matrix.
+// Writes rows [i_begin, i_end) of the normalized Gram matrix of one sample
+// from the upper triangles of one or more partial double accumulators
+// (summed), whose first row is row `acc_row0`. The full layout goes in
+// B x B tiles, each written as is and then, transposed in a small buffer,
+// at its mirror position (both as contiguous row pieces), so that neither
+// the reads nor the mirrored writes stride across the whole matrix.
 template <class T>
-void write_gram(const std::vector<const double*>& accs, std::ptrdiff_t stride, std::ptrdiff_t c, std::ptrdiff_t M,
-                GramNormalization norm, bool triu, T* out, std::ptrdiff_t i_begin = 0, std::ptrdiff_t i_end = -1) {
+void write_gram(const std::vector<const double*>& accs, std::ptrdiff_t stride, std::ptrdiff_t acc_row0,
+                std::ptrdiff_t c, std::ptrdiff_t M, GramNormalization norm, bool triu, T* out,
+                std::ptrdiff_t i_begin = 0, std::ptrdiff_t i_end = -1) {
     if (i_end < 0) i_end = c;
     double scale = 1.0;
     if (norm == GramNormalization::spatial) scale = 1.0 / double(M);
     if (norm == GramNormalization::lubbers) scale = 1.0 / (2.0 * double(c) * double(M));
-    auto at = [&](std::ptrdiff_t i, std::ptrdiff_t j) {  // i <= j
-        double v = accs[0][i * stride + j];
-        for (std::size_t t = 1; t < accs.size(); ++t) v += accs[t][i * stride + j];
-        return v;
+    // dst[j - j0] = f * G[i][j] for j in [j0, j1)
+    auto row_piece = [&](std::ptrdiff_t i, std::ptrdiff_t j0, std::ptrdiff_t j1, double f, T* dst) {
+        const std::ptrdiff_t base = (i - acc_row0) * stride;
+        const double* a0 = accs[0] + base;
+        if (accs.size() == 1) {
+            for (std::ptrdiff_t j = j0; j < j1; ++j) dst[j - j0] = static_cast<T>(a0[j] * f);
+            return;
+        }
+        if (accs.size() == 2) {
+            const double* a1 = accs[1] + base;
+            for (std::ptrdiff_t j = j0; j < j1; ++j) dst[j - j0] = static_cast<T>((a0[j] + a1[j]) * f);
+            return;
+        }
+        for (std::ptrdiff_t j = j0; j < j1; ++j) {
+            double v = a0[j];
+            for (std::size_t t = 1; t < accs.size(); ++t) v += accs[t][base + j];
+            dst[j - j0] = static_cast<T>(v * f);
+        }
     };
     if (triu) {
         const double off = std::sqrt(2.0) * scale;
         std::ptrdiff_t idx = i_begin * c - i_begin * (i_begin - 1) / 2;  // where row i_begin starts
         for (std::ptrdiff_t i = i_begin; i < i_end; ++i) {
-            out[idx++] = static_cast<T>(at(i, i) * scale);
-            for (std::ptrdiff_t j = i + 1; j < c; ++j) out[idx++] = static_cast<T>(at(i, j) * off);
+            row_piece(i, i, i + 1, scale, out + idx);
+            row_piece(i, i + 1, c, off, out + idx + 1);
+            idx += c - i;
         }
         return;
     }
     constexpr std::ptrdiff_t B = 32;
-    for (std::ptrdiff_t i0 = i_begin; i0 < i_end; i0 += B)
-        for (std::ptrdiff_t j0 = i0; j0 < c; j0 += B)
-            for (std::ptrdiff_t i = i0; i < std::min(i0 + B, i_end); ++i)
-                for (std::ptrdiff_t j = std::max(i, j0); j < std::min(j0 + B, c); ++j)
-                    out[i * c + j] = out[j * c + i] = static_cast<T>(at(i, j) * scale);
+    T flip[B][B];
+    for (std::ptrdiff_t i0 = i_begin; i0 < i_end; i0 += B) {
+        const std::ptrdiff_t i1 = std::min(i0 + B, i_end);
+        for (std::ptrdiff_t j0 = i0; j0 < c; j0 += B) {
+            const std::ptrdiff_t j1 = std::min(j0 + B, c);
+            // upper part of the tile, G[i][j] for j >= i, then its transpose
+            for (std::ptrdiff_t i = i0; i < i1; ++i) {
+                const std::ptrdiff_t from = std::max(i, j0);
+                if (from >= j1) continue;
+                T* row = out + i * c;
+                row_piece(i, from, j1, scale, row + from);
+                for (std::ptrdiff_t j = from; j < j1; ++j) flip[j - j0][i - i0] = row[j];
+            }
+            // the mirror: G[j][i] = G[i][j] for i in [i0, min(i1, j + 1))
+            for (std::ptrdiff_t j = j0; j < j1; ++j) {
+                const std::ptrdiff_t n = std::min(i1, j + 1) - i0;
+                T* dst = out + j * c + i0;
+                for (std::ptrdiff_t i = 0; i < n; ++i) dst[i] = flip[j - j0][i];
+            }
+        }
+    }
 }
 
 // Grow-only scratch memory of the calling thread for gram(): accumulators and
@@ -283,7 +363,7 @@ void gram(const Activations& a, GramNormalization norm, bool triu, T* out, int n
     using Worker = GramWorker<T>;
     check_activations(a);
     const std::ptrdiff_t c = a.c, M = a.positions(), F = gram_features(c, triu);
-    const std::ptrdiff_t rows = Worker::padded_rows(c), A = rows * rows, P = Worker::scratch_size(c);
+    const std::ptrdiff_t rows = Worker::padded_rows(c);
     const int nt = threads_for(double(a.n) * c * c * M, n_threads);
     // Three ways to share the work:
     //  * whole samples per thread (at least as many samples as threads);
@@ -291,23 +371,41 @@ void gram(const Activations& a, GramNormalization norm, bool triu, T* out, int n
     //    reads (few positions per channel: packing is cheap next to the tiles);
     //  * positions of one sample per thread, each with an accumulator of its
     //    own, summed on output (many positions: packing is not repeated).
+    // The first two go strip by strip when Worker::use_strips says so.
     enum { samples, rows_of_sample, positions_of_sample } mode =
         a.n >= nt ? samples : (M <= 2 * c ? rows_of_sample : positions_of_sample);
+    const bool strips = mode != positions_of_sample && Worker::use_strips(c, M);
     const int parts = mode == positions_of_sample ? static_cast<int>(std::min<std::ptrdiff_t>(nt, M)) : nt;
-    const int accs_needed = mode == rows_of_sample ? 1 : parts;
+    const int accs_needed = mode == rows_of_sample && !strips ? 1 : parts;
+    const std::ptrdiff_t A = (strips ? Worker::kStripRows : rows) * rows;  // items per accumulator
+    const std::ptrdiff_t P = Worker::scratch_size(c, strips ? M : Worker::KC);
+    // packed panels: one set shared by all parts when they split one sample's strips
+    const bool shared_panels = strips && mode == rows_of_sample;
     auto& scratch = calling_thread_state<GramScratch<T>>();
-    scratch.reserve(std::size_t(accs_needed * A), std::size_t(parts * P));
+    scratch.reserve(std::size_t(accs_needed * A), std::size_t((shared_panels ? 1 : parts) * P));
     std::vector<Worker> workers;
     workers.reserve(parts);
-    for (int t = 0; t < parts; ++t) workers.emplace_back(a, scratch.panels.data() + t * P);
+    for (int t = 0; t < parts; ++t)
+        workers.emplace_back(a, scratch.panels.data() + (shared_panels ? 0 : t) * P, strips ? M : Worker::KC);
     std::vector<const double*> accs;
     for (int t = 0; t < accs_needed; ++t) accs.push_back(scratch.acc.data() + t * A);
+    // rows [i_begin, i_end) of sample s by worker t, in its own accumulator
+    auto part_of_sample = [&](std::ptrdiff_t s, int t, std::ptrdiff_t i_begin, std::ptrdiff_t i_end) {
+        double* acc = scratch.acc.data() + (accs_needed == 1 ? 0 : t) * A;
+        if (strips) {
+            workers[t].strips(acc, i_begin, i_end, [&](const double* strip, std::ptrdiff_t i0, std::ptrdiff_t i1) {
+                write_gram<T>({strip}, rows, i0, c, M, norm, triu, out + s * F, i0, i1);
+            });
+        } else {
+            workers[t].accumulate(s, 0, M, acc, true, i_begin, i_end);
+            write_gram<T>({acc}, rows, 0, c, M, norm, triu, out + s * F, i_begin, i_end);
+        }
+    };
     if (mode == samples) {
         parallel_chunks(a.n, parts, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
-            double* acc = scratch.acc.data() + t * A;
             for (std::ptrdiff_t s = lo; s < hi; ++s) {
-                workers[t].accumulate(s, 0, M, acc, true);
-                write_gram<T>({acc}, rows, c, M, norm, triu, out + s * F);
+                if (strips) workers[t].pack_all(s, 0, c);
+                part_of_sample(s, t, 0, c);
             }
         });
         return;
@@ -315,17 +413,21 @@ void gram(const Activations& a, GramNormalization norm, bool triu, T* out, int n
     const auto bounds = gram_row_split(c, Worker::MR, Worker::NR, parts);
     for (std::ptrdiff_t s = 0; s < a.n; ++s) {
         if (mode == rows_of_sample) {
+            if (shared_panels) {  // every part packs a share of the panels, then all read them
+                const std::ptrdiff_t panels = (c + Worker::NR - 1) / Worker::NR;
+                parallel_chunks(panels, parts, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
+                    workers[t].pack_all(s, lo * Worker::NR, std::min(c, hi * Worker::NR));
+                });
+            }
             parallel_chunks(parts, parts, [&](std::ptrdiff_t, std::ptrdiff_t, int t) {
-                if (bounds[t] == bounds[t + 1]) return;
-                workers[t].accumulate(s, 0, M, scratch.acc.data(), true, bounds[t], bounds[t + 1]);
-                write_gram(accs, rows, c, M, norm, triu, out + s * F, bounds[t], bounds[t + 1]);
+                if (bounds[t] < bounds[t + 1]) part_of_sample(s, t, bounds[t], bounds[t + 1]);
             });
         } else {
             parallel_chunks(M, parts, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
                 workers[t].accumulate(s, lo, hi, scratch.acc.data() + t * A, true);
             });
             parallel_chunks(parts, parts, [&](std::ptrdiff_t, std::ptrdiff_t, int t) {
-                write_gram(accs, rows, c, M, norm, triu, out + s * F, bounds[t], bounds[t + 1]);
+                write_gram(accs, rows, 0, c, M, norm, triu, out + s * F, bounds[t], bounds[t + 1]);
             });
         }
     }
@@ -342,7 +444,7 @@ struct VladOptions {
 //  1. per panel of PB pixels: dot products with all words (vlad_tile) and the
 //     nearest word (vlad_argmin);
 //  2. positions of the chunk counting-sorted by word;
-//  3. per word, its positions summed over four channel rows at once (float
+//  3. per word, its positions summed over 4 or 8 channel rows at once (float
 //     sums over at most CH positions, then added to the double totals): no
 //     read-modify-write chain per pixel.
 template <class T>
@@ -365,7 +467,7 @@ class VladWorker {
         panel_.resize(a.c * PB);
         dots_.resize(Kpad * PB);
         best_.resize(PB);
-        row_.resize(4 * CH);
+        row_.resize(kRows * CH);
         assign_.resize(CH);
         order_.resize(CH);
         start_.resize(K + 1);
@@ -373,18 +475,19 @@ class VladWorker {
         counts_.resize(K);
     }
 
-    void zero() {
-        std::fill(sums_.begin(), sums_.end(), 0.0);
-        std::fill(counts_.begin(), counts_.end(), 0.0);
-    }
     std::vector<double>& sums() { return sums_; }      // (K, c): sum of assigned x
     std::vector<double>& counts() { return counts_; }  // (K,)
 
-    void accumulate(std::ptrdiff_t s, std::ptrdiff_t p0, std::ptrdiff_t p1) {
+    // Sums of positions [p0, p1) of sample s, added to the totals, or
+    // replacing them when `overwrite` (no separate zeroing pass).
+    void accumulate(std::ptrdiff_t s, std::ptrdiff_t p0, std::ptrdiff_t p1, bool overwrite) {
         const std::ptrdiff_t c = a_.c;
+        if (overwrite) std::fill(counts_.begin(), counts_.end(), 0.0);
+        if (overwrite && p0 >= p1) std::fill(sums_.begin(), sums_.end(), 0.0);
         const bool plane = a_.contiguous_planes(sizeof(T));
         for (std::ptrdiff_t c0 = p0; c0 < p1; c0 += CH) {
             const std::ptrdiff_t cn = std::min(CH, p1 - c0);
+            const bool first = overwrite && c0 == p0;
             // 1. nearest word of every position of the chunk
             for (std::ptrdiff_t q0 = 0; q0 < cn; q0 += PB) {
                 const std::ptrdiff_t np = std::min(PB, cn - q0);
@@ -421,39 +524,56 @@ class VladWorker {
             }
             next_.assign(start_.begin(), start_.end() - 1);
             for (std::ptrdiff_t j = 0; j < cn; ++j) order_[next_[assign_[j]]++] = j;
-            // 3. per word: sum of its positions, four channel rows per pass
-            for (std::ptrdiff_t ch0 = 0; ch0 < c; ch0 += 4) {
-                const std::ptrdiff_t nr = std::min<std::ptrdiff_t>(4, c - ch0);
-                const T* rows[4];
-                for (std::ptrdiff_t r = 0; r < 4; ++r) {
-                    const std::ptrdiff_t ch = ch0 + std::min(r, nr - 1);  // repeat the last row as padding
-                    if (plane) {
-                        rows[r] = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch * a_.sc) + c0;
-                    } else {
-                        gather_positions<T>(a_, s, ch, c0, c0 + cn, row_.data() + r * CH);
-                        rows[r] = row_.data() + r * CH;
-                    }
+            // 3. per word: sum of its positions, R channel rows per pass (8
+            //    when the rows' chunks fit in half of L1, else 4)
+            const std::ptrdiff_t R = cn * std::ptrdiff_t(sizeof(T)) * kRows <= 16384 ? kRows : kRows / 2;
+            for (std::ptrdiff_t ch0 = 0; ch0 < c; ch0 += R) {
+                const std::ptrdiff_t nr = std::min(R, c - ch0);
+                const T* rows;  // nr rows of the chunk's positions, ld apart
+                std::ptrdiff_t ld;
+                if (plane) {
+                    rows = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch0 * a_.sc) + c0;
+                    ld = a_.sc / std::ptrdiff_t(sizeof(T));
+                } else {
+                    for (std::ptrdiff_t r = 0; r < nr; ++r)
+                        gather_positions<T>(a_, s, ch0 + r, c0, c0 + cn, row_.data() + r * CH);
+                    rows = row_.data();
+                    ld = CH;
                 }
-                const T *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
-                for (std::ptrdiff_t k = 0; k < K_; ++k) {
-                    const std::ptrdiff_t* idx = order_.data() + start_[k];
-                    const std::ptrdiff_t n = start_[k + 1] - start_[k];
-                    T t0 = 0, t1 = 0, t2 = 0, t3 = 0;  // at most CH terms, then double
-                    for (std::ptrdiff_t i = 0; i < n; ++i) {
-                        const std::ptrdiff_t j = idx[i];
-                        t0 += r0[j];
-                        t1 += r1[j];
-                        t2 += r2[j];
-                        t3 += r3[j];
-                    }
-                    const double t[4] = {double(t0), double(t1), double(t2), double(t3)};
-                    for (std::ptrdiff_t r = 0; r < nr; ++r) sums_[k * c + ch0 + r] += t[r];
-                }
+                if (nr == kRows)
+                    add_word_sums<kRows>(rows, ld, ch0, first);
+                else if (nr == kRows / 2)
+                    add_word_sums<kRows / 2>(rows, ld, ch0, first);
+                else
+                    for (std::ptrdiff_t r = 0; r < nr; ++r) add_word_sums<1>(rows + r * ld, ld, ch0 + r, first);
             }
         }
     }
 
   private:
+    static constexpr std::ptrdiff_t kRows = 8;
+
+    // sums[k][ch0 + r] (+)= sum over word k's positions of rows[r * ld + j],
+    // for r < R: R float sums per word (at most CH terms), then double.
+    template <int R>
+    void add_word_sums(const T* rows, std::ptrdiff_t ld, std::ptrdiff_t ch0, bool overwrite) {
+        const std::ptrdiff_t c = a_.c;
+        for (std::ptrdiff_t k = 0; k < K_; ++k) {
+            const std::ptrdiff_t* idx = order_.data() + start_[k];
+            const std::ptrdiff_t n = start_[k + 1] - start_[k];
+            T t[R] = {};
+            for (std::ptrdiff_t i = 0; i < n; ++i) {
+                const T* x = rows + idx[i];
+                for (int r = 0; r < R; ++r) t[r] += x[r * ld];
+            }
+            double* dst = sums_.data() + k * c + ch0;
+            if (overwrite)
+                for (int r = 0; r < R; ++r) dst[r] = t[r];
+            else
+                for (int r = 0; r < R; ++r) dst[r] += t[r];
+        }
+    }
+
     Activations a_{};
     Microkernels<T> mk_{};
     const T* wp_ = nullptr;
@@ -475,28 +595,51 @@ struct VladWordStats {
     bool finite = true;
 };
 
+// The dictionary as the kernels read it: words packed four at a time,
+// channel-major, and their squared norms (+inf for the padding words).
 template <class T>
-void vlad_word_stats(const double* sums, const double* counts, const T* words, std::ptrdiff_t k_begin,
-                     std::ptrdiff_t k_end, std::ptrdiff_t c, const VladOptions& opt, VladWordStats* stats) {
+struct VladWords {
+    const T* words = nullptr;  // (K, c) C-contiguous
+    std::ptrdiff_t K = 0, Kpad = 0, c = 0;
+    std::vector<T> packed, norms, copy;  // copy: the words last packed
+
+    // Packs `w` unless it equals the words packed last time (the usual case:
+    // one dictionary, many calls).
+    void set(const T* w, std::ptrdiff_t n_words, std::ptrdiff_t n_channels, const Microkernels<T>& mk) {
+        words = w;
+        const std::size_t count = static_cast<std::size_t>(n_words * n_channels);
+        if (K == n_words && c == n_channels && copy.size() == count &&
+            std::memcmp(copy.data(), w, count * sizeof(T)) == 0)
+            return;
+        K = n_words;
+        c = n_channels;
+        Kpad = (K + 3) / 4 * 4;
+        copy.assign(w, w + count);
+        packed.assign(Kpad * c, T(0));
+        norms.assign(Kpad, std::numeric_limits<T>::infinity());
+        for (std::ptrdiff_t k = 0; k < K; ++k) {
+            for (std::ptrdiff_t ch = 0; ch < c; ++ch) packed[((k / 4) * c + ch) * 4 + k % 4] = w[k * c + ch];
+            norms[k] = static_cast<T>(mk.sum_squares(w + k * c, c));
+        }
+    }
+};
+
+template <class T>
+void vlad_word_stats(const double* sums, const double* counts, const VladWords<T>& dict, std::ptrdiff_t k_begin,
+                     std::ptrdiff_t k_end, const VladOptions& opt, const Microkernels<T>& mk, VladWordStats* stats) {
     // A residual at rounding level (e.g. a word whose only member is the word
     // itself) is exactly zero in exact arithmetic; keep it zero so that
     // intra-normalization does not blow rounding noise up to a unit vector.
     const double tol = 100.0 * std::numeric_limits<T>::epsilon();
+    const std::ptrdiff_t c = dict.c;
     for (std::ptrdiff_t k = k_begin; k < k_end; ++k) {
-        const double* sk = sums + k * c;
-        const T* ck = words + k * c;
         const double n = counts[k];
-        double ss = 0, abs_sum = 0, s_norm = 0, c_norm = 0;
-        for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
-            const double r = sk[ch] - n * double(ck[ch]);
-            ss += r * r;
-            abs_sum += std::fabs(r);
-            s_norm += sk[ch] * sk[ch];
-            c_norm += double(ck[ch]) * ck[ch];
-        }
+        double r[3];  // sum r^2, sum |r|, sum s^2
+        mk.vlad_residual_stats(sums + k * c, dict.words + k * c, c, n, r);
+        const double ss = r[0], abs_sum = r[1], s_norm = r[2];
         VladWordStats& st = stats[k];
         st.finite = std::isfinite(ss) && std::isfinite(s_norm);  // NaN/inf activations
-        if (!st.finite || std::sqrt(ss) <= tol * (std::sqrt(s_norm) + n * std::sqrt(c_norm))) {
+        if (!st.finite || std::sqrt(ss) <= tol * (std::sqrt(s_norm) + n * std::sqrt(double(dict.norms[k])))) {
             st.scale = st.share = 0;
             continue;
         }
@@ -506,49 +649,47 @@ void vlad_word_stats(const double* sums, const double* counts, const T* words, s
     }
 }
 
+// Pass 2 for one sample, given every word's stats and the global 1/norm.
 template <class T>
-void vlad_write_words(const double* sums, const double* counts, const T* words, std::ptrdiff_t k_begin,
-                      std::ptrdiff_t k_end, std::ptrdiff_t c, const VladOptions& opt, const VladWordStats* stats,
-                      double inv_norm, T* out) {
-    for (std::ptrdiff_t k = k_begin; k < k_end; ++k) {
-        const double* sk = sums + k * c;
-        const T* ck = words + k * c;
-        const double n = counts[k], sc = stats[k].scale;
-        T* o = out + k * c;
-        if (opt.signed_sqrt) {
-            for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
-                const double z = (sk[ch] - n * double(ck[ch])) * sc;
-                o[ch] = static_cast<T>(std::copysign(std::sqrt(std::fabs(z)), z) * inv_norm);
-            }
-        } else {
-            for (std::ptrdiff_t ch = 0; ch < c; ++ch) o[ch] = static_cast<T>((sk[ch] - n * double(ck[ch])) * sc * inv_norm);
-        }
-    }
+void vlad_write_words(const double* sums, const double* counts, const VladWords<T>& dict, std::ptrdiff_t k_begin,
+                      std::ptrdiff_t k_end, const VladOptions& opt, const Microkernels<T>& mk,
+                      const VladWordStats* stats, double inv_norm, T* out) {
+    const std::ptrdiff_t c = dict.c;
+    for (std::ptrdiff_t k = k_begin; k < k_end; ++k)
+        mk.vlad_residual_write(sums + k * c, dict.words + k * c, c, counts[k], stats[k].scale, inv_norm,
+                               opt.signed_sqrt, out + k * c);
 }
 
-// Both passes for one sample; `split(K, f)` runs f(k_begin, k_end) over the
-// words (serially or across threads).
-template <class T, class Split>
-void write_vlad(const double* sums, const double* counts, const T* words, std::ptrdiff_t K, std::ptrdiff_t c,
-                const VladOptions& opt, T* out, std::vector<VladWordStats>& stats, Split&& split) {
-    stats.resize(K);
-    split(K, [&](std::ptrdiff_t k0, std::ptrdiff_t k1) { vlad_word_stats(sums, counts, words, k0, k1, c, opt, stats.data()); });
+// 1/(global norm) from every word's stats, or NaN when some word is not
+// finite (the sample is then written as NaN; Python reports it).
+inline double vlad_inverse_norm(const std::vector<VladWordStats>& stats, const VladOptions& opt) {
     double total = 0;
     for (const auto& st : stats) {
-        if (!st.finite) {  // flag the sample; Python reports it
-            std::fill(out, out + K * c, std::numeric_limits<T>::quiet_NaN());
-            return;
-        }
+        if (!st.finite) return std::numeric_limits<double>::quiet_NaN();
         total += st.share;
     }
-    const double inv = opt.l2_normalize && total > 0 ? 1.0 / std::sqrt(total) : 1.0;
-    split(K, [&](std::ptrdiff_t k0, std::ptrdiff_t k1) { vlad_write_words(sums, counts, words, k0, k1, c, opt, stats.data(), inv, out); });
+    return opt.l2_normalize && total > 0 ? 1.0 / std::sqrt(total) : 1.0;
+}
+
+// Both passes for one sample on one thread.
+template <class T>
+void write_vlad(const double* sums, const double* counts, const VladWords<T>& dict, const VladOptions& opt,
+                const Microkernels<T>& mk, T* out, std::vector<VladWordStats>& stats) {
+    stats.resize(dict.K);
+    vlad_word_stats(sums, counts, dict, 0, dict.K, opt, mk, stats.data());
+    const double inv = vlad_inverse_norm(stats, opt);
+    if (std::isnan(inv)) {
+        std::fill(out, out + dict.K * dict.c, std::numeric_limits<T>::quiet_NaN());
+        return;
+    }
+    vlad_write_words(sums, counts, dict, 0, dict.K, opt, mk, stats.data(), inv, out);
 }
 
 template <class T>
 struct VladState {
-    std::vector<T> packed, norms;
+    VladWords<T> dict;
     std::vector<VladWorker<T>> workers;
+    std::vector<VladWordStats> stats;
 };
 
 // words: (K, c) C-contiguous dictionary; out: (n, K*c)
@@ -557,62 +698,55 @@ void vlad(const Activations& a, const T* words, std::ptrdiff_t K, const VladOpti
           int n_threads) {
     check_activations(a);
     if (K <= 0) throw std::invalid_argument("VLAD dictionary must have at least one word");
-    const std::ptrdiff_t c = a.c, M = a.positions(), Kpad = (K + 3) / 4 * 4;
+    const std::ptrdiff_t c = a.c, M = a.positions();
     const int nt = threads_for(double(a.n) * K * c * M * 2, n_threads);
+    const Microkernels<T> mk = microkernels<T>();
     // kept by the calling thread between calls: packed words, one worker per part
     auto& state = calling_thread_state<VladState<T>>();
-    auto &packed = state.packed, &norms = state.norms;
+    const VladWords<T>& dict = state.dict;
     auto& workers = state.workers;
-    // pack words four at a time, channel-major, and precompute |c_k|^2
-    packed.assign(Kpad * c, T(0));
-    norms.assign(Kpad, std::numeric_limits<T>::infinity());
-    for (std::ptrdiff_t k = 0; k < K; ++k) {
-        double nn = 0;
-        for (std::ptrdiff_t ch = 0; ch < c; ++ch) {
-            const T v = words[k * c + ch];
-            packed[((k / 4) * c + ch) * 4 + k % 4] = v;
-            nn += double(v) * v;
-        }
-        norms[k] = static_cast<T>(nn);
-    }
+    state.dict.set(words, K, c, mk);
     if (static_cast<int>(workers.size()) < nt) workers.resize(nt);
-    for (int t = 0; t < nt; ++t) workers[t].prepare(a, packed.data(), norms.data(), K, Kpad);
+    for (int t = 0; t < nt; ++t) workers[t].prepare(a, dict.packed.data(), dict.norms.data(), K, dict.Kpad);
     const std::ptrdiff_t F = K * c;
     if (a.n >= nt) {  // whole samples per thread
         parallel_chunks(a.n, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
             std::vector<VladWordStats> stats;
-            auto serial = [](std::ptrdiff_t n, auto&& f) { f(std::ptrdiff_t{0}, n); };
             for (std::ptrdiff_t s = lo; s < hi; ++s) {
-                workers[t].zero();
-                workers[t].accumulate(s, 0, M);
-                write_vlad(workers[t].sums().data(), workers[t].counts().data(), words, K, c, opt, out + s * F, stats,
-                           serial);
+                workers[t].accumulate(s, 0, M, true);
+                write_vlad(workers[t].sums().data(), workers[t].counts().data(), dict, opt, mk, out + s * F, stats);
             }
         });
         return;
     }
-    // threads share a sample: ranges of its positions, then ranges of words
-    // (partial sums added up, normalized, written)
+    // threads share a sample: ranges of its positions; then ranges of words
+    // (partial sums added up, residual stats); then the normalized output
     const int used = static_cast<int>(std::min<std::ptrdiff_t>(nt, M));
-    std::vector<VladWordStats> stats;
-    auto across_threads = [&](std::ptrdiff_t n, auto&& f) {
-        parallel_chunks(n, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) { f(lo, hi); });
-    };
+    auto& stats = state.stats;
+    stats.resize(K);
     double* sums = workers[0].sums().data();
     double* counts = workers[0].counts().data();
     for (std::ptrdiff_t s = 0; s < a.n; ++s) {
         parallel_chunks(M, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
-            workers[t].zero();
-            workers[t].accumulate(s, lo, hi);
+            workers[t].accumulate(s, lo, hi, true);
         });
-        across_threads(K, [&](std::ptrdiff_t k0, std::ptrdiff_t k1) {
+        parallel_chunks(K, nt, [&](std::ptrdiff_t k0, std::ptrdiff_t k1, int) {
             for (int t = 1; t < used; ++t) {
                 const double* other = workers[t].sums().data();
                 for (std::ptrdiff_t i = k0 * c; i < k1 * c; ++i) sums[i] += other[i];
                 for (std::ptrdiff_t k = k0; k < k1; ++k) counts[k] += workers[t].counts()[k];
             }
+            vlad_word_stats(sums, counts, dict, k0, k1, opt, mk, stats.data());
         });
-        write_vlad(sums, counts, words, K, c, opt, out + s * F, stats, across_threads);
+        const double inv = vlad_inverse_norm(stats, opt);
+        T* o = out + s * F;
+        if (std::isnan(inv)) {
+            std::fill(o, o + F, std::numeric_limits<T>::quiet_NaN());
+            continue;
+        }
+        parallel_chunks(K, nt, [&](std::ptrdiff_t k0, std::ptrdiff_t k1, int) {
+            vlad_write_words(sums, counts, dict, k0, k1, opt, mk, stats.data(), inv, o);
+        });
     }
 }
 

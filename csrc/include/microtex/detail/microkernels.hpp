@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -33,17 +34,22 @@ struct Microkernels {
     void (*vlad_argmin)(const T*, const T*, long, T*);
     void (*sum_run)(const T*, long, double*);
     void (*max_run)(const T*, long, T*, T*);
+    void (*vlad_residual_stats)(const double*, const T*, long, double, double*);
+    void (*vlad_residual_write)(const double*, const T*, long, double, double, double, bool, T*);
+    double (*sum_squares)(const T*, long);
 };
 
 template <class T>
 inline Microkernels<T> microkernels() {
 #ifdef MICROTEX_HAVE_AVX2_CLONE
     if (cpu_has_avx2_fma())
-        return {&avx2::pack_panel<T>, &avx2::gram_panel_tile<T>, &avx2::vlad_tile<T>, &avx2::vlad_argmin<T>, &avx2::sum_run<T>,
-                &avx2::max_run<T>};
+        return {&avx2::pack_panel<T>,          &avx2::gram_panel_tile<T>,     &avx2::vlad_tile<T>,
+                &avx2::vlad_argmin<T>,         &avx2::sum_run<T>,             &avx2::max_run<T>,
+                &avx2::vlad_residual_stats<T>, &avx2::vlad_residual_write<T>, &avx2::sum_squares<T>};
 #endif
-    return {&generic::pack_panel<T>, &generic::gram_panel_tile<T>, &generic::vlad_tile<T>, &generic::vlad_argmin<T>,
-            &generic::sum_run<T>, &generic::max_run<T>};
+    return {&generic::pack_panel<T>,          &generic::gram_panel_tile<T>,     &generic::vlad_tile<T>,
+            &generic::vlad_argmin<T>,         &generic::sum_run<T>,             &generic::max_run<T>,
+            &generic::vlad_residual_stats<T>, &generic::vlad_residual_write<T>, &generic::sum_squares<T>};
 }
 
 }  // namespace microtex::detail
