@@ -721,14 +721,18 @@ void vlad(const Activations& a, const T* words, std::ptrdiff_t K, const VladOpti
     }
     // threads share a sample: ranges of its positions; then ranges of words
     // (partial sums added up, residual stats); then the normalized output
-    const int used = static_cast<int>(std::min<std::ptrdiff_t>(nt, M));
+    // positions split at panel boundaries: no thread computes a padded panel
+    // that a whole one would have covered
+    constexpr std::ptrdiff_t PB = VladWorker<T>::PB;
+    const std::ptrdiff_t panels = (M + PB - 1) / PB;
+    const int used = static_cast<int>(std::min<std::ptrdiff_t>(nt, panels));
     auto& stats = state.stats;
     stats.resize(K);
     double* sums = workers[0].sums().data();
     double* counts = workers[0].counts().data();
     for (std::ptrdiff_t s = 0; s < a.n; ++s) {
-        parallel_chunks(M, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
-            workers[t].accumulate(s, lo, hi, true);
+        parallel_chunks(panels, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int t) {
+            workers[t].accumulate(s, lo * PB, std::min(M, hi * PB), true);
         });
         parallel_chunks(K, nt, [&](std::ptrdiff_t k0, std::ptrdiff_t k1, int) {
             for (int t = 1; t < used; ++t) {
