@@ -46,7 +46,8 @@ def machine() -> dict:
 
 
 def time_interleaved(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: float = 0.0,
-                     block: int = 3, settle: float = 0.15, block_time: float = 0.0) -> dict:
+                     block: int = 3, settle: float = 0.15, block_time: float = 0.0,
+                     min_turns: int = 1) -> dict:
     """Median wall time (seconds) per call of each callable, measured in alternating blocks.
 
     Candidates take turns, ``block`` timed calls each, until every one has
@@ -61,6 +62,10 @@ def time_interleaved(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: 
     calls (the same rule for every candidate, from its warm-up time): after
     the idle pause a virtual machine's CPUs take a few milliseconds to come
     back to speed, which would otherwise dominate sub-millisecond calls.
+
+    ``min_turns`` makes every candidate take at least that many turns: with
+    long blocks a single turn may already hold ``repeats`` calls, and one
+    10 ms window on a shared machine is a sample of its noise, not of the code.
     """
     blocks = {}
     for k, f in funcs.items():
@@ -71,7 +76,10 @@ def time_interleaved(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: 
         blocks[k] = max(block, int(block_time / max(per_call, 1e-9)) if block_time > 0 else block)
     samples = {k: [] for k in funcs}
     start = time.perf_counter()
-    while min(len(v) for v in samples.values()) < repeats or time.perf_counter() - start < min_time:
+    turns = 0
+    while (min(len(v) for v in samples.values()) < repeats or turns < min_turns
+           or time.perf_counter() - start < min_time):
+        turns += 1
         for k, f in funcs.items():
             time.sleep(settle)
             f()
