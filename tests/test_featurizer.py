@@ -369,6 +369,22 @@ def test_images_of_different_sizes_keep_their_order(cnn):
     np.testing.assert_array_equal(table.features, features)
 
 
+@pytest.mark.torch
+def test_pooling_in_turn_or_overlapped_gives_the_same_rows(cnn):
+    # the CPU pools between inferences; a GPU session overlaps pooling with
+    # the next batch's inference: same rows, same order, either way
+    images = [textures(1, (32, 32), seed=i)[0] for i in range(5)]
+    f = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram"), batch_size=2).fit(None)
+    runs = {}
+    for overlap in (False, True):
+        rows = list(f._pooled(images, "raise", [], overlap=overlap))
+        assert [len(ids) for ids, _ in rows] == [2, 2, 1]
+        runs[overlap] = np.concatenate([feats for _, feats in rows])
+    np.testing.assert_array_equal(runs[True], runs[False])
+    np.testing.assert_array_equal(runs[False], f.transform(images))
+    assert np.abs(runs[False][0] - runs[False][1]).max() > 1e-3
+
+
 def test_paths_directory_and_order(tmp_path, rng):
     images = textures(3, (24, 20))
     paths = [
