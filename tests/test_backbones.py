@@ -11,8 +11,6 @@ import os
 import pathlib
 import runpy
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,8 @@ import pytest
 from microtex import backbones
 from microtex.backbones import BackboneConfig, Heads
 from microtex.errors import BundleError, UnknownLayerError, WeightsError
+
+from _helpers import reference_gram, run_python
 
 EXPORT_DIR = pathlib.Path(__file__).resolve().parents[1] / "export"
 
@@ -59,19 +59,12 @@ def max_relative_error(actual, expected) -> float:
 def reference_pool(activation, pool, normalization="spatial", layout="triu"):
     """DESIGN §4 in NumPy (float64), from an (n, c, h, w) activation."""
     activation = np.asarray(activation, dtype=np.float64)
-    n, channels = activation.shape[:2]
-    features = activation.reshape(n, channels, -1)
-    m = features.shape[2]
+    features = activation.reshape(*activation.shape[:2], -1)
     if pool == "mean":
         return features.mean(axis=2)
     if pool == "max":
         return features.max(axis=2)
-    gram = features @ features.transpose(0, 2, 1)
-    gram = {"sum": gram, "spatial": gram / m, "lubbers": gram / (2 * channels * m)}[normalization]
-    if layout == "full":
-        return gram.reshape(n, channels * channels)
-    rows, cols = np.triu_indices(channels)
-    return gram[:, rows, cols] * np.where(rows == cols, 1.0, math.sqrt(2.0))
+    return reference_gram(activation, normalization, layout)
 
 
 def ort_session(path):
@@ -288,7 +281,8 @@ def test_import_does_not_load_torch():
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'onnx' not in sys.modules, 'onnx imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
+    result = run_python("-c", code)
+    assert result.returncode == 0, result.stderr
 
 
 # --------------------------------------------------------------------------- weights

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +15,8 @@ from microtex import synth
 from microtex.cli import main
 from microtex.demo import leave_one_out_1nn
 from microtex.featurizer import FeatureTable, TextureFeaturizer
+
+from _helpers import run_python
 
 N_BLOCK_FIRST_MEAN_GRAM = 1472 + 2080 + 8256 + 32896 + 131328 + 131328  # default taps and pools
 
@@ -289,15 +288,7 @@ def test_featurize_bad_arguments_exit_2(tmp_path, capsys, argv):
 
 
 def test_version_subprocess():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    result = subprocess.run(
-        [sys.executable, "-m", "microtex.cli", "--version"],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    result = run_python("-m", "microtex.cli", "--version", timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"microtex {microtex.__version__}"
 

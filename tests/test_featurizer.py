@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import math
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +11,8 @@ from PIL import Image
 from microtex import synth
 from microtex.errors import BundleError, ImageReadError, UnknownLayerError
 from microtex.featurizer import FeatureTable, TextureFeaturizer, featurize
+
+from _helpers import reference_gram, run_python
 
 SHALLOW = ("relu1_1", "relu2_1")
 BLOCK_CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}  # DESIGN.md §3 / VGG
@@ -56,19 +54,6 @@ def textures(n: int, size=(32, 32), seed: int = 0) -> np.ndarray:
         for i in range(n)
     ]
     return np.ascontiguousarray(np.stack(out), dtype=np.float32)
-
-
-def numpy_gram(F: np.ndarray, normalization: str, layout: str) -> np.ndarray:
-    """Reference Gram features of activations (n, c, h, w), DESIGN.md §4."""
-    n, c = F.shape[:2]
-    F = F.reshape(n, c, -1).astype(np.float64)
-    m = F.shape[2]
-    G = F @ F.transpose(0, 2, 1)
-    G = {"sum": G, "spatial": G / m, "lubbers": G / (2 * c * m)}[normalization]
-    if layout == "full":
-        return G.reshape(n, c * c)
-    rows, cols = np.triu_indices(c)
-    return G[:, rows, cols] * np.where(rows == cols, 1.0, math.sqrt(2.0))
 
 
 @pytest.fixture
@@ -230,7 +215,7 @@ def test_kernels_equal_numpy_on_onnx_activations(cnn, image_batch, normalization
         np.testing.assert_array_equal(
             features[:, columns_of(names, tap, "max")], flat.max(axis=2).astype(np.float32)
         )
-        reference = numpy_gram(F, normalization, layout)
+        reference = reference_gram(F, normalization, layout)
         np.testing.assert_allclose(
             features[:, columns_of(names, tap, "gram")],
             reference,
@@ -271,15 +256,7 @@ def test_raw_needs_neither_torch_nor_onnxruntime():
         "bad = [m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
 
 

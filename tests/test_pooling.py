@@ -8,6 +8,8 @@ import pytest
 from microtex import pooling
 from microtex.pooling import fit_vlad_dictionary, gram, max_pool, mean_pool, vlad_encode
 
+from _helpers import reference_gram
+
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 2e-5, np.float64: 1e-11}
 
@@ -16,18 +18,6 @@ RTOL = {np.float32: 2e-5, np.float64: 1e-11}
 def ref_matrix(acts):
     n, c = acts.shape[:2]
     return np.asarray(acts, dtype=np.float64).reshape(n, c, -1)
-
-
-def ref_gram(acts, normalization="spatial", layout="triu"):
-    F = ref_matrix(acts)
-    n, c, M = F.shape
-    G = F @ F.transpose(0, 2, 1)
-    G = G / {"sum": 1.0, "spatial": M, "lubbers": 2.0 * c * M}[normalization]
-    if layout == "full":
-        return G.reshape(n, -1)
-    iu = np.triu_indices(c)
-    weights = np.where(iu[0] == iu[1], 1.0, np.sqrt(2.0))
-    return G[:, iu[0], iu[1]] * weights
 
 
 def ref_vlad(acts, words, intra=True, ssr=True, l2=True):
@@ -119,7 +109,7 @@ def test_max_of_all_negative_values():
 def test_gram_matches_numpy(shape, normalization, layout, dtype):
     rng = np.random.default_rng(1)
     x = rng.random(shape).astype(dtype)
-    expected = ref_gram(x, normalization, layout)
+    expected = reference_gram(x, normalization, layout)
     for name, view in layouts(x):
         for n_threads in (1, 2):
             g = gram(view, normalization, layout, n_threads=n_threads)
@@ -139,7 +129,7 @@ def test_gram_matches_numpy(shape, normalization, layout, dtype):
 def test_gram_work_sharing_matches_numpy(shape, layout, dtype):
     rng = np.random.default_rng(7)
     x = np.maximum(rng.standard_normal(shape), 0).astype(dtype)
-    expected = ref_gram(x, "sum", layout)
+    expected = reference_gram(x, "sum", layout)
     for n_threads in (1, 2, 3, 4):
         g = gram(x, "sum", layout, n_threads=n_threads)
         np.testing.assert_allclose(g, expected, rtol=RTOL[dtype] * 5, atol=0, err_msg=f"{n_threads} threads")
@@ -194,7 +184,7 @@ def test_gram_large_layer_shapes():
     for c, s in [(64, 224), (512, 14)]:
         x = rng.random((1, c, s, s), dtype=np.float32)
         g = gram(x, "spatial", "full")
-        np.testing.assert_allclose(g, ref_gram(x, "spatial", "full"), rtol=1e-5)
+        np.testing.assert_allclose(g, reference_gram(x, "spatial", "full"), rtol=1e-5)
 
 
 # ------------------------------------------------------------------ vlad
@@ -224,7 +214,7 @@ def test_gram_strips_on_strided_input(dtype):
     rng = np.random.default_rng(8)
     x = rng.random((2, 340, 7, 40)).astype(dtype)
     for layout in ("full", "triu"):
-        expected = ref_gram(x, "spatial", layout)
+        expected = reference_gram(x, "spatial", layout)
         for name, view in layouts(x):
             for n_threads in (1, 2):
                 g = gram(view, "spatial", layout, n_threads=n_threads)
@@ -424,6 +414,6 @@ def test_unpickled_arrays_are_accepted():
     import pickle
 
     x = pickle.loads(pickle.dumps(np.random.default_rng(10).random((1, 3, 4, 4)).astype(np.float32)))
-    np.testing.assert_allclose(gram(x, "sum", "full"), ref_gram(x, "sum", "full"), rtol=1e-6)
+    np.testing.assert_allclose(gram(x, "sum", "full"), reference_gram(x, "sum", "full"), rtol=1e-6)
     words = pickle.loads(pickle.dumps(np.zeros((2, 3), np.float32)))
     assert vlad_encode(x, words).shape == (1, 6)
