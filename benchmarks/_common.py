@@ -45,10 +45,10 @@ def machine() -> dict:
     return info
 
 
-def time_interleaved(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: float = 0.0,
-                     block: int = 3, settle: float = 0.15, block_time: float = 0.0,
-                     min_turns: int = 1) -> dict:
-    """Median wall time (seconds) per call of each callable, measured in alternating blocks.
+def time_turns(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: float = 0.0,
+               block: int = 3, settle: float = 0.15, block_time: float = 0.0,
+               min_turns: int = 1) -> dict:
+    """Wall times (seconds) of each callable, measured in alternating turns: one list per turn.
 
     Candidates take turns, ``block`` timed calls each, until every one has
     ``repeats`` timings (and ``min_time`` has passed), so background load is
@@ -66,6 +66,9 @@ def time_interleaved(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: 
     ``min_turns`` makes every candidate take at least that many turns: with
     long blocks a single turn may already hold ``repeats`` calls, and one
     10 ms window on a shared machine is a sample of its noise, not of the code.
+
+    Turn ``i`` of every candidate ran back to back, so :func:`paired_ratio`
+    can compare candidates turn by turn.
     """
     blocks = {}
     for k, f in funcs.items():
@@ -74,20 +77,44 @@ def time_interleaved(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: 
             f()
         per_call = (time.perf_counter() - t0) / max(warmup, 1)
         blocks[k] = max(block, int(block_time / max(per_call, 1e-9)) if block_time > 0 else block)
-    samples = {k: [] for k in funcs}
+    turns = {k: [] for k in funcs}
     start = time.perf_counter()
-    turns = 0
-    while (min(len(v) for v in samples.values()) < repeats or turns < min_turns
+    while (min(sum(map(len, v)) for v in turns.values()) < repeats
+           or len(turns[next(iter(turns))]) < min_turns
            or time.perf_counter() - start < min_time):
-        turns += 1
         for k, f in funcs.items():
             time.sleep(settle)
             f()
+            times = []
             for _ in range(blocks[k]):
                 t0 = time.perf_counter()
                 f()
-                samples[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
+                times.append(time.perf_counter() - t0)
+            turns[k].append(times)
+    return turns
+
+
+def medians(turns: dict) -> dict:
+    """Median time per call of each candidate over all its turns."""
+    return {k: statistics.median(t for turn in v for t in turn) for k, v in turns.items()}
+
+
+def time_interleaved(funcs: dict, **kwargs) -> dict:
+    """Median wall time (seconds) per call of each callable (:func:`time_turns`)."""
+    return medians(time_turns(funcs, **kwargs))
+
+
+def paired_ratio(turns: dict, num: str, den: str) -> float:
+    """Median over turns of (``num``'s median time in the turn) / (``den``'s).
+
+    The two ran back to back in every turn, so a slow stretch of a shared
+    machine (other tenants, clock changes), which lasts longer than a turn,
+    scales both and cancels in the turn's ratio; a ratio of the two overall
+    medians keeps it whenever it falls unevenly on the candidates.
+    """
+    return statistics.median(
+        statistics.median(a) / statistics.median(b) for a, b in zip(turns[num], turns[den])
+    )
 
 
 def write_results(name: str, payload: dict) -> Path:
