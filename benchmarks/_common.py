@@ -72,10 +72,13 @@ def time_turns(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: float 
     """
     blocks = {}
     for k, f in funcs.items():
-        t0 = time.perf_counter()
+        per_call = float("inf")
         for _ in range(max(warmup, 1)):
+            t0 = time.perf_counter()
             f()
-        per_call = (time.perf_counter() - t0) / max(warmup, 1)
+            per_call = min(per_call, time.perf_counter() - t0)
+        # the quickest warm-up call: a first call that starts a thread pool
+        # or wakes sleeping workers would otherwise shrink this candidate's blocks
         blocks[k] = max(block, int(block_time / max(per_call, 1e-9)) if block_time > 0 else block)
     turns = {k: [] for k in funcs}
     start = time.perf_counter()

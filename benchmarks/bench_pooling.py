@@ -71,7 +71,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--n-words", type=int, default=32)
-    parser.add_argument("--block-time", type=float, default=0.01,
+    # 50 ms, not 10: after the idle pause this VM's second vCPU needs more than
+    # 10 ms to come back to speed. Measured: a two-thread max at 256x3136 took
+    # 84 us per call in 10 ms blocks, 56-62 us in 50 ms and 200 ms blocks, and
+    # single-thread NumPy 80 / 78 / 78 us.
+    parser.add_argument("--block-time", type=float, default=0.05,
                         help="time quick calls in warm blocks of at least this many seconds "
                              "(every candidate alike)")
     parser.add_argument("--turns", type=int, default=5,

@@ -209,6 +209,23 @@ def test_vlad_matches_numpy(shape, n_words, flags, dtype):
                                        err_msg=name)
 
 
+def test_vlad_many_channels_on_strided_input(dtype):
+    # many channels, two position chunks (1640 positions) and a tail of
+    # channel rows (130 is no multiple of 4 or 8), through every kind of view
+    rng = np.random.default_rng(12)
+    x = rng.random((2, 130, 40, 41)).astype(dtype)
+    words = fit_vlad_dictionary(x, 7, random_state=0)
+    for flags in [(True, True, True), (False, False, False)]:
+        expected = ref_vlad(x, words, *flags)
+        # unnormalized sums of ~230 positions reach ~5: float32 rounding ~1e-4 there
+        atol = (1e-4 if dtype == np.float32 else 1e-10) * max(1.0, float(np.abs(expected).max()))
+        for name, view in layouts(x):
+            for n_threads in (1, 2):
+                v = vlad_encode(view, words, intra_normalize=flags[0], signed_sqrt=flags[1],
+                                l2_normalize=flags[2], n_threads=n_threads)
+                np.testing.assert_allclose(v, expected, rtol=0, atol=atol, err_msg=f"{name} {flags}")
+
+
 def test_gram_strips_on_strided_input(dtype):
     # many channels and a few position chunks, read through every kind of view
     rng = np.random.default_rng(8)
