@@ -444,9 +444,10 @@ struct VladOptions {
 //  1. per panel of PB pixels: dot products with all words (vlad_tile) and the
 //     nearest word (vlad_argmin);
 //  2. positions of the chunk counting-sorted by word;
-//  3. per word, its positions summed over 4 or 8 channel rows at once (float
-//     sums over at most CH positions, then added to the double totals): no
-//     read-modify-write chain per pixel.
+//  3. per word, its positions summed over a block of channel rows at once
+//     (float sums over at most CH positions, then added to the double
+//     totals): no read-modify-write chain per pixel. With many channels the
+//     rows are first transposed to position-major.
 template <class T>
 class VladWorker {
   public:
@@ -467,7 +468,8 @@ class VladWorker {
         panel_.resize(a.c * PB);
         dots_.resize(Kpad * PB);
         best_.resize(PB);
-        row_.resize(kRows * CH);
+        row_.resize(std::max(kRows, NR) * CH);
+        if (a.c >= kPackedChannels) tpanel_.resize(NR * CH);
         assign_.resize(CH);
         order_.resize(CH);
         start_.resize(K + 1);
@@ -524,40 +526,55 @@ class VladWorker {
             }
             next_.assign(start_.begin(), start_.end() - 1);
             for (std::ptrdiff_t j = 0; j < cn; ++j) order_[next_[assign_[j]]++] = j;
-            // 3. per word: sum of its positions, R channel rows per pass (8
-            //    when the rows' chunks fit in half of L1, else 4)
-            const std::ptrdiff_t R = cn * std::ptrdiff_t(sizeof(T)) * kRows <= 16384 ? kRows : kRows / 2;
-            for (std::ptrdiff_t ch0 = 0; ch0 < c; ch0 += R) {
-                const std::ptrdiff_t nr = std::min(R, c - ch0);
-                const T* rows;  // nr rows of the chunk's positions, ld apart
-                std::ptrdiff_t ld;
-                if (plane) {
-                    rows = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch0 * a_.sc) + c0;
-                    ld = a_.sc / std::ptrdiff_t(sizeof(T));
-                } else {
-                    for (std::ptrdiff_t r = 0; r < nr; ++r)
-                        gather_positions<T>(a_, s, ch0 + r, c0, c0 + cn, row_.data() + r * CH);
-                    rows = row_.data();
-                    ld = CH;
-                }
-                if (nr == kRows)
-                    add_word_sums<kRows>(rows, ld, ch0, first);
-                else if (nr == kRows / 2)
-                    add_word_sums<kRows / 2>(rows, ld, ch0, first);
-                else
-                    for (std::ptrdiff_t r = 0; r < nr; ++r) add_word_sums<1>(rows + r * ld, ld, ch0 + r, first);
-            }
+            // 3. per word: sum of its positions, a block of channel rows at a time
+            if (c >= kPackedChannels)
+                word_sums_packed(s, c0, cn, plane, first);
+            else
+                word_sums_rows(s, c0, cn, plane, first);
         }
     }
 
   private:
     static constexpr std::ptrdiff_t kRows = 8;
+    static constexpr std::ptrdiff_t NR = 2 * generic::vec32<T>::lanes;
+    // From this many channels the word sums read rows transposed to
+    // position-major. A/B in separate processes, one thread, best of 6-8
+    // rounds, three times: 1.06-1.25x at batch 8 for 256x3136 and 512x784
+    // (activations from memory), 0.98-1.15x at batch 1 (from cache); at 64
+    // channels 0.86-0.93x, the extra pass costing more than it saves.
+    static constexpr std::ptrdiff_t kPackedChannels = 128;
+
+    // The chunk [c0, c0 + cn)'s rows, R at a time (8 when the rows fit in
+    // half of L1, else 4), members of each word read in place.
+    void word_sums_rows(std::ptrdiff_t s, std::ptrdiff_t c0, std::ptrdiff_t cn, bool plane, bool first) {
+        const std::ptrdiff_t c = a_.c;
+        const std::ptrdiff_t R = cn * std::ptrdiff_t(sizeof(T)) * kRows <= 16384 ? kRows : kRows / 2;
+        for (std::ptrdiff_t ch0 = 0; ch0 < c; ch0 += R) {
+            const std::ptrdiff_t nr = std::min(R, c - ch0);
+            const T* rows;  // nr rows of the chunk's positions, ld apart
+            std::ptrdiff_t ld;
+            if (plane) {
+                rows = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch0 * a_.sc) + c0;
+                ld = a_.sc / std::ptrdiff_t(sizeof(T));
+            } else {
+                for (std::ptrdiff_t r = 0; r < nr; ++r)
+                    gather_positions<T>(a_, s, ch0 + r, c0, c0 + cn, row_.data() + r * CH);
+                rows = row_.data();
+                ld = CH;
+            }
+            if (nr == kRows)
+                add_word_sums<kRows>(rows, ld, ch0, first);
+            else if (nr == kRows / 2)
+                add_word_sums<kRows / 2>(rows, ld, ch0, first);
+            else
+                for (std::ptrdiff_t r = 0; r < nr; ++r) add_word_sums<1>(rows + r * ld, ld, ch0 + r, first);
+        }
+    }
 
     // sums[k][ch0 + r] (+)= sum over word k's positions of rows[r * ld + j],
     // for r < R: R float sums per word (at most CH terms), then double.
     template <int R>
     void add_word_sums(const T* rows, std::ptrdiff_t ld, std::ptrdiff_t ch0, bool overwrite) {
-        const std::ptrdiff_t c = a_.c;
         for (std::ptrdiff_t k = 0; k < K_; ++k) {
             const std::ptrdiff_t* idx = order_.data() + start_[k];
             const std::ptrdiff_t n = start_[k + 1] - start_[k];
@@ -566,12 +583,41 @@ class VladWorker {
                 const T* x = rows + idx[i];
                 for (int r = 0; r < R; ++r) t[r] += x[r * ld];
             }
-            double* dst = sums_.data() + k * c + ch0;
-            if (overwrite)
-                for (int r = 0; r < R; ++r) dst[r] = t[r];
-            else
-                for (int r = 0; r < R; ++r) dst[r] += t[r];
+            store_word_sums(k, ch0, t, R, overwrite);
         }
+    }
+
+    // The chunk's rows NR at a time, first transposed into a position-major
+    // micro-panel: one member of a word is then two vector loads, not NR
+    // scattered scalars. Same sums, in the same order, as word_sums_rows.
+    void word_sums_packed(std::ptrdiff_t s, std::ptrdiff_t c0, std::ptrdiff_t cn, bool plane, bool first) {
+        const std::ptrdiff_t c = a_.c;
+        T t[NR];
+        for (std::ptrdiff_t ch0 = 0; ch0 < c; ch0 += NR) {
+            const std::ptrdiff_t nr = std::min(NR, c - ch0);
+            const T* rows[NR];
+            for (std::ptrdiff_t r = 0; r < nr; ++r) {
+                if (plane) {
+                    rows[r] = reinterpret_cast<const T*>(a_.data + s * a_.sn + (ch0 + r) * a_.sc) + c0;
+                } else {
+                    gather_positions<T>(a_, s, ch0 + r, c0, c0 + cn, row_.data() + r * CH);
+                    rows[r] = row_.data() + r * CH;
+                }
+            }
+            mk_.pack_panel(rows, nr, cn, tpanel_.data());
+            for (std::ptrdiff_t k = 0; k < K_; ++k) {
+                mk_.panel_row_sums(tpanel_.data(), order_.data() + start_[k], start_[k + 1] - start_[k], t);
+                store_word_sums(k, ch0, t, nr, first);
+            }
+        }
+    }
+
+    void store_word_sums(std::ptrdiff_t k, std::ptrdiff_t ch0, const T* t, std::ptrdiff_t nr, bool overwrite) {
+        double* dst = sums_.data() + k * a_.c + ch0;
+        if (overwrite)
+            for (std::ptrdiff_t r = 0; r < nr; ++r) dst[r] = t[r];
+        else
+            for (std::ptrdiff_t r = 0; r < nr; ++r) dst[r] += t[r];
     }
 
     Activations a_{};
@@ -579,7 +625,7 @@ class VladWorker {
     const T* wp_ = nullptr;
     const T* wn_ = nullptr;
     std::ptrdiff_t K_ = 0, Kpad_ = 0;
-    std::vector<T> panel_, dots_, best_, row_;
+    std::vector<T> panel_, dots_, best_, row_, tpanel_;
     std::vector<std::ptrdiff_t> assign_, order_, start_, next_;
     std::vector<double> sums_, counts_;
 };

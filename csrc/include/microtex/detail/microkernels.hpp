@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -37,6 +38,7 @@ struct Microkernels {
     void (*vlad_residual_stats)(const double*, const T*, long, double, double*);
     void (*vlad_residual_write)(const double*, const T*, long, double, double, double, bool, T*);
     double (*sum_squares)(const T*, long);
+    void (*panel_row_sums)(const T*, const std::ptrdiff_t*, long, T*);
 };
 
 template <class T>
@@ -45,11 +47,13 @@ inline Microkernels<T> microkernels() {
     if (cpu_has_avx2_fma())
         return {&avx2::pack_panel<T>,          &avx2::gram_panel_tile<T>,     &avx2::vlad_tile<T>,
                 &avx2::vlad_argmin<T>,         &avx2::sum_run<T>,             &avx2::max_run<T>,
-                &avx2::vlad_residual_stats<T>, &avx2::vlad_residual_write<T>, &avx2::sum_squares<T>};
+                &avx2::vlad_residual_stats<T>, &avx2::vlad_residual_write<T>, &avx2::sum_squares<T>,
+                &avx2::panel_row_sums<T>};
 #endif
     return {&generic::pack_panel<T>,          &generic::gram_panel_tile<T>,     &generic::vlad_tile<T>,
             &generic::vlad_argmin<T>,         &generic::sum_run<T>,             &generic::max_run<T>,
-            &generic::vlad_residual_stats<T>, &generic::vlad_residual_write<T>, &generic::sum_squares<T>};
+            &generic::vlad_residual_stats<T>, &generic::vlad_residual_write<T>, &generic::sum_squares<T>,
+            &generic::panel_row_sums<T>};
 }
 
 }  // namespace microtex::detail
