@@ -43,7 +43,15 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine, markdown_table, medians, paired_ratio, time_interleaved, time_turns, write_results
+from _common import (
+    machine,
+    markdown_table,
+    medians,
+    paired_ratio,
+    time_interleaved,
+    time_turns,
+    write_results,
+)
 
 from microtex import backbones, featurizer, pooling, synth
 from microtex import io as mio
