@@ -63,6 +63,25 @@ inline void gather_positions(const Activations& a, std::ptrdiff_t s, std::ptrdif
     }
 }
 
+// rows[j - j_begin] = channel j of sample s over positions [k0, k0 + kc), for
+// j in [j_begin, j_end): read in place when the planes are contiguous, else
+// gathered into stage, ld items per row (stage is not touched otherwise).
+template <class T>
+inline void channel_rows(const Activations& a, std::ptrdiff_t s, std::ptrdiff_t k0, std::ptrdiff_t kc,
+                         std::ptrdiff_t j_begin, std::ptrdiff_t j_end, const T** rows, T* stage,
+                         std::ptrdiff_t ld) {
+    const bool in_place = a.contiguous_planes(sizeof(T));
+    for (std::ptrdiff_t j = j_begin; j < j_end; ++j) {
+        if (in_place) {
+            rows[j - j_begin] = reinterpret_cast<const T*>(a.data + s * a.sn + j * a.sc) + k0;
+        } else {
+            T* dst = stage + (j - j_begin) * ld;
+            gather_positions<T>(a, s, j, k0, k0 + kc, dst);
+            rows[j - j_begin] = dst;
+        }
+    }
+}
+
 // State a kernel keeps per calling thread between calls (grow-only buffers).
 // Bind the returned reference to a local before a parallel section: a lambda
 // run by a pool thread that named a thread_local would get its own instance.
@@ -221,16 +240,8 @@ class GramWorker {
     // jb holds channels [jb NR, jb NR + NR) at dst[jb NR kc + k NR + r].
     void pack_chunk(std::ptrdiff_t s, std::ptrdiff_t k0, std::ptrdiff_t kc, std::ptrdiff_t j_begin,
                     std::ptrdiff_t j_end, T* dst) {
-        if (a_.contiguous_planes(sizeof(T))) {  // channel rows read in place
-            for (std::ptrdiff_t ch = j_begin; ch < j_end; ++ch)
-                src_[ch] = reinterpret_cast<const T*>(a_.data + s * a_.sn + ch * a_.sc) + k0;
-        } else {
-            if (stage_.empty()) stage_.resize(a_.c * KC);
-            for (std::ptrdiff_t ch = j_begin; ch < j_end; ++ch) {
-                gather_positions<T>(a_, s, ch, k0, k0 + kc, stage_.data() + ch * KC);
-                src_[ch] = stage_.data() + ch * KC;
-            }
-        }
+        if (!a_.contiguous_planes(sizeof(T)) && stage_.empty()) stage_.resize(a_.c * KC);
+        channel_rows<T>(a_, s, k0, kc, j_begin, j_end, src_.data() + j_begin, stage_.data(), KC);
         for (std::ptrdiff_t j0 = j_begin; j0 < j_end; j0 += NR)
             mk_.pack_panel(src_.data() + j0, std::min(NR, j_end - j0), kc, dst + j0 * kc);
     }
@@ -528,7 +539,7 @@ class VladWorker {
             for (std::ptrdiff_t j = 0; j < cn; ++j) order_[next_[assign_[j]]++] = j;
             // 3. per word: sum of its positions, a block of channel rows at a time
             if (c >= kPackedChannels)
-                word_sums_packed(s, c0, cn, plane, first);
+                word_sums_packed(s, c0, cn, first);
             else
                 word_sums_rows(s, c0, cn, plane, first);
         }
@@ -590,20 +601,13 @@ class VladWorker {
     // The chunk's rows NR at a time, first transposed into a position-major
     // micro-panel: one member of a word is then two vector loads, not NR
     // scattered scalars. Same sums, in the same order, as word_sums_rows.
-    void word_sums_packed(std::ptrdiff_t s, std::ptrdiff_t c0, std::ptrdiff_t cn, bool plane, bool first) {
+    void word_sums_packed(std::ptrdiff_t s, std::ptrdiff_t c0, std::ptrdiff_t cn, bool first) {
         const std::ptrdiff_t c = a_.c;
         T t[NR];
         for (std::ptrdiff_t ch0 = 0; ch0 < c; ch0 += NR) {
             const std::ptrdiff_t nr = std::min(NR, c - ch0);
             const T* rows[NR];
-            for (std::ptrdiff_t r = 0; r < nr; ++r) {
-                if (plane) {
-                    rows[r] = reinterpret_cast<const T*>(a_.data + s * a_.sn + (ch0 + r) * a_.sc) + c0;
-                } else {
-                    gather_positions<T>(a_, s, ch0 + r, c0, c0 + cn, row_.data() + r * CH);
-                    rows[r] = row_.data() + r * CH;
-                }
-            }
+            channel_rows<T>(a_, s, c0, cn, ch0, ch0 + nr, rows, row_.data(), CH);
             mk_.pack_panel(rows, nr, cn, tpanel_.data());
             for (std::ptrdiff_t k = 0; k < K_; ++k) {
                 mk_.panel_row_sums(tpanel_.data(), order_.data() + start_[k], start_[k + 1] - start_[k], t);
