@@ -4,9 +4,10 @@
 // Threads are created once, spin for a moment after each call and then sleep:
 // a thread spawned per call starts on its creator's CPU and is spread out by
 // the scheduler only after milliseconds, longer than most kernel calls, so
-// per-call threads barely scale. A second caller that finds the pool busy (kernels run with the GIL
-// released, so Python threads may call concurrently) falls back to threads of
-// its own; a process forked from one with a pool builds a new pool.
+// per-call threads barely scale. A second caller that finds the pool busy
+// (kernels run with the GIL released, so Python threads may call
+// concurrently) falls back to threads of its own; a process forked from one
+// with a pool builds a new pool.
 #pragma once
 
 #include <unistd.h>
