@@ -6,6 +6,7 @@ Examples
 python export/export_backbone.py          # default VGG19, block_first, into the cache
 python export/export_backbone.py --taps block_last --heads mean,max,gram -o vgg19_heads.onnx
 python export/export_backbone.py --arch vgg16 --weights vgg16.pth --taps block_last -o vgg16.onnx
+python export/export_backbone.py --precision fp16 --heads mean,gram -o vgg19_fp16.onnx
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pooling", default="max", choices=["max", "avg"], help="between blocks")
     parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16"],
+        help="convolution arithmetic; fp16 keeps input, outputs and heads in fp32",
+    )
+    parser.add_argument(
         "--heads",
         default=None,
         help="pool inside the graph, e.g. mean,max,gram (default: raw activations)",
@@ -43,7 +50,11 @@ def config_and_heads(args: argparse.Namespace):
     from microtex.backbones import BackboneConfig, Heads
 
     config = BackboneConfig(
-        arch=args.arch, weights=args.weights, taps=args.taps, pooling=args.pooling
+        arch=args.arch,
+        weights=args.weights,
+        taps=args.taps,
+        pooling=args.pooling,
+        precision=args.precision,
     )
     heads = None
     if args.heads:

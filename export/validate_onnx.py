@@ -5,13 +5,16 @@ Builds the torch module and the ONNX file for the same configuration, runs both
 on random noise, a smooth random field and stripes (and on --images, read as
 grayscale in [0, 1]) at several sizes, and prints, per output, the max relative
 error max|onnx - torch| / max|torch| of every case. Exit status 1 if any error
-exceeds --tolerance (default 1e-4, fp32).
+exceeds --tolerance (default 1e-4 for fp32, 5e-3 for --precision fp16, where
+both sides run the float16 trunk). --device cuda runs ONNX Runtime's CUDA
+provider and the torch module on the GPU.
 
 Examples
 --------
 python export/validate_onnx.py
 python export/validate_onnx.py --taps block_last --heads mean,max,gram --sizes 67x45,224x224
 python export/validate_onnx.py --images ../shared/data/metaldam/some.png
+python export/validate_onnx.py --device cuda --precision fp16 --heads mean,gram
 """
 
 from __future__ import annotations
@@ -94,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--images", nargs="*", default=[], help="real images to run as well")
     parser.add_argument("--crop", type=int, default=256, help="center crop of --images")
-    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument(
+        "--tolerance", type=float, default=None, help="default 1e-4 (fp32), 5e-3 (fp16)"
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--onnx", default=None, help="validate this file instead of a fresh export")
     args = parser.parse_args(argv)
@@ -105,8 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     from microtex import backbones
 
     config, heads = config_and_heads(args)
+    if args.tolerance is None:
+        args.tolerance = 5e-3 if config.precision == "fp16" else 1e-4
     names = backbones.output_names(config, heads)
-    module = backbones.build_torch_module(config, heads)
+    module = backbones.build_torch_module(config, heads).to(args.device)
+    providers = ["CPUExecutionProvider"]
+    if args.device == "cuda":
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            print("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+            return 1
+        providers.insert(0, "CUDAExecutionProvider")
     cases: dict[str, np.ndarray] = {}
     for height, width in args.sizes:
         for kind, images in synthetic_inputs(args.batch, height, width, args.seed).items():
@@ -119,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         onnx_path = args.onnx or backbones.export_onnx(
             config, pathlib.Path(directory) / "b.onnx", heads
         )
-        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(onnx_path), providers=providers)
+        if session.get_providers()[0] != providers[0]:
+            print(f"ONNX Runtime could not start {providers[0]}: {session.get_providers()}")
+            return 1
         found = [output.name for output in session.get_outputs()]
         if tuple(found) != names:
             print(f"output names differ: onnx {found}, expected {list(names)}")
@@ -128,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         for case, images in cases.items():
             onnx_outputs = session.run(None, {backbones.INPUT_NAME: images})
             with torch.no_grad():
-                torch_outputs = [t.numpy() for t in module(torch.from_numpy(images))]
+                torch_outputs = [
+                    t.cpu().numpy() for t in module(torch.from_numpy(images).to(args.device))
+                ]
             for name, ours, reference in zip(names, onnx_outputs, torch_outputs):
                 if ours.shape != reference.shape:
                     errors[name][case] = float("inf")
@@ -140,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 
     width = max(len(name) for name in names) + 2
     columns = list(cases)
-    print(f"{config.arch} taps={','.join(config.taps)} pooling={config.pooling} heads={heads}")
+    print(
+        f"{config.arch} taps={','.join(config.taps)} pooling={config.pooling} "
+        f"precision={config.precision} heads={heads} device={args.device}"
+    )
     print(
         "output".ljust(width)
         + "".join(c[:22].rjust(24) for c in columns)

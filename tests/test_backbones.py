@@ -227,6 +227,17 @@ def test_config_validation_and_round_trip(tmp_path):
         BackboneConfig(taps="relu9_9")
 
 
+def test_precision_validation_and_round_trip():
+    config = BackboneConfig(taps="relu1_1", precision="fp16")
+    assert config.to_dict()["precision"] == "fp16"
+    assert BackboneConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert backbones.make_config(taps="relu1_1", precision="fp16") == config
+    # a manifest written before precision existed reads as fp32
+    assert BackboneConfig.from_dict({"taps": ["relu1_1"]}).precision == "fp32"
+    with pytest.raises(ValueError, match="unknown precision 'bf16'"):
+        BackboneConfig(precision="bf16")
+
+
 def test_heads_validation_output_names_and_sizes():
     config = BackboneConfig(taps="relu2_1,relu1_1")
     assert backbones.output_names(config) == ("relu1_1", "relu2_1")
@@ -532,6 +543,56 @@ def test_default_heads_graph_parity(default_config, default_onnx, image_batch):
 
 
 @pytest.mark.torch
+def test_fp16_graph_has_float16_trunk_and_float32_heads(default_config, image_batch):
+    pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto
+
+    heads = Heads()
+    config = BackboneConfig(precision="fp16")
+    path = backbones.cached_onnx(config, heads)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph = model.graph
+    initializer_types = {i.name: i.data_type for i in graph.initializer}
+    value_types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in (*graph.value_info, *graph.input, *graph.output)
+    }
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    # the 1x1 input normalization stays float32; conv1_1 ... conv5_1 are float16
+    assert [initializer_types[n.input[1]] for n in convs] == (
+        [TensorProto.FLOAT] + [TensorProto.FLOAT16] * 13
+    )
+    assert [value_types[n.output[0]] for n in convs] == (
+        [TensorProto.FLOAT] + [TensorProto.FLOAT16] * 13
+    )
+    pooling_ops = [n for n in graph.node if n.op_type in ("MatMul", "ReduceMean", "ReduceMax")]
+    assert len(pooling_ops) == 15  # Gram, mean, max of five taps
+    assert {value_types[i] for n in pooling_ops for i in n.input[:1]} == {TensorProto.FLOAT}
+    assert {value_types[o.name] for o in graph.output} == {TensorProto.FLOAT}
+    assert read_onnx_config(path)["precision"] == "fp16"
+
+    half, half_torch = run_both(config, heads, path, image_batch)
+    full = dict(
+        zip(
+            backbones.output_names(default_config, heads),
+            ort_session(backbones.cached_onnx(default_config, heads)).run(
+                None, {"image": image_batch}
+            ),
+        )
+    )
+    for name, value in half.items():
+        assert value.dtype == np.float32
+        # float16 rounding is visible, but small next to the features themselves
+        assert 1e-6 < max_relative_error(value, full[name]) < 5e-3, name
+        assert max_relative_error(value, half_torch[name]) < 5e-3, name
+
+
+def read_onnx_config(path):
+    return backbones.read_onnx_metadata(path)["config"]
+
+
+@pytest.mark.torch
 def test_graph_stops_at_deepest_tap(tmp_path):
     pytest.importorskip("torch")
     onnx = pytest.importorskip("onnx")
@@ -696,3 +757,19 @@ def test_export_scripts(tmp_path, capsys):
     )
     table = capsys.readouterr().out
     assert "relu1_2/gram" in table and "max rel. error" in table
+
+    half = tmp_path / "relu1_2_fp16.onnx"
+    assert export["main"](["--taps", "relu1_2", "--precision", "fp16", "-o", str(half)]) == 0
+    capsys.readouterr()
+    assert backbones.read_onnx_metadata(half)["config"]["precision"] == "fp16"
+    assert (
+        validate["main"](
+            ["--onnx", str(half), "--taps", "relu1_2", "--precision", "fp16", "--sizes", "19x23"]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "precision=fp16" in table and "tolerance 5e-03): ok" in table
+    # the fp16 file against the fp32 module at the fp32 tolerance: the check can fail
+    assert validate["main"](["--onnx", str(half), "--taps", "relu1_2", "--sizes", "19x23"]) == 1
+    assert "FAILED" in capsys.readouterr().out

@@ -45,6 +45,7 @@ __all__ = [
     "GRAM_LAYOUTS",
     "GRAM_NORMALIZATIONS",
     "POOLS",
+    "PRECISIONS",
     "PRESETS",
     "BackboneConfig",
     "Heads",
@@ -79,6 +80,11 @@ POOLS: tuple[str, ...] = ("mean", "max", "gram")
 GRAM_NORMALIZATIONS: tuple[str, ...] = ("sum", "spatial", "lubbers")
 GRAM_LAYOUTS: tuple[str, ...] = ("full", "triu")
 POOLINGS: tuple[str, ...] = ("max", "avg")
+#: Arithmetic of the convolutions. ``"fp16"`` is meant for CUDA: the image is
+#: normalized in float32, the 3x3 convolutions and the poolings between blocks
+#: run in float16, and every tap is cast back to float32 before it leaves the
+#: graph or enters a pooling head (Gram, mean and max stay float32, DESIGN §4).
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 
 #: Input name of every exported graph.
 INPUT_NAME = "image"
@@ -227,6 +233,9 @@ class BackboneConfig:
         resolved, in forward order. Default ``"block_first"``.
     pooling : {"max", "avg"}
         2x2 stride-2 pooling between blocks.
+    precision : {"fp32", "fp16"}
+        Arithmetic of the convolutions (see :data:`PRECISIONS`); input and
+        outputs are float32 either way.
 
     Examples
     --------
@@ -241,11 +250,16 @@ class BackboneConfig:
     weights: str | None = None
     taps: tuple[str, ...] = "block_first"  # type: ignore[assignment]  # resolved in __post_init__
     pooling: str = "max"
+    precision: str = "fp32"
 
     def __post_init__(self):
         _check_arch(self.arch)
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {list(POOLINGS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}"
+            )
         if self.weights is None:
             if self.arch != "vgg19":
                 raise ValueError(
@@ -276,6 +290,7 @@ class BackboneConfig:
             "weights": self.weights,
             "taps": list(self.taps),
             "pooling": self.pooling,
+            "precision": self.precision,
             "input_normalization": self.input_normalization,
         }
 
@@ -295,9 +310,12 @@ def make_config(
     weights: str | os.PathLike | None = None,
     taps: str | Iterable[str] = "block_first",
     pooling: str = "max",
+    precision: str = "fp32",
 ) -> BackboneConfig:
     """Build a validated :class:`BackboneConfig` (same as calling the class)."""
-    return BackboneConfig(arch=arch, weights=weights, taps=taps, pooling=pooling)
+    return BackboneConfig(
+        arch=arch, weights=weights, taps=taps, pooling=pooling, precision=precision
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -638,6 +656,10 @@ def _module_class():
                     self.convs[name] = conv
             pool_class = nn.MaxPool2d if config.pooling == "max" else nn.AvgPool2d
             self.pool = pool_class(kernel_size=2, stride=2)
+            # the 3x3 trunk's arithmetic; the input normalization and the
+            # heads stay float32 (cast on the way in and out)
+            self.trunk_dtype = torch.float16 if config.precision == "fp16" else torch.float32
+            self.convs.to(self.trunk_dtype)
             if heads is not None and heads.gram_layout == "triu" and "gram" in heads.pools:
                 for channels in sorted({tap_channels(t) for t in config.taps}):
                     index, scale = _triu_index(channels)
@@ -673,6 +695,8 @@ def _module_class():
             return gram
 
         def _emit(self, x, name: str, outputs: list):
+            if x.dtype != torch.float32:
+                x = x.float()
             if self.heads is None:
                 outputs.append(x)
             else:
@@ -687,6 +711,8 @@ def _module_class():
                 x = self.input_conv(x)
             else:
                 x = (x - self.mean) / self.std
+            if self.trunk_dtype != torch.float32:
+                x = x.to(self.trunk_dtype)
             outputs: list = []
             for kind, name in self.steps:
                 if kind == "pool":
@@ -820,7 +846,7 @@ def export_onnx(
     opset: int | None = None,
     exporter: str = "torchscript",
 ) -> pathlib.Path:
-    """Export the backbone (and optional pooling heads) to an fp32 ONNX file.
+    """Export the backbone (and optional pooling heads) to an ONNX file.
 
     The input ``"image"`` is ``(batch, 1, height, width)`` with batch, height
     and width dynamic; outputs are named by :func:`output_names` (pooled
@@ -829,7 +855,9 @@ def export_onnx(
     ``"microtex"`` key of the model's ``metadata_props`` (see
     :func:`read_onnx_metadata`). The file is written under a temporary name in
     the same directory and moved into place, so a failed export leaves nothing
-    behind.
+    behind. With ``config.precision == "fp16"`` the convolution weights are
+    stored as float16 and the trunk runs in float16; input, outputs and the
+    pooling heads stay float32.
 
     Parameters
     ----------
