@@ -109,6 +109,27 @@ def test_featurize_taps_and_pools_to_csv_and_parquet(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features" + suffix, "images"]
 
 
+@pytest.mark.torch
+def test_featurize_precision_fp16(cnn_relu1, image_dir, tmp_path, capsys, caplog):
+    output = tmp_path / "half.npz"
+    argv = ["featurize", *good_files(image_dir), "--taps", "relu1_1", "--pool", "mean,gram",
+            "--device", "cpu", "--no-progress"]
+    code, _, err = run(capsys, *argv, "-o", output, "--precision", "fp16")
+    assert code == 0, err
+    assert "precision='fp16' on the CPU" in caplog.text
+    half = FeatureTable.read(output).features
+    expected = (
+        TextureFeaturizer(taps="relu1_1", pool="mean,gram", precision="fp16")
+        .fit(None)
+        .transform(good_files(image_dir))
+    )
+    np.testing.assert_array_equal(half, expected)
+    code, _, err = run(capsys, *argv, "-o", tmp_path / "full.npz")
+    assert code == 0, err
+    full = FeatureTable.read(tmp_path / "full.npz").features
+    assert 1e-7 < np.abs(half - full).max() / np.abs(full).max() < 5e-3
+
+
 @pytest.fixture
 def cnn_relu1(shallow_onnx):
     """Skips without torch (the relu1_1 graph is exported on first use)."""
@@ -277,6 +298,7 @@ def test_featurize_on_error_raise(image_dir, tmp_path, capsys):
         ["--crop-bottom", "-2"],
         ["--batch-size", "0"],
         ["--device", "tpu"],
+        ["--precision", "fp64"],
         ["--pool"],
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import numpy as np
@@ -435,6 +436,7 @@ def test_unknown_layer_lists_valid_names():
         ({"gram_layout": "tril"}, "'tril'"),
         ({"crop_bottom": -1}, "crop_bottom"),
         ({"pooling": "min", "taps": "relu1_1"}, "unknown pooling 'min'"),
+        ({"precision": "fp8", "taps": "relu1_1"}, "unknown precision 'fp8'"),
         ({"backbone": "resnet50", "taps": "relu1_1"}, "'resnet50'"),
     ],
 )
@@ -636,6 +638,27 @@ def test_bundle_of_graph_engine_featurizer_loads(cnn, tmp_path, image_batch):
     np.testing.assert_allclose(
         g.transform(image_batch), f.transform(image_batch), rtol=1e-5, atol=1e-7
     )
+
+
+@pytest.mark.torch
+def test_fp16_features_near_fp32_warn_on_cpu_and_survive_a_bundle(cnn, tmp_path, image_batch,
+                                                                  caplog):
+    params = {"taps": SHALLOW, "pool": ("mean", "max", "gram"), "device": "cpu"}
+    full = TextureFeaturizer(**params).fit(None).transform(image_batch)
+    f = TextureFeaturizer(precision="fp16", **params).fit(None)
+    with caplog.at_level(logging.WARNING, logger="microtex.featurizer"):
+        half = f.transform(image_batch)
+    assert "precision='fp16' on the CPU" in caplog.text
+    assert half.dtype == np.float32 and half.shape == full.shape
+    names = list(f.get_feature_names_out())
+    for tap in SHALLOW:
+        for pool in ("mean", "max", "gram"):
+            cols = columns_of(names, tap, pool)
+            rel = np.abs(half[:, cols] - full[:, cols]).max() / np.abs(full[:, cols]).max()
+            assert 1e-7 < rel < 5e-3, (tap, pool, rel)
+    g = TextureFeaturizer.load(f.save(tmp_path / "fp16-bundle"))
+    assert g.precision == "fp16" and g.config_.precision == "fp16"
+    np.testing.assert_array_equal(g.transform(image_batch), half)
 
 
 def test_raw_bundle_round_trip(tmp_path, rng):
