@@ -518,12 +518,21 @@ class VladWorker {
                     P = panel_.data();
                     ldp = PB;
                 }
-                // channel blocks keep the panel slice in L1 across the word blocks
+                // channel blocks keep the panel slice in L1 across the word blocks.
+                // The next panel, when read in place, is prefetched into L2 a slice
+                // of rows per word block, so its load overlaps this panel's
+                // arithmetic (batch 8, activations from memory: 1.17-1.25x at
+                // 128-512 channels; batch 1, from cache: 0.96-1.11x).
+                const T* next = plane && q0 + 2 * PB <= p1 - c0 ? P + PB : nullptr;
+                const std::ptrdiff_t word_blocks = Kpad_ / 4;
                 std::fill(dots_.begin(), dots_.end(), T(0));
                 for (std::ptrdiff_t cb = 0; cb < c; cb += kChannelBlock) {
                     const std::ptrdiff_t nc = std::min(kChannelBlock, c - cb);
-                    for (std::ptrdiff_t kb = 0; kb < Kpad_ / 4; ++kb)
+                    for (std::ptrdiff_t kb = 0; kb < word_blocks; ++kb) {
+                        if (next)
+                            prefetch_rows(next, ldp, cb + kb * nc / word_blocks, cb + (kb + 1) * nc / word_blocks);
                         mk_.vlad_tile(wp_ + (kb * c + cb) * 4, P + cb * ldp, ldp, nc, dots_.data() + kb * 4 * PB);
+                    }
                 }
                 mk_.vlad_argmin(dots_.data(), wn_, K_, best_.data());
                 for (std::ptrdiff_t j = 0; j < np; ++j) assign_[q0 + j] = static_cast<std::ptrdiff_t>(best_[j]);
@@ -554,6 +563,15 @@ class VladWorker {
     // (activations from memory), 0.98-1.15x at batch 1 (from cache); at 64
     // channels 0.86-0.93x, the extra pass costing more than it saves.
     static constexpr std::ptrdiff_t kPackedChannels = 128;
+
+    // Rows [r0, r1) of a panel of PB positions, ld apart, into L2 (not L1,
+    // where the current panel's rows already fill the sets they map to).
+    static void prefetch_rows(const T* panel, std::ptrdiff_t ld, std::ptrdiff_t r0, std::ptrdiff_t r1) {
+        for (std::ptrdiff_t r = r0; r < r1; ++r) {
+            __builtin_prefetch(panel + r * ld, 0, 2);
+            __builtin_prefetch(panel + r * ld + PB - 1, 0, 2);
+        }
+    }
 
     // The chunk [c0, c0 + cn)'s rows, R at a time (8 when the rows fit in
     // half of L1, else 4), members of each word read in place.
