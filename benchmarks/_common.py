@@ -68,7 +68,9 @@ def time_turns(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: float 
     10 ms window on a shared machine is a sample of its noise, not of the code.
 
     Turn ``i`` of every candidate ran back to back, so :func:`paired_ratio`
-    can compare candidates turn by turn.
+    can compare candidates turn by turn. The order of the candidates is
+    reversed every other turn, so a drift within a turn (a core still
+    coming back to speed, say) does not always favour the one that goes first.
     """
     blocks = {}
     for k, f in funcs.items():
@@ -85,7 +87,10 @@ def time_turns(funcs: dict, repeats: int = 15, warmup: int = 2, min_time: float 
     while (min(sum(map(len, v)) for v in turns.values()) < repeats
            or len(turns[next(iter(turns))]) < min_turns
            or time.perf_counter() - start < min_time):
-        for k, f in funcs.items():
+        order = list(funcs.items())
+        if len(turns[order[0][0]]) % 2:
+            order.reverse()
+        for k, f in order:
             time.sleep(settle)
             f()
             times = []

@@ -276,7 +276,8 @@ def measure_throughput(session, module, torch, repeats: int, rows, table, flops,
             for name, value in zip(session.output_names, theirs):
                 scale = float(np.abs(ours[name]).max()) or 1.0
                 np.testing.assert_allclose(ours[name], value.numpy(), rtol=1e-3, atol=1e-4 * scale)
-        turns = time_turns(funcs, repeats=repeats, warmup=1)
+        # one call per turn: at ~0.2-3 s a call, more pairs beat longer blocks
+        turns = time_turns(funcs, repeats=repeats, warmup=1, block=1)
         times = medians(turns)
         ort_ips = batch / times["ort"]
         torch_ips = batch / times["torch eager"] if "torch eager" in times else None
