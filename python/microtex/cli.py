@@ -119,9 +119,8 @@ def _featurize(args) -> int:
         backbone=args.backbone, weights=args.weights, taps="raw" if args.raw else args.taps,
         pool=args.pool, pooling=args.pooling, precision=args.precision,
         gram_normalization=args.gram_normalization, gram_layout=args.gram_layout, n_words=args.n_words,
-        image_size=args.image_size,
-        crop_bottom=args.crop_bottom, batch_size=args.batch_size, device=args.device,
-        engine=args.engine, n_threads=args.threads, random_state=args.seed,
+        image_size=args.image_size, crop_bottom=args.crop_bottom, batch_size=args.batch_size,
+        device=args.device, engine=args.engine, n_threads=args.threads, random_state=args.seed,
     )
     from microtex.errors import NoImagesError
 

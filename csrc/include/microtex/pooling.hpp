@@ -522,7 +522,8 @@ class VladWorker {
                 // The next panel, when read in place, is prefetched into L2 a slice
                 // of rows per word block, so its load overlaps this panel's
                 // arithmetic (batch 8, activations from memory: 1.17-1.25x at
-                // 128-512 channels; batch 1, from cache: 0.96-1.11x).
+                // 128-512 channels; batch 1, from cache: 0.96-1.11x on two
+                // threads, 0.91-1.05x on one).
                 const T* next = plane && q0 + 2 * PB <= p1 - c0 ? P + PB : nullptr;
                 const std::ptrdiff_t word_blocks = Kpad_ / 4;
                 std::fill(dots_.begin(), dots_.end(), T(0));
