@@ -119,7 +119,7 @@ def test_featurize_precision_fp16(cnn_relu1, image_dir, tmp_path, capsys, caplog
     assert "precision='fp16' on the CPU" in caplog.text
     half = FeatureTable.read(output).features
     expected = (
-        TextureFeaturizer(taps="relu1_1", pool="mean,gram", precision="fp16")
+        TextureFeaturizer(taps="relu1_1", pool="mean,gram", precision="fp16", device="cpu")
         .fit(None)
         .transform(good_files(image_dir))
     )

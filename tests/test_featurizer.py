@@ -437,6 +437,8 @@ def test_unknown_layer_lists_valid_names():
         ({"crop_bottom": -1}, "crop_bottom"),
         ({"pooling": "min", "taps": "relu1_1"}, "unknown pooling 'min'"),
         ({"precision": "fp8", "taps": "relu1_1"}, "unknown precision 'fp8'"),
+        ({"precision": "bf16", "taps": "raw"}, "unknown precision 'bf16'"),
+        ({"pooling": "min", "taps": "raw"}, "unknown pooling 'min'"),
         ({"backbone": "resnet50", "taps": "relu1_1"}, "'resnet50'"),
     ],
 )

@@ -383,15 +383,19 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                 or (isinstance(self.crop_bottom, (int, np.integer)) and not isinstance(self.crop_bottom, bool)
                     and self.crop_bottom >= 0)):
             raise ValueError(f"crop_bottom must be None, 'auto' or a number of rows >= 0, got {self.crop_bottom!r}")
+        from microtex import backbones
         from microtex.runtime import DEVICES
 
+        # checked here too, so a raw-only featurizer refuses them like a CNN one
+        if self.pooling not in backbones.POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {list(backbones.POOLINGS)}")
+        if self.precision not in backbones.PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {list(backbones.PRECISIONS)}")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; expected one of {DEVICES}")
         raw, cnn = self._split_taps()
         config = None
         if cnn:
-            from microtex import backbones
-
             config = backbones.BackboneConfig(arch=self.backbone, weights=self.weights, taps=cnn,
                                               pooling=self.pooling, precision=self.precision)
         return pools, raw, cnn, config
