@@ -51,6 +51,7 @@ __all__ = [
     "Heads",
     "build_torch_module",
     "cached_onnx",
+    "check_trunk_options",
     "default_weights_path",
     "export_onnx",
     "feature_sizes",
@@ -217,6 +218,14 @@ def resolve_taps(arch: str, taps: str | Iterable[str]) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- config
 
 
+def check_trunk_options(pooling: str, precision: str) -> None:
+    """Raise ValueError naming ``pooling`` or ``precision`` if it is not a known choice."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
     """What backbone graph to build.
@@ -254,12 +263,7 @@ class BackboneConfig:
 
     def __post_init__(self):
         _check_arch(self.arch)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {list(POOLINGS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}"
-            )
+        check_trunk_options(self.pooling, self.precision)
         if self.weights is None:
             if self.arch != "vgg19":
                 raise ValueError(

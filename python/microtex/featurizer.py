@@ -387,10 +387,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         from microtex.runtime import DEVICES
 
         # checked here too, so a raw-only featurizer refuses them like a CNN one
-        if self.pooling not in backbones.POOLINGS:
-            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {list(backbones.POOLINGS)}")
-        if self.precision not in backbones.PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {list(backbones.PRECISIONS)}")
+        backbones.check_trunk_options(self.pooling, self.precision)
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; expected one of {DEVICES}")
         raw, cnn = self._split_taps()
