@@ -7,6 +7,7 @@ python export/export_backbone.py          # default VGG19, block_first, into the
 python export/export_backbone.py --taps block_last --heads mean,max,gram -o vgg19_heads.onnx
 python export/export_backbone.py --arch vgg16 --weights vgg16.pth --taps block_last -o vgg16.onnx
 python export/export_backbone.py --precision fp16 --heads mean,gram -o vgg19_fp16.onnx
+python export/export_backbone.py --conv-algorithm winograd -o vgg19_cpu.onnx   # for ORT's CPU provider
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         choices=["fp32", "fp16"],
         help="convolution arithmetic; fp16 keeps input, outputs and heads in fp32",
+    )
+    parser.add_argument(
+        "--conv-algorithm",
+        default="direct",
+        choices=["direct", "winograd"],
+        help="3x3 convolutions as exported, or Winograd F(4x4,3x3) from 128 input channels "
+        "(fp32; about 1.5x faster on ONNX Runtime's CPU provider)",
     )
     parser.add_argument(
         "--heads",
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, heads = config_and_heads(args)
         if args.output is None and args.opset is None and args.exporter == "torchscript":
-            path = backbones.cached_onnx(config, heads)
+            path = backbones.cached_onnx(config, heads, conv_algorithm=args.conv_algorithm)
         else:
             path = backbones.export_onnx(
                 config,
@@ -90,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 heads,
                 opset=args.opset,
                 exporter=args.exporter,
+                conv_algorithm=args.conv_algorithm,
             )
     except (MicrotexError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

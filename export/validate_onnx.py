@@ -15,6 +15,7 @@ python export/validate_onnx.py
 python export/validate_onnx.py --taps block_last --heads mean,max,gram --sizes 67x45,224x224
 python export/validate_onnx.py --images ../shared/data/metaldam/some.png
 python export/validate_onnx.py --device cuda --precision fp16 --heads mean,gram
+python export/validate_onnx.py --conv-algorithm winograd --heads mean,gram
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as directory:
         onnx_path = args.onnx or backbones.export_onnx(
-            config, pathlib.Path(directory) / "b.onnx", heads
+            config, pathlib.Path(directory) / "b.onnx", heads, conv_algorithm=args.conv_algorithm
         )
         session = onnxruntime.InferenceSession(str(onnx_path), providers=providers)
         if session.get_providers()[0] != providers[0]:
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     columns = list(cases)
     print(
         f"{config.arch} taps={','.join(config.taps)} pooling={config.pooling} "
-        f"precision={config.precision} heads={heads} device={args.device}"
+        f"precision={config.precision} conv_algorithm={args.conv_algorithm} heads={heads} "
+        f"device={args.device}"
     )
     print(
         "output".ljust(width)

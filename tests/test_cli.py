@@ -130,6 +130,27 @@ def test_featurize_precision_fp16(cnn_relu1, image_dir, tmp_path, capsys, caplog
     assert 1e-7 < np.abs(half - full).max() / np.abs(full).max() < 5e-3
 
 
+@pytest.mark.torch
+def test_featurize_conv_algorithm(cnn_relu1, image_dir, tmp_path, capsys):
+    argv = ["featurize", *good_files(image_dir), "--taps", "relu3_1", "--pool", "mean",
+            "--device", "cpu", "--no-progress"]
+    tables = {}
+    for algorithm in ("auto", "direct"):
+        output = tmp_path / f"{algorithm}.npz"
+        code, _, err = run(capsys, *argv, "-o", output, "--conv-algorithm", algorithm)
+        assert code == 0, err
+        tables[algorithm] = FeatureTable.read(output).features
+    for algorithm, table in zip(("winograd", "direct"), tables.values()):
+        expected = (
+            TextureFeaturizer(taps="relu3_1", pool="mean", device="cpu", conv_algorithm=algorithm)
+            .fit(None)
+            .transform(good_files(image_dir))
+        )
+        np.testing.assert_array_equal(table, expected)
+    winograd, direct = tables["auto"], tables["direct"]
+    assert 0 < np.abs(winograd - direct).max() / np.abs(direct).max() < 2e-5
+
+
 @pytest.fixture
 def cnn_relu1(shallow_onnx):
     """Skips without torch (the relu1_1 graph is exported on first use)."""
@@ -299,6 +320,7 @@ def test_featurize_on_error_raise(image_dir, tmp_path, capsys):
         ["--batch-size", "0"],
         ["--device", "tpu"],
         ["--precision", "fp64"],
+        ["--conv-algorithm", "fft"],
         ["--pool"],
     ],
 )

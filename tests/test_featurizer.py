@@ -440,6 +440,9 @@ def test_unknown_layer_lists_valid_names():
         ({"precision": "bf16", "taps": "raw"}, "unknown precision 'bf16'"),
         ({"pooling": "min", "taps": "raw"}, "unknown pooling 'min'"),
         ({"backbone": "resnet50", "taps": "relu1_1"}, "'resnet50'"),
+        ({"conv_algorithm": "fft", "taps": "relu1_1"}, "unknown conv_algorithm 'fft'"),
+        ({"conv_algorithm": "winograd", "precision": "fp16", "taps": "relu1_1"},
+         "needs precision='fp32'"),
     ],
 )
 def test_bad_parameters_fail_in_fit(params, match):
@@ -661,6 +664,30 @@ def test_fp16_features_near_fp32_warn_on_cpu_and_survive_a_bundle(cnn, tmp_path,
     g = TextureFeaturizer.load(f.save(tmp_path / "fp16-bundle"))
     assert g.precision == "fp16" and g.config_.precision == "fp16"
     np.testing.assert_array_equal(g.transform(image_batch), half)
+
+
+@pytest.mark.torch
+def test_cpu_default_is_winograd_and_near_direct_convolution(cnn, tmp_path, image_batch):
+    from microtex import backbones
+
+    params = {"taps": ("relu2_1", "relu3_1"), "pool": ("mean", "gram"), "device": "cpu"}
+    f = TextureFeaturizer(**params).fit(None)
+    fast = f.transform(image_batch)
+    metadata = backbones.read_onnx_metadata(f._session(heads=False).path)
+    assert metadata["conv_algorithm"] == "winograd"
+    assert metadata["winograd_layers"] == ["conv2_2", "conv3_1"]
+    exact = TextureFeaturizer(conv_algorithm="direct", **params).fit(None).transform(image_batch)
+    names = list(f.get_feature_names_out())
+    # relu2_1 comes before the first rewritten layer: identical; relu3_1 within 2e-5
+    np.testing.assert_array_equal(fast[:, columns_of(names, "relu2_1", "gram")],
+                                  exact[:, columns_of(names, "relu2_1", "gram")])
+    for pool in ("mean", "gram"):
+        cols = columns_of(names, "relu3_1", pool)
+        rel = np.abs(fast[:, cols] - exact[:, cols]).max() / np.abs(exact[:, cols]).max()
+        assert 0 < rel < 2e-5, (pool, rel)
+    # the bundle keeps the graph it was made with
+    g = TextureFeaturizer.load(f.save(tmp_path / "winograd-bundle"))
+    np.testing.assert_array_equal(g.transform(image_batch), fast)
 
 
 def test_raw_bundle_round_trip(tmp_path, rng):

@@ -37,11 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from microtex import _cache
+from microtex import _cache, _winograd
 from microtex.errors import BundleError, UnknownLayerError, WeightsError
 
 __all__ = [
     "ARCHITECTURES",
+    "CONV_ALGORITHMS",
     "GRAM_LAYOUTS",
     "GRAM_NORMALIZATIONS",
     "POOLS",
@@ -51,6 +52,7 @@ __all__ = [
     "Heads",
     "build_torch_module",
     "cached_onnx",
+    "check_conv_algorithm",
     "check_trunk_options",
     "default_weights_path",
     "export_onnx",
@@ -224,6 +226,26 @@ def check_trunk_options(pooling: str, precision: str) -> None:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+
+
+#: How an exported graph computes the trunk's 3×3 convolutions: ``"direct"`` as
+#: PyTorch defines them, or ``"winograd"`` (F(4×4, 3×3), :mod:`microtex._winograd`)
+#: for those with >= 128 input channels, about 1.5× faster end to end on ONNX
+#: Runtime's CPU provider; float32 only.
+CONV_ALGORITHMS: tuple[str, ...] = _winograd.ALGORITHMS
+
+
+def check_conv_algorithm(conv_algorithm: str, precision: str = "fp32") -> None:
+    """Raise ValueError naming ``conv_algorithm`` if unknown or not valid with ``precision``."""
+    if conv_algorithm not in CONV_ALGORITHMS:
+        raise ValueError(
+            f"unknown conv_algorithm {conv_algorithm!r}; choose one of {list(CONV_ALGORITHMS)}"
+        )
+    if conv_algorithm == "winograd" and precision != "fp32":
+        raise ValueError(
+            f"conv_algorithm='winograd' needs precision='fp32', not {precision!r}: its transforms "
+            "lose too much accuracy in float16"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -755,10 +777,13 @@ def build_torch_module(config: BackboneConfig, heads: Heads | None = None):
 # --------------------------------------------------------------------------- ONNX
 
 
-def _metadata(config: BackboneConfig, heads: Heads | None, opset: int) -> dict[str, Any]:
+def _metadata(
+    config: BackboneConfig, heads: Heads | None, opset: int, conv_algorithm: str = "direct"
+) -> dict[str, Any]:
     from microtex import __version__
 
     return {
+        "conv_algorithm": conv_algorithm,
         "config": config.to_dict(),
         "heads": None if heads is None else heads.to_dict(),
         "weights_sha256": weights_digest(config),
@@ -849,6 +874,7 @@ def export_onnx(
     *,
     opset: int | None = None,
     exporter: str = "torchscript",
+    conv_algorithm: str = "direct",
 ) -> pathlib.Path:
     """Export the backbone (and optional pooling heads) to an ONNX file.
 
@@ -876,6 +902,13 @@ def export_onnx(
         ``"torchscript"`` (default): ``torch.onnx.export(..., dynamo=False)``,
         fast and needing only ``torch`` and ``onnx``. ``"dynamo"``: the
         ``torch.export`` based exporter, which also needs ``onnxscript``.
+    conv_algorithm : {"direct", "winograd"}
+        ``"direct"`` (default): the convolutions as exported. ``"winograd"``:
+        every 3×3 convolution with >= 128 input channels is rewritten as
+        Winograd F(4×4, 3×3) in stock ONNX operators (:mod:`microtex._winograd`);
+        about 1.5× faster on ONNX Runtime's CPU provider, outputs within about
+        1e-5 of the largest value. fp32 only. The rewritten layers are listed
+        under ``"winograd_layers"`` in the metadata.
 
     Returns
     -------
@@ -891,7 +924,12 @@ def export_onnx(
         ) from None
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {list(EXPORTERS)}")
+    check_conv_algorithm(conv_algorithm, config.precision)
     opset = DEFAULT_OPSET if opset is None else int(opset)
+    if conv_algorithm == "winograd" and opset < _winograd.MIN_OPSET:
+        raise ValueError(
+            f"conv_algorithm='winograd' needs opset >= {_winograd.MIN_OPSET}, not {opset}"
+        )
     path = pathlib.Path(path)
     module = build_torch_module(config, heads)
     names = list(module.output_names)
@@ -903,8 +941,10 @@ def export_onnx(
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key = METADATA_KEY
-    metadata = _metadata(config, heads, opset)
+    metadata = _metadata(config, heads, opset, conv_algorithm)
     metadata["exporter"] = exporter
+    if conv_algorithm == "winograd":
+        metadata["winograd_layers"] = [_layer_of(label) for label in _winograd.rewrite(model)]
     entry.value = json.dumps(metadata, sort_keys=True)
     model.doc_string = f"microtex {config.arch} backbone, taps {','.join(config.taps)}"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -912,19 +952,31 @@ def export_onnx(
     return path
 
 
+def _layer_of(label: str) -> str:
+    """``conv3_2`` from an exporter's node or weight name such as ``/conv3_2/Conv``."""
+    match = re.search(r"conv\d+_\d+", label)
+    return match.group(0) if match else label
+
+
 @functools.cache
 def _graph_fingerprint() -> str:
-    """sha256 of this module's source: a change to the graph code invalidates the cache."""
+    """sha256 of the graph code's source: a change to it invalidates the cache."""
     try:
-        return _cache.sha256_file(__file__, memoize=False)
+        digests = [
+            _cache.sha256_file(path, memoize=False) for path in (__file__, _winograd.__file__)
+        ]
+        return _cache.sha256_bytes(" ".join(digests).encode())
     except OSError:
         return "unknown"
 
 
-def _cache_key(config: BackboneConfig, heads: Heads | None, opset: int) -> str:
+def _cache_key(
+    config: BackboneConfig, heads: Heads | None, opset: int, conv_algorithm: str = "direct"
+) -> str:
     from microtex import __version__
 
     document = {
+        "conv_algorithm": conv_algorithm,
         "graph_code_sha256": _graph_fingerprint(),
         "config": config.to_dict(),
         "heads": None if heads is None else heads.to_dict(),
@@ -940,19 +992,21 @@ def cached_onnx(
     heads: Heads | None = None,
     *,
     cache_dir: str | os.PathLike | None = None,
+    conv_algorithm: str = "direct",
 ) -> pathlib.Path:
     """Path of the exported ONNX file for ``config``, exporting it on first use.
 
     Files live in ``<cache>/onnx/`` with ``<cache>`` = ``cache_dir`` or
     ``$MICROTEX_CACHE_DIR`` or ``$XDG_CACHE_HOME/microtex`` or
     ``~/.cache/microtex``, named by a hash of the weights sha256, the
-    configuration, the heads, the microtex version and this module's source, so changing any of them
-    exports anew. A sidecar ``.json`` records the file's sha256; a file that
+    configuration, the heads, ``conv_algorithm`` (see :func:`export_onnx`), the
+    microtex version and the graph code's source, so changing any of them exports anew. A sidecar ``.json`` records the file's sha256; a file that
     does not match it is exported again (logged on ``microtex.backbones``).
     """
+    check_conv_algorithm(conv_algorithm, config.precision)
     opset = DEFAULT_OPSET
     root = pathlib.Path(cache_dir) if cache_dir is not None else _cache.cache_dir()
-    key = _cache_key(config, heads, opset)
+    key = _cache_key(config, heads, opset, conv_algorithm)
     directory = root / "onnx"
     path = directory / f"{config.arch}-{key[:24]}.onnx"
     sidecar = path.with_name(path.name + ".json")
@@ -976,8 +1030,9 @@ def cached_onnx(
             "exporting %s backbone (taps %s) to %s", config.arch, ",".join(config.taps), path
         )
     directory.mkdir(parents=True, exist_ok=True)
-    export_onnx(config, path, heads, opset=opset)
+    export_onnx(config, path, heads, opset=opset, conv_algorithm=conv_algorithm)
     record = {
+        "conv_algorithm": conv_algorithm,
         "key": key,
         "sha256": _cache.sha256_file(path),
         "config": config.to_dict(),

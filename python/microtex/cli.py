@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--pooling", default="max", choices=["max", "avg"], help="pooling between VGG blocks")
     f.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
                    help="CNN arithmetic; fp16 is for --device cuda, pooling stays fp32 (default: %(default)s)")
+    f.add_argument("--conv-algorithm", default="auto", choices=["auto", "direct", "winograd"],
+                   help="3x3 convolutions in the graph; auto: winograd for fp32 on the CPU, else direct")
     f.add_argument("--gram-normalization", default="spatial", choices=["spatial", "sum", "lubbers"])
     f.add_argument("--gram-layout", default="triu", choices=["triu", "full"])
     f.add_argument("--n-words", type=_positive, default=32, help="VLAD dictionary size")
@@ -117,7 +119,7 @@ def _featurize(args) -> int:
         raise ValueError(f"output {args.output!r} must end in .parquet, .npz or .csv")
     featurizer = TextureFeaturizer(
         backbone=args.backbone, weights=args.weights, taps="raw" if args.raw else args.taps,
-        pool=args.pool, pooling=args.pooling, precision=args.precision,
+        pool=args.pool, pooling=args.pooling, precision=args.precision, conv_algorithm=args.conv_algorithm,
         gram_normalization=args.gram_normalization, gram_layout=args.gram_layout, n_words=args.n_words,
         image_size=args.image_size, crop_bottom=args.crop_bottom, batch_size=args.batch_size,
         device=args.device, engine=args.engine, n_threads=args.threads, random_state=args.seed,

@@ -252,6 +252,12 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         on CUDA, its memory traffic; the taps are cast back to float32 before
         any pooling (Gram, mean, max and VLAD never run in float16). On the
         CPU it is slower than ``"fp32"`` (a warning says so).
+    conv_algorithm : {"auto", "direct", "winograd"}
+        How the exported graph computes the 3×3 convolutions (see
+        :func:`microtex.backbones.export_onnx`). ``"auto"``: Winograd F(4×4, 3×3)
+        for fp32 on the CPU (about 1.5× faster, features within about 1e-5 of
+        the largest value of direct convolution), direct otherwise (CUDA runs
+        its own algorithm choice).
     gram_normalization : {"spatial", "sum", "lubbers"}
     gram_layout : {"triu", "full"}
     n_words : int
@@ -301,6 +307,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         pool=("mean", "gram"),
         pooling: str = "max",
         precision: str = "fp32",
+        conv_algorithm: str = "auto",
         gram_normalization: str = "spatial",
         gram_layout: str = "triu",
         n_words: int = 32,
@@ -322,6 +329,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         self.pool = pool
         self.pooling = pooling
         self.precision = precision
+        self.conv_algorithm = conv_algorithm
         self.gram_normalization = gram_normalization
         self.gram_layout = gram_layout
         self.n_words = n_words
@@ -388,6 +396,11 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
 
         # checked here too, so a raw-only featurizer refuses them like a CNN one
         backbones.check_trunk_options(self.pooling, self.precision)
+        if self.conv_algorithm not in ("auto", *backbones.CONV_ALGORITHMS):
+            raise ValueError(f"unknown conv_algorithm {self.conv_algorithm!r}; choose one of "
+                             f"{['auto', *backbones.CONV_ALGORITHMS]}")
+        if self.conv_algorithm != "auto":
+            backbones.check_conv_algorithm(self.conv_algorithm, self.precision)
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; expected one of {DEVICES}")
         raw, cnn = self._split_taps()
@@ -415,6 +428,15 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
 
         return "kernels" if resolve_device(self.device)[0] == CPU else "graph"
 
+    def _conv_algorithm(self) -> str:
+        """The graph's convolution algorithm: ``conv_algorithm`` or, for "auto", by device."""
+        if self.conv_algorithm != "auto":
+            return self.conv_algorithm
+        from microtex.runtime import CPU, resolve_device
+
+        on_cpu = resolve_device(self.device)[0] == CPU
+        return "winograd" if on_cpu and self.config_.precision == "fp32" else "direct"
+
     def _session(self, heads: bool):
         """Cached ONNX Runtime session over the activations graph or the heads graph."""
         from microtex import backbones
@@ -430,7 +452,8 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                     h = backbones.Heads(pools=tuple(p for p in self._pools() if p != "vlad"),
                                         gram_normalization=self.gram_normalization,
                                         gram_layout=self.gram_layout)
-                onnx_path = backbones.cached_onnx(self.config_, h)
+                onnx_path = backbones.cached_onnx(self.config_, h,
+                                                  conv_algorithm=self._conv_algorithm())
             session = shared_session(onnx_path, device=self.device, n_threads=self.n_threads)
             if self.config_.precision == "fp16" and session.device == "cpu":
                 log.warning("precision='fp16' on the CPU: ONNX Runtime runs it slower than "
