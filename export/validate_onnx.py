@@ -31,6 +31,7 @@ import numpy as np
 _SHARED = runpy.run_path(str(pathlib.Path(__file__).with_name("export_backbone.py")))
 add_backbone_arguments = _SHARED["add_backbone_arguments"]
 config_and_heads = _SHARED["config_and_heads"]
+conv_algorithm = _SHARED["conv_algorithm"]
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -131,9 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         cases[f"{pathlib.Path(path).name} {image.shape[2]}x{image.shape[3]}"] = image
 
     with tempfile.TemporaryDirectory() as directory:
-        onnx_path = args.onnx or backbones.export_onnx(
-            config, pathlib.Path(directory) / "b.onnx", heads, conv_algorithm=args.conv_algorithm
-        )
+        if args.onnx:
+            onnx_path = args.onnx
+            algorithm = backbones.read_onnx_metadata(onnx_path).get("conv_algorithm", "direct")
+        else:
+            algorithm = conv_algorithm(args, config)
+            if args.device == "cuda" and args.conv_algorithm == "auto":
+                algorithm = "direct"  # what TextureFeaturizer(device="cuda") runs
+            onnx_path = backbones.export_onnx(
+                config, pathlib.Path(directory) / "b.onnx", heads, conv_algorithm=algorithm
+            )
         session = onnxruntime.InferenceSession(str(onnx_path), providers=providers)
         if session.get_providers()[0] != providers[0]:
             print(f"ONNX Runtime could not start {providers[0]}: {session.get_providers()}")
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = list(cases)
     print(
         f"{config.arch} taps={','.join(config.taps)} pooling={config.pooling} "
-        f"precision={config.precision} conv_algorithm={args.conv_algorithm} heads={heads} "
+        f"precision={config.precision} conv_algorithm={algorithm} heads={heads} "
         f"device={args.device}"
     )
     print(

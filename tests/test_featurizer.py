@@ -685,9 +685,36 @@ def test_cpu_default_is_winograd_and_near_direct_convolution(cnn, tmp_path, imag
         cols = columns_of(names, "relu3_1", pool)
         rel = np.abs(fast[:, cols] - exact[:, cols]).max() / np.abs(exact[:, cols]).max()
         assert 0 < rel < 2e-5, (pool, rel)
-    # the bundle keeps the graph it was made with
-    g = TextureFeaturizer.load(f.save(tmp_path / "winograd-bundle"))
+    # the bundle keeps the graph it was made with, and says which it is
+    directory = f.save(tmp_path / "winograd-bundle")
+    from microtex.bundle import load_bundle
+
+    assert load_bundle(directory).config["conv_algorithm"] == "winograd"
+    g = TextureFeaturizer.load(directory)
     np.testing.assert_array_equal(g.transform(image_batch), fast)
+
+
+def test_auto_conv_algorithm_by_device_precision_and_depth(monkeypatch):
+    from microtex import runtime
+
+    deep = TextureFeaturizer(taps="relu3_1", device="auto").fit(None)
+    monkeypatch.setattr(runtime, "resolve_device", lambda device: [runtime.CPU])
+    assert deep._conv_algorithm() == "winograd"
+    assert TextureFeaturizer(taps=SHALLOW).fit(None)._conv_algorithm() == "direct"
+    assert TextureFeaturizer(taps="relu3_1", precision="fp16").fit(None)._conv_algorithm() == "direct"
+    assert TextureFeaturizer(taps="relu3_1", conv_algorithm="direct").fit(None)._conv_algorithm() == "direct"
+    monkeypatch.setattr(runtime, "resolve_device", lambda device: [(runtime.CUDA, {}), runtime.CPU])
+    assert deep._conv_algorithm() == "direct"
+    assert TextureFeaturizer(taps="relu3_1", conv_algorithm="winograd").fit(None)._conv_algorithm() == "winograd"
+
+
+def test_featurizer_pickled_before_conv_algorithm_runs_direct():
+    state = TextureFeaturizer(taps="relu3_1").fit(None).__getstate__()
+    del state["conv_algorithm"]
+    old = TextureFeaturizer.__new__(TextureFeaturizer)
+    old.__setstate__(state)
+    assert old.conv_algorithm == "direct" and old._conv_algorithm() == "direct"
+    assert old.get_params()["conv_algorithm"] == "direct"
 
 
 def test_raw_bundle_round_trip(tmp_path, rng):

@@ -86,7 +86,7 @@ def test_rewritten_conv_matches_direct_convolution(shape, with_bias):
     model = conv_model(weight, bias)
     before = run(model, x)
     replaced = _winograd.rewrite(model, min_channels=8)
-    assert replaced == ["the_conv"]
+    assert [node.name for node in replaced] == ["the_conv"]
     assert "MatMul" in {node.op_type for node in model.graph.node}
     assert not {"w", "b"} & {t.name for t in model.graph.initializer}  # old weights dropped
     onnx.checker.check_model(model)
@@ -101,7 +101,7 @@ def test_rewritten_conv_matches_direct_convolution(shape, with_bias):
     "case",
     [
         {"strides": [2, 2]},
-        {"dilations": [2, 2], "pads": [2, 2, 2, 2]},
+        {"dilations": [2, 2]},
         {"pads": [0, 0, 0, 0]},
         {"group": 2},
         "too_few_channels",
@@ -113,7 +113,8 @@ def test_rewritten_conv_matches_direct_convolution(shape, with_bias):
 )
 def test_rewrite_leaves_other_convolutions_alone(case):
     in_channels = 4 if case == "too_few_channels" else 8
-    shape = (8, in_channels // 2 if isinstance(case, dict) and "group" in case else in_channels)
+    grouped = isinstance(case, dict) and "group" in case
+    shape = (8, in_channels // 2 if grouped else in_channels)
     kernel = (1, 1) if case == "kernel_1x1" else (3, 3)
     weight = np.ones(shape + kernel, np.float16 if case == "fp16" else np.float32)
     attributes = dict(case) if isinstance(case, dict) else {}
@@ -121,8 +122,78 @@ def test_rewrite_leaves_other_convolutions_alone(case):
         attributes["pads"] = [0, 0, 0, 0]
     model = conv_model(weight, weight_is_input=case == "weight_is_input", **attributes)
     before = model.SerializeToString()
-    assert _winograd.rewrite(model, min_channels=8) == []
+    # each case is eligible but for its one difference (the group case has 4 channels per group)
+    assert _winograd.rewrite(model, min_channels=4 if grouped else 8) == []
     assert model.SerializeToString() == before
+
+
+def test_rewrite_in_a_graph_with_shared_weights_and_several_consumers():
+    """Two convolutions share one weight; one output is read twice and is a graph output."""
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c1"], name="first", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w"], ["c2"], name="second", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["r1", "w"], ["c3"], name="strided", strides=[2, 2]),
+        helper.make_node("Add", ["c2", "c1"], ["y"]),
+    ]
+    shape = ["n", 8, "h", "w"]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ["y", "c1", "c3"]]
+    graph = helper.make_graph(
+        nodes,
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        outputs,
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    x = rng.random((2, 8, 11, 6), dtype=np.float32)
+    import onnxruntime
+
+    def run_all(m):
+        session = onnxruntime.InferenceSession(
+            m.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        return session.run(None, {"x": x})
+
+    before = run_all(model)
+    assert [n.name for n in _winograd.rewrite(model, min_channels=8)] == ["first", "second"]
+    assert "w" in {t.name for t in model.graph.initializer}  # still read by the strided conv
+    assert "b" not in {t.name for t in model.graph.initializer}
+    after = run_all(model)
+    for a, b in zip(after, before):
+        assert relative_error(a, b) < 2e-6
+    strided = [n for n in model.graph.node if n.name == "strided"]
+    assert len(strided) == 1 and strided[0].op_type == "Conv"  # left as it was
+    # a second pass rewrites nothing more and clashes with no name
+    assert _winograd.rewrite(model, min_channels=8) == []
+    # an overridable initializer (also a graph input) is not baked in
+    model = conv_model(weight, bias)
+    model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, weight.shape))
+    assert _winograd.rewrite(model, min_channels=8) == []
+    with pytest.raises(ValueError, match="opset >= 13, not 12"):
+        _winograd.rewrite(conv_model(weight, bias, opset=12), min_channels=8)
+
+
+def test_new_names_avoid_existing_ones():
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    model = conv_model(weight)
+    # a value already named like the rewrite's first prefix
+    model.graph.node.append(helper.make_node("Identity", ["y"], ["winograd0/U"]))
+    model.graph.output.append(
+        helper.make_tensor_value_info("winograd0/U", TensorProto.FLOAT, ["n", 8, "h", "w"])
+    )
+    x = rng.random((1, 8, 9, 9), dtype=np.float32)
+    before = run(model, x)
+    assert len(_winograd.rewrite(model, min_channels=8)) == 1
+    names = [t.name for t in model.graph.initializer]
+    assert "winograd0_2/U" in names and "winograd0/U" not in names
+    onnx.checker.check_model(model)
+    assert relative_error(run(model, x), before) < 2e-6
 
 
 def test_conv_algorithm_validation(tmp_path, default_config):
@@ -159,11 +230,12 @@ def test_winograd_backbone_parity_and_metadata(default_config, default_onnx, ima
         "conv4_1", "conv4_2", "conv4_3", "conv4_4", "conv5_1",
     ]  # fmt: skip
     assert backbones.read_onnx_metadata(default_onnx)["conv_algorithm"] == "direct"
+    assert backbones.winograd_layers(default_config) == tuple(metadata["winograd_layers"])
 
     import onnxruntime
 
     names = backbones.output_names(default_config, heads)
-    images = image_batch  # 67x45: no level's sides are multiples of the 4x4 tile
+    images = image_batch  # 67x45: at every level one side is not a multiple of the 4x4 tile
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ours = dict(zip(names, session.run(None, {"image": images})))
     module = backbones.build_torch_module(default_config, heads)
@@ -197,3 +269,17 @@ def test_export_script_writes_a_winograd_graph(tmp_path, capsys):
     assert validate["main"]([*arguments, "--onnx", str(out), "--sizes", "21x34"]) == 0
     table = capsys.readouterr().out
     assert "conv_algorithm=winograd" in table and "tolerance 1e-04): ok" in table
+
+
+def test_auto_conv_algorithm(default_config, shallow_config):
+    assert backbones.auto_conv_algorithm(default_config, on_cpu=True) == "winograd"
+    assert backbones.auto_conv_algorithm(default_config, on_cpu=False) == "direct"
+    fp16 = BackboneConfig(precision="fp16")
+    assert backbones.auto_conv_algorithm(fp16, on_cpu=True) == "direct"
+    # relu1_1 and relu2_1 stop before conv2_2, the first layer with 128 input channels
+    assert backbones.winograd_layers(shallow_config) == ()
+    assert backbones.auto_conv_algorithm(shallow_config, on_cpu=True) == "direct"
+    vgg16_last = backbones.winograd_layers(
+        BackboneConfig(arch="vgg16", weights="x.pth", taps="relu5_3")
+    )
+    assert vgg16_last[0] == "conv2_2" and vgg16_last[-1] == "conv5_3" and len(vgg16_last) == 10

@@ -26,13 +26,20 @@ stock ONNX operators that the provider runs well:
 
 The transforms use the interpolation points 0, ±1, ±2, ∞. In float32 each
 rewritten layer differs from direct convolution by about 1e-5 of its largest
-output (measured on VGG weights; tested in ``tests/test_backbones.py``).
+output (measured on VGG weights; tested in ``tests/test_winograd.py``).
 
-It pays where the products dominate: measured with ONNX Runtime 1.31 on two
-AMD Zen 3 cores, 1.5–1.9× per layer from 128 input channels at 56² down to
-512 at 14², no gain at 64 channels (224² and 112²), where the transforms'
-memory traffic costs as much as the saved products. :func:`rewrite` therefore
-takes a minimum input-channel count.
+It pays where the products dominate. Single layers at batch 1, measured with
+ONNX Runtime 1.31 on two AMD Zen 3 cores (noisy, interleaved medians): 64 → 64
+channels at 224² 0.6–1.0× (a loss), 128 → 128 at 112² 1.1–1.6×, 128 → 256 at
+56² 1.0–1.5×, 256 → 256 at 56² 1.5–2.1×, 512 → 512 at 28² 1.5–2.8×, 512 → 512
+at 14² 1.5–1.7×. At 64 channels the transforms' memory traffic costs as much as
+the saved products, so :func:`rewrite` takes a minimum input-channel count; on
+the whole VGG19 up to relu5_1 a minimum of 64, 128 or 256 measured 1.48×, 1.60×
+and 1.54× over direct convolution.
+
+The intermediate tensors are larger than direct convolution's: per rewritten
+layer ``V`` and its transposed copy are each 2.25× the layer's input and ``M``
+2.25× its output (36 values per 4×4 tile).
 """
 
 from __future__ import annotations
@@ -216,29 +223,55 @@ def _replacement(node, weight: np.ndarray, bias: np.ndarray | None, prefix: str)
     return nodes, initializers
 
 
-def rewrite(model, *, min_channels: int = DEFAULT_MIN_CHANNELS) -> list[str]:
+def _free_prefix(stem: str, taken: set) -> str:
+    """``stem``, or ``stem_2``, ``stem_3``, ..., that starts no name in ``taken``."""
+    prefix, k = stem, 1
+    while any(name.startswith(prefix + "/") for name in taken):
+        k += 1
+        prefix = f"{stem}_{k}"
+    return prefix
+
+
+def rewrite(model, *, min_channels: int = DEFAULT_MIN_CHANNELS) -> list:
     """Replace eligible 3×3 convolutions of ``model`` (a ``ModelProto``) in place.
 
-    Eligible: float32 weights held as initializers, kernel 3×3, stride 1,
-    dilation 1, pads 1, one group, at least ``min_channels`` input channels.
-    Returns the names of the replaced nodes (or their outputs when unnamed).
-    Needs opset >= :data:`MIN_OPSET`.
-    """
-    from onnx import numpy_helper
+    Eligible: float32 weights (and bias, if any) held as initializers that are
+    not also graph inputs, kernel 3×3, stride 1, dilation 1, pads 1, one group,
+    at least ``min_channels`` input channels. Returns copies of the replaced
+    ``Conv`` nodes, in graph order.
 
+    Raises
+    ------
+    ValueError
+        The model's default-domain opset is older than :data:`MIN_OPSET`.
+    """
+    from onnx import NodeProto, numpy_helper
+
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < MIN_OPSET:
+        raise ValueError(f"the Winograd rewrite needs opset >= {MIN_OPSET}, not {opset}")
     graph = model.graph
-    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    overridable = {i.name for i in graph.input}  # an initializer a caller may replace
+    initializers = {
+        t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in overridable
+    }
+    taken = {t.name for t in graph.initializer} | {n.name for n in graph.node}
+    taken |= {name for n in graph.node for name in (*n.input, *n.output)}
     nodes, replaced, new_initializers = [], [], []
     used = set()
     for index, node in enumerate(graph.node):
         if not _eligible(node, initializers, min_channels):
             nodes.append(node)
             continue
-        label = node.name or node.output[0]
-        replaced.append(label)
+        copy = NodeProto()
+        copy.CopyFrom(node)
+        replaced.append(copy)
         bias = initializers[node.input[2]] if len(node.input) > 2 and node.input[2] else None
         sub_nodes, sub_initializers = _replacement(
-            node, initializers[node.input[1]], bias, f"winograd{index}"
+            node,
+            initializers[node.input[1]],
+            bias,
+            _free_prefix(f"winograd{index}", taken),
         )
         nodes.extend(sub_nodes)
         new_initializers.extend(sub_initializers)
@@ -248,6 +281,8 @@ def rewrite(model, *, min_channels: int = DEFAULT_MIN_CHANNELS) -> list[str]:
     if not replaced:
         return replaced
     still_used = {name for node in nodes for name in node.input}
+    if any(a.g.node or a.graphs for node in nodes for a in node.attribute):
+        still_used |= used  # subgraphs may read the old weights: keep them all
     kept = [t for t in graph.initializer if t.name not in used or t.name in still_used]
     del graph.node[:]
     graph.node.extend(nodes)

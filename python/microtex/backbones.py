@@ -50,6 +50,7 @@ __all__ = [
     "PRESETS",
     "BackboneConfig",
     "Heads",
+    "auto_conv_algorithm",
     "build_torch_module",
     "cached_onnx",
     "check_conv_algorithm",
@@ -66,6 +67,7 @@ __all__ = [
     "tap_channels",
     "weights_digest",
     "weights_path",
+    "winograd_layers",
 ]
 
 logger = logging.getLogger("microtex.backbones")
@@ -233,6 +235,27 @@ def check_trunk_options(pooling: str, precision: str) -> None:
 #: for those with >= 128 input channels, about 1.5× faster end to end on ONNX
 #: Runtime's CPU provider; float32 only.
 CONV_ALGORITHMS: tuple[str, ...] = _winograd.ALGORITHMS
+
+
+def winograd_layers(config: BackboneConfig) -> tuple[str, ...]:
+    """The convolutions ``conv_algorithm="winograd"`` rewrites for ``config`` (fp32), in order."""
+    shapes = _conv_shapes(config.arch)
+    return tuple(
+        name
+        for kind, name in _plan(config.arch, config.deepest_tap)
+        if kind == "conv" and shapes[name][0][1] >= _winograd.DEFAULT_MIN_CHANNELS
+    )
+
+
+def auto_conv_algorithm(config: BackboneConfig, on_cpu: bool) -> str:
+    """``"winograd"`` for an fp32 graph on the CPU with a layer to rewrite, else ``"direct"``.
+
+    CUDA keeps direct convolution (cuDNN chooses its own algorithms); fp16 has
+    no Winograd graph.
+    """
+    if on_cpu and config.precision == "fp32" and winograd_layers(config):
+        return "winograd"
+    return "direct"
 
 
 def check_conv_algorithm(conv_algorithm: str, precision: str = "fp32") -> None:
@@ -944,7 +967,7 @@ def export_onnx(
     metadata = _metadata(config, heads, opset, conv_algorithm)
     metadata["exporter"] = exporter
     if conv_algorithm == "winograd":
-        metadata["winograd_layers"] = [_layer_of(label) for label in _winograd.rewrite(model)]
+        metadata["winograd_layers"] = [_layer_of(node) for node in _winograd.rewrite(model)]
     entry.value = json.dumps(metadata, sort_keys=True)
     model.doc_string = f"microtex {config.arch} backbone, taps {','.join(config.taps)}"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -952,10 +975,13 @@ def export_onnx(
     return path
 
 
-def _layer_of(label: str) -> str:
-    """``conv3_2`` from an exporter's node or weight name such as ``/conv3_2/Conv``."""
-    match = re.search(r"conv\d+_\d+", label)
-    return match.group(0) if match else label
+def _layer_of(node) -> str:
+    """``conv3_2`` from a Conv node's name (``/conv3_2/Conv``) or weight (``convs.conv3_2.weight``)."""
+    for label in (node.name, node.input[1]):
+        match = re.search(r"conv\d+_\d+", label)
+        if match:
+            return match.group(0)
+    return node.name or node.output[0]
 
 
 @functools.cache
