@@ -56,14 +56,14 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gram-layout", default="triu", choices=["full", "triu"])
 
 
-def conv_algorithm(args: argparse.Namespace, config) -> str:
-    """``--conv-algorithm``, with "auto" resolved as TextureFeaturizer(device="auto") does."""
+def conv_algorithm(args: argparse.Namespace, config, device: str = "auto") -> str:
+    """``--conv-algorithm``, with "auto" resolved as TextureFeaturizer(device=device) does."""
     if args.conv_algorithm != "auto":
         return args.conv_algorithm
     from microtex import backbones
     from microtex.runtime import CPU, resolve_device
 
-    return backbones.auto_conv_algorithm(config, resolve_device("auto")[0] == CPU)
+    return backbones.auto_conv_algorithm(config, resolve_device(device)[0] == CPU)
 
 
 def config_and_heads(args: argparse.Namespace):

@@ -136,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             onnx_path = args.onnx
             algorithm = backbones.read_onnx_metadata(onnx_path).get("conv_algorithm", "direct")
         else:
-            algorithm = conv_algorithm(args, config)
-            if args.device == "cuda" and args.conv_algorithm == "auto":
-                algorithm = "direct"  # what TextureFeaturizer(device="cuda") runs
+            algorithm = conv_algorithm(args, config, args.device)
             onnx_path = backbones.export_onnx(
                 config, pathlib.Path(directory) / "b.onnx", heads, conv_algorithm=algorithm
             )

@@ -258,12 +258,17 @@ def auto_conv_algorithm(config: BackboneConfig, on_cpu: bool) -> str:
     return "direct"
 
 
-def check_conv_algorithm(conv_algorithm: str, precision: str = "fp32") -> None:
-    """Raise ValueError naming ``conv_algorithm`` if unknown or not valid with ``precision``."""
-    if conv_algorithm not in CONV_ALGORITHMS:
-        raise ValueError(
-            f"unknown conv_algorithm {conv_algorithm!r}; choose one of {list(CONV_ALGORITHMS)}"
-        )
+def check_conv_algorithm(
+    conv_algorithm: str, precision: str = "fp32", *, allow_auto: bool = False
+) -> None:
+    """Raise ValueError naming ``conv_algorithm`` if unknown or not valid with ``precision``.
+
+    ``allow_auto`` also accepts ``"auto"``, for callers that resolve it later
+    (see :func:`auto_conv_algorithm`).
+    """
+    choices = ["auto", *CONV_ALGORITHMS] if allow_auto else list(CONV_ALGORITHMS)
+    if conv_algorithm not in choices:
+        raise ValueError(f"unknown conv_algorithm {conv_algorithm!r}; choose one of {choices}")
     if conv_algorithm == "winograd" and precision != "fp32":
         raise ValueError(
             f"conv_algorithm='winograd' needs precision='fp32', not {precision!r}: its transforms "

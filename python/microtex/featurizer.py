@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import pathlib
@@ -396,11 +397,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
 
         # checked here too, so a raw-only featurizer refuses them like a CNN one
         backbones.check_trunk_options(self.pooling, self.precision)
-        if self.conv_algorithm not in ("auto", *backbones.CONV_ALGORITHMS):
-            raise ValueError(f"unknown conv_algorithm {self.conv_algorithm!r}; choose one of "
-                             f"{['auto', *backbones.CONV_ALGORITHMS]}")
-        if self.conv_algorithm != "auto":
-            backbones.check_conv_algorithm(self.conv_algorithm, self.precision)
+        backbones.check_conv_algorithm(self.conv_algorithm, self.precision, allow_auto=True)
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; expected one of {DEVICES}")
         raw, cnn = self._split_taps()
@@ -653,8 +650,10 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         if self.taps_cnn_:
             from microtex import backbones
 
-            files["backbone.onnx"] = pathlib.Path(self._session(heads=False).path)
-            metadata = backbones.read_onnx_metadata(files["backbone.onnx"])
+            session = self._session(heads=False)
+            files["backbone.onnx"] = pathlib.Path(session.path)
+            # from the open session: read_onnx_metadata would load the file again
+            metadata = json.loads(session.metadata()[backbones.METADATA_KEY])
             conv_algorithm = metadata.get("conv_algorithm", "direct")
         state = {f"vlad/{tap}": words for tap, words in self.vlad_dictionaries_.items()}
         if state:
