@@ -363,6 +363,23 @@ def test_pooling_in_turn_or_overlapped_gives_the_same_rows(cnn):
     assert np.abs(runs[False][0] - runs[False][1]).max() > 1e-3
 
 
+@pytest.mark.torch
+def test_cpu_pools_between_inferences_not_beside_them(cnn, monkeypatch):
+    # an overlapped kernel would take a core from ONNX Runtime's threads
+    import concurrent.futures
+
+    def no_pool_thread(*args, **kwargs):
+        raise AssertionError("a pooling thread was started on the CPU")
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", no_pool_thread)
+    images = [textures(1, (32, 32), seed=i)[0] for i in range(3)]
+    f = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram"), batch_size=2, device="cpu").fit(None)
+    rows = list(f._pooled(images, "raise", []))
+    assert [len(ids) for ids, _ in rows] == [2, 1]
+    with pytest.raises(AssertionError, match="pooling thread"):
+        list(f._pooled(images, "raise", [], overlap=True))
+
+
 def test_paths_directory_and_order(tmp_path, rng):
     images = textures(3, (24, 20))
     paths = [

@@ -139,6 +139,16 @@ def test_session_intra_op_threads(shallow_onnx, batch):
 
 
 @pytest.mark.torch
+def test_session_workers_stop_spinning_between_runs(shallow_onnx):
+    # pooling and decoding run between inferences on the CPU; ONNX Runtime's
+    # workers must not keep spinning on the cores after Run() returns
+    options = Session(shallow_onnx, device="cpu", n_threads=2)._session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    with pytest.raises(RuntimeError):  # spinning within a run keeps ONNX Runtime's default
+        options.get_session_config_entry("session.intra_op.allow_spinning")
+
+
+@pytest.mark.torch
 def test_session_default_threads_follow_microtex_num_threads(shallow_onnx, monkeypatch):
     monkeypatch.setenv("MICROTEX_NUM_THREADS", "1")
     session = Session(shallow_onnx, device="cpu")

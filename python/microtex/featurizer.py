@@ -506,41 +506,39 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                 overlap: bool | None = None) -> Iterator[tuple[list, np.ndarray]]:
         """(ids, features) per batch.
 
-        With a CNN, pooling of batch i overlaps inference of batch i+1 (default).
-        With a CPU session the kernels then take half the threads (at least
-        one): ONNX Runtime leaves a core idle in its single-threaded operators
-        and between them, and the pooling fills it. Measured on 2 cores, VGG19
-        block_first, mean+Gram, 32 PNGs in batches of 8, against ``Session.run``
-        alone: 94.7 % overlapped with one pooling thread, 93.7 % overlapped
-        with two, 91.1 % in turn with two (Winograd graph); 97.1 %, 95.6 % and
-        93.4 % with the direct graph. Without a CNN pooling runs in turn.
+        When the network runs on a GPU, pooling of batch i (CPU kernels, or
+        the copy of in-graph pooled vectors) overlaps inference of batch i+1.
+        On the CPU pooling runs between inferences, on all threads: an
+        overlapped kernel takes a core from ONNX Runtime, whose operators split
+        their work evenly over its threads and then wait for the slowest, so
+        every millisecond of pooling cost about two of inference. Measured on
+        2 cores, VGG19 block_first, mean+Gram, 32 PNGs in batches of 8 against
+        ``Session.run`` alone (``session.force_spinning_stop`` set, see
+        :class:`~microtex.runtime.Session`): 94.8 % in turn, 90.9 %
+        overlapped with one pooling thread. Images are decoded in the
+        background either way.
         """
-        from microtex.runtime import CPU, resolve_device
-
         if overlap is None:
-            overlap = bool(self.taps_cnn_)
+            overlap = bool(self.taps_cnn_) and self._session(heads=self._engine() == "graph").device != "cpu"
         if not overlap:
             for ids, outputs in self._stream(X, on_error, failures):
                 yield ids, self._pool_batch(outputs)
             return
         from concurrent.futures import ThreadPoolExecutor
 
-        threads = None
-        if resolve_device(self.device)[0] == CPU:
-            threads = max(1, (self.n_threads or pooling.default_threads()) // 2)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="microtex-pool") as executor:
             pending = None
             for ids, outputs in self._stream(X, on_error, failures):
-                future = executor.submit(self._pool_batch, outputs, threads)
+                future = executor.submit(self._pool_batch, outputs)
                 if pending is not None:
                     yield pending[0], pending[1].result()
                 pending = (ids, future)
             if pending is not None:
                 yield pending[0], pending[1].result()
 
-    def _pool_batch(self, outputs: dict, n_threads: int | None = None) -> np.ndarray:
-        """Pooled features of one batch; the kernels use ``n_threads`` or ``self.n_threads``."""
-        n_threads = n_threads or self.n_threads
+    def _pool_batch(self, outputs: dict) -> np.ndarray:
+        """Pooled features of one batch (C++ kernels on ``self.n_threads`` threads)."""
+        n_threads = self.n_threads
         parts = []
         for tap in self.taps_:
             value = outputs[tap]

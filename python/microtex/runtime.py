@@ -107,6 +107,11 @@ class Session:
         options.intra_op_num_threads = int(n_threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only; microtex logs what matters
+        # ONNX Runtime's worker threads spin for tens of milliseconds after Run()
+        # returns, waiting for more work; the pooling kernels and image decoding
+        # that follow a run then share the cores with them. Spinning within a
+        # run (between operators) is kept.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         self.path = os.fspath(path)
         try:
             self._session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
