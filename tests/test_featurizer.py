@@ -380,6 +380,33 @@ def test_cpu_pools_between_inferences_not_beside_them(cnn, monkeypatch):
         list(f._pooled(images, "raise", [], overlap=True))
 
 
+@pytest.mark.torch
+def test_gpu_session_pools_beside_the_next_inference(cnn, monkeypatch):
+    # with the network on a GPU the CPU is free: pooling runs on its own thread
+    import threading
+
+    images = [textures(1, (32, 32), seed=i)[0] for i in range(3)]
+    f = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram"), batch_size=2, device="cpu").fit(None)
+    expected = f.transform(images)
+    real = f._session(heads=False)
+
+    class OnGpu:  # the CPU session, reporting itself as a CUDA one
+        device = "cuda"
+        output_names = real.output_names
+
+        def run(self, batch):
+            return real.run(batch)
+
+    monkeypatch.setattr(f, "_session", lambda heads: OnGpu())
+    pooled_on = []
+    pool_batch = f._pool_batch
+    monkeypatch.setattr(f, "_pool_batch",
+                        lambda outputs: pooled_on.append(threading.current_thread().name) or pool_batch(outputs))
+    rows = list(f._pooled(images, "raise", []))
+    assert len(pooled_on) == 2 and all(name.startswith("microtex-pool") for name in pooled_on)
+    np.testing.assert_array_equal(np.concatenate([feats for _, feats in rows]), expected)
+
+
 def test_paths_directory_and_order(tmp_path, rng):
     images = textures(3, (24, 20))
     paths = [
