@@ -513,10 +513,9 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         their work evenly over its threads and then wait for the slowest, so
         one pooling thread beside inference delayed it by about the pooling's
         own single-thread time, twice what pooling in turn on two threads
-        costs. Measured on
-        2 cores, VGG19 block_first, mean+Gram, 32 PNGs in batches of 8 against
-        ``Session.run`` alone (``session.force_spinning_stop`` set, see
-        :class:`~microtex.runtime.Session`): 94.8 % in turn, 90.9 %
+        costs. Measured on 2 cores, VGG19 block_first, mean+Gram, 32 PNGs in
+        batches of 8 against ``Session.run`` alone (``session.force_spinning_stop``
+        set, see :class:`~microtex.runtime.Session`): 94.8 % in turn, 90.9 %
         overlapped with one pooling thread. Images are decoded in the
         background either way.
         """
