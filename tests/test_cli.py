@@ -219,6 +219,45 @@ def test_featurize_crop_bottom(tmp_path, capsys):
     assert results["3"][0] == 1.0 and results["0"][0] == 1.0
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_featurize_auto_crop_is_reported(tmp_path, capsys, verbose):
+    body = 0.3 + 0.4 * synth.perlin_texture(48, 4, 0.5, 1.0, seed=3)
+    banded = np.concatenate([body, np.ones((6, 48))])  # a white 6-row info band
+    save_png(tmp_path / "a_banded.png", banded)
+    save_png(tmp_path / "b_plain.png", body)
+    output = tmp_path / "f.npz"
+    argv = ["featurize", tmp_path, "-o", output, "--raw", "--pool", "mean", "--crop-bottom", "auto"]
+    code, _, err = run(capsys, *(["-v"] if verbose else []), *argv)
+    assert code == 0, err
+    listed = "" if verbose else " (microtex -v featurize ... lists them)"
+    assert f"auto-crop: removed a bottom info band of 6 rows from 1 of 2 images{listed}" in err
+    table = FeatureTable.read(output)
+    expected = np.round(body * 255).mean() / 255
+    np.testing.assert_allclose(table.features[:, 0], [expected, expected], rtol=1e-6)
+    code, _, err = run(capsys, "featurize", tmp_path / "b_plain.png", "-o", output, "--raw",
+                       "--crop-bottom", "auto")
+    assert code == 0 and "auto-crop: no bottom info band found in 1 images" in err
+
+
+def test_featurize_parquet_without_pyarrow_fails_before_any_work(image_dir, tmp_path, capsys, monkeypatch):
+    import sys
+
+    import microtex.featurizer
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("featurized before checking the output format")
+
+    monkeypatch.setattr(microtex.featurizer, "featurize", no_work)
+    output = tmp_path / "f.parquet"
+    code, _, err = run(capsys, "featurize", image_dir, "-o", output, "--raw")
+    assert code == 2
+    assert "f.parquet" in err and "microtex[parquet]" in err
+    assert not output.exists()
+
+
 @pytest.mark.torch
 def test_featurize_save_bundle_with_vlad(cnn_relu1, image_dir, tmp_path, capsys):
     output = tmp_path / "f.npz"

@@ -859,3 +859,17 @@ def test_pipeline_with_raw_taps_classifies_images(rng):
     ).astype(np.float32)
     assert model.predict(fresh).tolist() == [0, 0, 0, 1, 1, 1]
     assert model.score(images, labels) == 1.0
+
+
+def test_featurize_records_cropped_rows_per_image(tmp_path):
+    body = 0.3 + 0.4 * textures(1, (40, 40), seed=5)[0]
+    banded = np.concatenate([body, np.ones((5, 40), np.float32)])
+    table = featurize([banded, body], taps="raw", pool="mean", crop_bottom="auto")
+    assert table.cropped == {"array[0]": 5}
+    np.testing.assert_allclose(table.features[0], table.features[1], rtol=1e-6)
+    write_png(tmp_path / "a.png", banded)
+    write_png(tmp_path / "b.png", body)
+    table = featurize(tmp_path, taps="raw", pool="mean", crop_bottom=3)
+    assert table.cropped == {str(tmp_path / "a.png"): 3, str(tmp_path / "b.png"): 3}
+    assert featurize(tmp_path, taps="raw", pool="mean").cropped == {}
+

@@ -111,12 +111,28 @@ def _demo(args) -> int:
     return 0
 
 
+def _crop_report(cropped: dict, n_images: int, verbose: bool) -> str:
+    """What ``--crop-bottom auto`` found, in one line."""
+    if not cropped:
+        return f"no bottom info band found in {n_images} images"
+    rows = sorted(cropped.values())
+    span = f"{rows[0]}" if rows[0] == rows[-1] else f"{rows[0]}-{rows[-1]}"
+    listed = "" if verbose else " (microtex -v featurize ... lists them)"
+    return f"removed a bottom info band of {span} rows from {len(rows)} of {n_images} images{listed}"
+
+
 def _featurize(args) -> int:
     from microtex.featurizer import TextureFeaturizer, featurize
 
     suffix = args.output.lower().rsplit(".", 1)[-1] if "." in args.output else ""
     if suffix not in ("parquet", "npz", "csv"):
         raise ValueError(f"output {args.output!r} must end in .parquet, .npz or .csv")
+    if suffix == "parquet":  # before any work, not after the whole folder is featurized
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ImportError(f"output {args.output!r}: writing .parquet needs pyarrow: "
+                              "pip install 'microtex[parquet]', or write .npz or .csv") from None
     featurizer = TextureFeaturizer(
         backbone=args.backbone, weights=args.weights, taps="raw" if args.raw else args.taps,
         pool=args.pool, pooling=args.pooling, precision=args.precision, conv_algorithm=args.conv_algorithm,
@@ -148,6 +164,9 @@ def _featurize(args) -> int:
                       progress=not args.no_progress and sys.stderr.isatty())
     for failure in table.failures:
         print(f"microtex: skipped {failure.path}: {failure.reason}", file=sys.stderr)
+    if args.crop_bottom == "auto":
+        print(f"microtex: auto-crop: {_crop_report(table.cropped, len(table.ids), args.verbose)}",
+              file=sys.stderr)
     if not table.ids:
         print("microtex: error: no image could be featurized", file=sys.stderr)
         return 1

@@ -58,6 +58,10 @@ class FeatureTable:
         Files that could not be read (skipped).
     seconds : float
         Wall time of the featurization.
+    cropped : dict of str to int
+        Rows removed from the bottom of each image that lost some (``crop_bottom``
+        a number, or an info band found by ``crop_bottom="auto"``), by id.
+        Not written to files.
     """
 
     features: np.ndarray
@@ -65,6 +69,7 @@ class FeatureTable:
     ids: list
     failures: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    cropped: dict = dataclasses.field(default_factory=dict)
 
     def write(self, path) -> pathlib.Path:
         """Write to ``.npz``, ``.csv`` or ``.parquet`` (by suffix), atomically.
@@ -135,8 +140,12 @@ def _is_path(x) -> bool:
     return isinstance(x, (str, os.PathLike))
 
 
-def _iter_inputs(X, crop_bottom, size, on_error, failures) -> Iterator[tuple[str, np.ndarray]]:
-    """(id, float32 image) for arrays, lists of arrays, or paths/directories."""
+def _iter_inputs(X, crop_bottom, size, on_error, failures,
+                 cropped: dict | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """(id, float32 image) for arrays, lists of arrays, or paths/directories.
+
+    Rows cropped from an image's bottom go to ``cropped[id]`` (when given).
+    """
     if _is_path(X):
         X = [X]
     if isinstance(X, np.ndarray) and X.ndim in (3, 4):
@@ -152,15 +161,19 @@ def _iter_inputs(X, crop_bottom, size, on_error, failures) -> Iterator[tuple[str
         )
     X = list(X)
     if X and all(_is_path(x) for x in X):
-        for path, image, _info in mio.iter_images(X, crop_bottom=crop_bottom, size=size,
-                                                 on_error=on_error, failures=failures):
+        for path, image, info in mio.iter_images(X, crop_bottom=crop_bottom, size=size,
+                                                on_error=on_error, failures=failures):
+            if info.rows_cropped and cropped is not None:
+                cropped[str(path)] = info.rows_cropped
             yield str(path), image
         return
     for i, x in enumerate(X):
         if _is_path(x):
             raise TypeError("mix of paths and arrays in one input; pass one kind")
-        image, _rows = mio.prepare_image(mio.as_float_image(np.asarray(x)), crop_bottom=crop_bottom,
-                                         size=size, name=f"array[{i}]")
+        image, rows = mio.prepare_image(mio.as_float_image(np.asarray(x)), crop_bottom=crop_bottom,
+                                        size=size, name=f"array[{i}]")
+        if rows and cropped is not None:
+            cropped[f"array[{i}]"] = rows
         yield f"array[{i}]", image
 
 
@@ -469,13 +482,15 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         return state
 
     # ------------------------------------------------------------ core
-    def _stream(self, X, on_error: str, failures: list) -> Iterator[tuple[list, dict]]:
+    def _stream(self, X, on_error: str, failures: list,
+                cropped: dict | None = None) -> Iterator[tuple[list, dict]]:
         """Yield (ids, {tap: activations or {pool: features}}) per batch."""
         raw, cnn = self.raw_, self.taps_cnn_
         min_side = self._min_side(cnn)
 
         def checked():
-            for image_id, image in _iter_inputs(X, self.crop_bottom, self.image_size, on_error, failures):
+            for image_id, image in _iter_inputs(X, self.crop_bottom, self.image_size, on_error, failures,
+                                                cropped):
                 if min(image.shape) < min_side:
                     message = (f"image {image.shape[0]}x{image.shape[1]} is smaller than {min_side} pixels, "
                                f"the least that layer {cnn[-1]} needs")
@@ -502,8 +517,8 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                     outputs.update(result)
             yield ids, outputs
 
-    def _pooled(self, X, on_error: str, failures: list,
-                overlap: bool | None = None) -> Iterator[tuple[list, np.ndarray]]:
+    def _pooled(self, X, on_error: str, failures: list, overlap: bool | None = None,
+                cropped: dict | None = None) -> Iterator[tuple[list, np.ndarray]]:
         """(ids, features) per batch.
 
         When the network runs on a GPU, pooling of batch i (CPU kernels, or
@@ -522,14 +537,14 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         if overlap is None:
             overlap = bool(self.taps_cnn_) and self._session(heads=self._engine() == "graph").device != "cpu"
         if not overlap:
-            for ids, outputs in self._stream(X, on_error, failures):
+            for ids, outputs in self._stream(X, on_error, failures, cropped):
                 yield ids, self._pool_batch(outputs)
             return
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="microtex-pool") as executor:
             pending = None
-            for ids, outputs in self._stream(X, on_error, failures):
+            for ids, outputs in self._stream(X, on_error, failures, cropped):
                 future = executor.submit(self._pool_batch, outputs)
                 if pending is not None:
                     yield pending[0], pending[1].result()
@@ -743,6 +758,7 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
         # reads images only for VLAD; unreadable files are skipped there too with on_error="skip"
         featurizer._fit(images if fit_images is None else fit_images, on_error)
     failures: list = []
+    cropped: dict = {}
     ids, rows = [], []
     bar = None
     if progress:
@@ -752,7 +768,7 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
             isinstance(images, (list, tuple)) and images and all(_is_path(x) for x in images))) else None
         bar = tqdm(total=total, unit="img", desc="featurize", leave=False)
     try:
-        for batch_ids, features in featurizer._pooled(images, on_error, failures):
+        for batch_ids, features in featurizer._pooled(images, on_error, failures, cropped=cropped):
             rows.append(features)
             ids.extend(batch_ids)
             if bar is not None:
@@ -763,4 +779,4 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
     features = (np.concatenate(rows, axis=0) if rows
                 else np.zeros((0, featurizer.n_features_out_), dtype=np.float32))
     return FeatureTable(features, list(featurizer.get_feature_names_out()), ids, failures,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, cropped)
