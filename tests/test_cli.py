@@ -239,6 +239,21 @@ def test_featurize_auto_crop_is_reported(tmp_path, capsys, verbose):
     assert code == 0 and "auto-crop: no bottom info band found in 1 images" in err
 
 
+def test_featurize_tiles(image_dir, tmp_path, capsys):
+    output = tmp_path / "tiles.npz"
+    code, out, err = run(capsys, "featurize", image_dir, "-o", output, "--raw", "--pool", "mean",
+                         "--tile", "16", "--tile-stride", "12")
+    assert code == 0, err
+    # 40x40 images, 16-pixel tiles every 12 pixels: origins 0, 12, 24 on each axis
+    assert re.search(r"featurized 3 images \(1 skipped\) in 27 tiles -> 1 features .* tiles/s", summary_line(out))
+    table = FeatureTable.read(output)
+    assert table.ids[:4] == [f"{image_dir / 'a.png'}@{r},{c}" for r, c in [(0, 0), (0, 12), (0, 24), (12, 0)]]
+    image = np.asarray(Image.open(image_dir / "c.png"), np.float64) / 255
+    np.testing.assert_allclose(table.features[-1, 0], image[24:40, 24:40].mean(), rtol=1e-6)
+    code, _, err = run(capsys, "featurize", image_dir, "-o", output, "--tile", "4", "--taps", "relu4_1")
+    assert code == 2 and "tile=4 is smaller than 8 pixels" in err
+
+
 def test_featurize_parquet_without_pyarrow_fails_before_any_work(image_dir, tmp_path, capsys, monkeypatch):
     import sys
 

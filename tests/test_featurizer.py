@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -873,3 +874,57 @@ def test_featurize_records_cropped_rows_per_image(tmp_path):
     assert table.cropped == {str(tmp_path / "a.png"): 3, str(tmp_path / "b.png"): 3}
     assert featurize(tmp_path, taps="raw", pool="mean").cropped == {}
 
+
+
+# ================================================================== tiling
+def test_featurize_tiles_each_image_into_patches(tmp_path):
+    from microtex.io import tile
+
+    images = textures(2, (40, 56), seed=7)
+    table = featurize(list(images), taps="raw", pool="mean,max", tile=16)
+    # origins: rows 0, 16 (a third tile would run past row 40), columns 0, 16, 32
+    origins = [(r, c) for r in (0, 16) for c in (0, 16, 32)]
+    assert table.ids == [f"array[{i}]@{r},{c}" for i in range(2) for r, c in origins]
+    patches = np.concatenate([tile(image, 16)[0] for image in images])
+    flat = patches.reshape(len(patches), -1).astype(np.float64)
+    np.testing.assert_allclose(table.features, np.stack([flat.mean(1), flat.max(1)], 1), rtol=1e-6)
+    overlapping = featurize(list(images[:1]), taps="raw", pool="mean", tile=16, tile_stride=8)
+    assert len(overlapping.ids) == 4 * 6 and overlapping.ids[1] == "array[0]@0,8"
+    # a file smaller than one tile is reported and skipped; an array raises
+    write_png(tmp_path / "big.png", images[0])
+    write_png(tmp_path / "small.png", images[0][:12, :12])
+    table = featurize(tmp_path, taps="raw", pool="mean", tile=16)
+    assert [i.rsplit("@", 1)[0] for i in table.ids] == [str(tmp_path / "big.png")] * 6
+    assert [f.path for f in table.failures] == [str(tmp_path / "small.png")]
+    assert "smaller than one 16x16 tile" in table.failures[0].reason
+    with pytest.raises(ValueError, match=r"array\[0\]: image 12x12 is smaller than one 16x16 tile"):
+        featurize([images[0][:12, :12]], taps="raw", pool="mean", tile=16)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tile": 0}, "tile must be a positive number of pixels, got 0"),
+        ({"tile": 16.0}, "tile must be a positive number of pixels, got 16.0"),
+        ({"tile": 16, "tile_stride": -2}, "tile_stride must be a positive number of pixels, got -2"),
+        ({"tile_stride": 8}, "tile_stride=8 given without tile"),
+        ({"tile": 4, "taps": "relu4_1"}, "tile=4 is smaller than 8 pixels, the least that layer relu4_1 needs"),
+    ],
+)
+def test_featurize_bad_tile_options_name_the_value(kwargs, message):
+    params = {"taps": "raw", "pool": "mean", **kwargs}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        featurize([textures(1, (32, 32))[0]], **params)
+
+
+@pytest.mark.torch
+def test_tiled_vlad_is_fitted_on_the_patches(cnn):
+    from microtex.io import tile
+
+    images = textures(2, (48, 32), seed=11)
+    params = {"taps": SHALLOW, "pool": ("mean", "vlad"), "n_words": 4, "batch_size": 4, "random_state": 3}
+    table = featurize(list(images), tile=16, **params)
+    patches = list(np.concatenate([tile(image, 16)[0] for image in images]))
+    expected = TextureFeaturizer(**params).fit(patches).transform(patches)
+    assert table.features.shape == expected.shape == (12, expected.shape[1])
+    np.testing.assert_allclose(table.features, expected, rtol=1e-5, atol=1e-6)

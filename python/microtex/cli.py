@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--raw", action="store_true", help="featurize the untransformed image (no CNN)")
     f.add_argument("--image-size", type=_image_size, default=None, help="N (short side) or HxW")
     f.add_argument("--crop-bottom", type=_crop_bottom, default=None, help="rows of info band to drop, or 'auto'")
+    f.add_argument("--tile", type=_positive, default=None,
+                   help="cut each image into TILE x TILE patches, one row each (id PATH@ROW,COL)")
+    f.add_argument("--tile-stride", type=_positive, default=None,
+                   help="step between tiles (default: --tile, no overlap)")
     f.add_argument("--batch-size", type=_positive, default=8)
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     f.add_argument("--engine", default="auto", choices=["auto", "kernels", "graph"])
@@ -122,7 +126,7 @@ def _crop_report(cropped: dict, n_images: int, verbose: bool) -> str:
 
 
 def _featurize(args) -> int:
-    from microtex.featurizer import TextureFeaturizer, featurize
+    from microtex.featurizer import TextureFeaturizer, _tiles, featurize
 
     suffix = args.output.lower().rsplit(".", 1)[-1] if "." in args.output else ""
     if suffix not in ("parquet", "npz", "csv"):
@@ -152,20 +156,25 @@ def _featurize(args) -> int:
             raise ValueError(f"--save-bundle {str(target)!r} exists and is not a microtex bundle; "
                              "choose a new folder")
 
+    tiles = _tiles(args.tile, args.tile_stride, featurizer)
     fit_failures: list = []
     try:
-        featurizer._fit(args.images, args.on_error, fit_failures)  # skips unreadable files (VLAD fit)
+        # skips unreadable files (VLAD fit)
+        featurizer._fit(args.images, args.on_error, fit_failures, tiles=tiles)
     except NoImagesError:
         for failure in fit_failures:
             print(f"microtex: skipped {failure.path}: {failure.reason}", file=sys.stderr)
         print("microtex: error: no image could be featurized", file=sys.stderr)
         return 1
     table = featurize(args.images, featurizer=featurizer, on_error=args.on_error,
+                      tile=args.tile, tile_stride=args.tile_stride,
                       progress=not args.no_progress and sys.stderr.isatty())
     for failure in table.failures:
         print(f"microtex: skipped {failure.path}: {failure.reason}", file=sys.stderr)
+    # with tiles a row is a patch, its id the image's followed by @row,col
+    n_images = len({i.rsplit("@", 1)[0] for i in table.ids}) if tiles else len(table.ids)
     if args.crop_bottom == "auto":
-        print(f"microtex: auto-crop: {_crop_report(table.cropped, len(table.ids), args.verbose)}",
+        print(f"microtex: auto-crop: {_crop_report(table.cropped, n_images, args.verbose)}",
               file=sys.stderr)
     if not table.ids:
         print("microtex: error: no image could be featurized", file=sys.stderr)
@@ -176,9 +185,10 @@ def _featurize(args) -> int:
     sessions = featurizer.__dict__.get("_sessions", {})
     where = next(iter(sessions.values())).device if sessions else "cpu"
     rate = len(table.ids) / table.seconds if table.seconds > 0 else float("nan")
-    print(f"featurized {len(table.ids)} images ({len(table.failures)} skipped) -> "
-          f"{table.features.shape[1]} features in {table.seconds:.2f} s ({rate:.2f} images/s, {where}) "
-          f"-> {args.output}")
+    in_tiles = f" in {len(table.ids)} tiles" if tiles else ""
+    print(f"featurized {n_images} images ({len(table.failures)} skipped){in_tiles} -> "
+          f"{table.features.shape[1]} features in {table.seconds:.2f} s "
+          f"({rate:.2f} {'tiles' if tiles else 'images'}/s, {where}) -> {args.output}")
     return 0
 
 

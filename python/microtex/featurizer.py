@@ -482,23 +482,42 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         return state
 
     # ------------------------------------------------------------ core
-    def _stream(self, X, on_error: str, failures: list,
-                cropped: dict | None = None) -> Iterator[tuple[list, dict]]:
-        """Yield (ids, {tap: activations or {pool: features}}) per batch."""
+    def _stream(self, X, on_error: str, failures: list, cropped: dict | None = None,
+                tiles: tuple[int, int] | None = None) -> Iterator[tuple[list, dict]]:
+        """Yield (ids, {tap: activations or {pool: features}}) per batch.
+
+        With ``tiles=(size, stride)`` every image is cut into square patches
+        (:func:`microtex.io.tile`, after cropping and resizing), each featurized
+        as an image of its own with the id ``"{image id}@{row},{column}"``.
+        """
         raw, cnn = self.raw_, self.taps_cnn_
         min_side = self._min_side(cnn)
+
+        def too_small(image_id, message) -> bool:
+            """True to skip the image (reported); raises with on_error="raise" or for arrays."""
+            if on_error == "skip" and not image_id.startswith("array["):
+                failures.append(mio.ReadFailure(image_id, message))
+                log.warning("skipping %s: %s", image_id, message)
+                return True
+            raise ValueError(f"{image_id}: {message}")
 
         def checked():
             for image_id, image in _iter_inputs(X, self.crop_bottom, self.image_size, on_error, failures,
                                                 cropped):
-                if min(image.shape) < min_side:
-                    message = (f"image {image.shape[0]}x{image.shape[1]} is smaller than {min_side} pixels, "
-                               f"the least that layer {cnn[-1]} needs")
-                    if on_error == "skip" and not image_id.startswith("array["):
-                        failures.append(mio.ReadFailure(image_id, message))
-                        log.warning("skipping %s: %s", image_id, message)
+                if tiles is not None:
+                    size, stride = tiles
+                    if min(image.shape) < size and too_small(
+                            image_id, f"image {image.shape[0]}x{image.shape[1]} is smaller than one "
+                                      f"{size}x{size} tile"):
                         continue
-                    raise ValueError(f"{image_id}: {message}")
+                    patches, origins = mio.tile(image, size, stride)
+                    for patch, (row, col) in zip(patches, origins):
+                        yield f"{image_id}@{row},{col}", patch
+                    continue
+                if min(image.shape) < min_side and too_small(
+                        image_id, f"image {image.shape[0]}x{image.shape[1]} is smaller than {min_side} "
+                                  f"pixels, the least that layer {cnn[-1]} needs"):
+                    continue
                 yield image_id, image
 
         batches = _prefetch(_batches(checked(), int(self.batch_size)))
@@ -518,7 +537,8 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
             yield ids, outputs
 
     def _pooled(self, X, on_error: str, failures: list, overlap: bool | None = None,
-                cropped: dict | None = None) -> Iterator[tuple[list, np.ndarray]]:
+                cropped: dict | None = None,
+                tiles: tuple[int, int] | None = None) -> Iterator[tuple[list, np.ndarray]]:
         """(ids, features) per batch.
 
         When the network runs on a GPU, pooling of batch i (CPU kernels, or
@@ -537,14 +557,14 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         if overlap is None:
             overlap = bool(self.taps_cnn_) and self._session(heads=self._engine() == "graph").device != "cpu"
         if not overlap:
-            for ids, outputs in self._stream(X, on_error, failures, cropped):
+            for ids, outputs in self._stream(X, on_error, failures, cropped, tiles):
                 yield ids, self._pool_batch(outputs)
             return
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="microtex-pool") as executor:
             pending = None
-            for ids, outputs in self._stream(X, on_error, failures, cropped):
+            for ids, outputs in self._stream(X, on_error, failures, cropped, tiles):
                 future = executor.submit(self._pool_batch, outputs)
                 if pending is not None:
                     yield pending[0], pending[1].result()
@@ -602,15 +622,16 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         """
         return self._fit(X, "raise")
 
-    def _fit(self, X, on_error: str, failures: list | None = None):
+    def _fit(self, X, on_error: str, failures: list | None = None, tiles: tuple[int, int] | None = None):
         """:meth:`fit`; with ``on_error="skip"`` unreadable files are left out of the VLAD fit
-        (and appended to ``failures``)."""
+        (and appended to ``failures``); ``tiles`` as in :meth:`_stream`."""
         self._setup()
         if "vlad" in self.pools_:
             rng = np.random.default_rng(self.random_state)
             samples = {tap: [] for tap in self.taps_}
             n_images = 0
-            for _ids, outputs in self._stream(X, on_error, [] if failures is None else failures):
+            for _ids, outputs in self._stream(X, on_error, [] if failures is None else failures,
+                                              tiles=tiles):
                 n_images += len(_ids)
                 for tap in self.taps_:
                     acts = outputs[tap]
@@ -722,8 +743,26 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
 
 
 # ---------------------------------------------------------------- function API
+def _tiles(tile, tile_stride, featurizer: TextureFeaturizer) -> tuple[int, int] | None:
+    """(size, stride) for :meth:`TextureFeaturizer._stream`, checked, or None without tiling."""
+    if tile is None:
+        if tile_stride is not None:
+            raise ValueError(f"tile_stride={tile_stride!r} given without tile")
+        return None
+    for name, value in (("tile", tile), ("tile_stride", tile_stride)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                  or value < 1):
+            raise ValueError(f"{name} must be a positive number of pixels, got {value!r}")
+    cnn = featurizer._validate()[2]  # no side effects: a fitted featurizer keeps its state
+    min_side = featurizer._min_side(cnn)
+    if tile < min_side:
+        raise ValueError(f"tile={tile} is smaller than {min_side} pixels, the least that layer {cnn[-1]} needs")
+    return int(tile), int(tile if tile_stride is None else tile_stride)
+
+
 def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_images=None,
-              featurizer: TextureFeaturizer | None = None, **params) -> FeatureTable:
+              featurizer: TextureFeaturizer | None = None, tile: int | None = None,
+              tile_stride: int | None = None, **params) -> FeatureTable:
     """Featurize images (arrays, files or directories) into a :class:`FeatureTable`.
 
     Parameters
@@ -737,6 +776,15 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
         Images to fit VLAD dictionaries on (default: ``images``).
     featurizer : TextureFeaturizer, optional
         A fitted featurizer to use instead of building one from ``params``.
+    tile : int, optional
+        Cut every image (after cropping and resizing) into ``tile`` x ``tile``
+        patches (:func:`microtex.io.tile`) and featurize each patch: one row
+        per patch, with the id ``"{image id}@{row},{column}"`` (its top-left
+        pixel). An image smaller than one tile is reported and skipped (or
+        raises, as ``on_error`` says). VLAD dictionaries are then fitted on
+        patches too.
+    tile_stride : int, optional
+        Step between patch origins (default ``tile``: patches do not overlap).
     **params
         :class:`TextureFeaturizer` parameters.
 
@@ -755,8 +803,11 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
         raise TypeError(f"pass either a fitted featurizer or featurizer parameters, not both: {sorted(params)}")
     if featurizer is None:
         featurizer = TextureFeaturizer(**params)
+        tiles = _tiles(tile, tile_stride, featurizer)
         # reads images only for VLAD; unreadable files are skipped there too with on_error="skip"
-        featurizer._fit(images if fit_images is None else fit_images, on_error)
+        featurizer._fit(images if fit_images is None else fit_images, on_error, tiles=tiles)
+    else:
+        tiles = _tiles(tile, tile_stride, featurizer)
     failures: list = []
     cropped: dict = {}
     ids, rows = [], []
@@ -764,11 +815,12 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
     if progress:
         from tqdm import tqdm
 
-        total = len(mio.expand_paths(images)) if (_is_path(images) or (
+        total = len(mio.expand_paths(images)) if tiles is None and (_is_path(images) or (
             isinstance(images, (list, tuple)) and images and all(_is_path(x) for x in images))) else None
-        bar = tqdm(total=total, unit="img", desc="featurize", leave=False)
+        bar = tqdm(total=total, unit="img" if tiles is None else "tile", desc="featurize", leave=False)
     try:
-        for batch_ids, features in featurizer._pooled(images, on_error, failures, cropped=cropped):
+        for batch_ids, features in featurizer._pooled(images, on_error, failures, cropped=cropped,
+                                                      tiles=tiles):
             rows.append(features)
             ids.extend(batch_ids)
             if bar is not None:
