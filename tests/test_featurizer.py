@@ -928,3 +928,34 @@ def test_tiled_vlad_is_fitted_on_the_patches(cnn):
     expected = TextureFeaturizer(**params).fit(patches).transform(patches)
     assert table.features.shape == expected.shape == (12, expected.shape[1])
     np.testing.assert_allclose(table.features, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_images_are_decoded_ahead_on_a_background_thread(tmp_path, monkeypatch):
+    # reading and pre-processing run on their own thread, up to two batches ahead
+    import threading
+    import time
+
+    import microtex.featurizer as featurizer_module
+
+    for i, image in enumerate(textures(6, (24, 24))):
+        write_png(tmp_path / f"{i}.png", image)
+    decoded_on, events = [], []
+    real = featurizer_module._iter_inputs
+
+    def recording(*args, **kwargs):
+        for image_id, image in real(*args, **kwargs):
+            decoded_on.append(threading.current_thread().name)
+            events.append(("decoded", image_id))
+            yield image_id, image
+
+    monkeypatch.setattr(featurizer_module, "_iter_inputs", recording)
+    f = TextureFeaturizer(taps="raw", pool="mean", batch_size=2).fit(None)
+    for ids, _ in f._pooled(tmp_path, "raise", []):
+        events.append(("pooled", ids[0]))
+        if len(ids) and ids[0].endswith("0.png"):  # the first batch: let the decoder run ahead
+            time.sleep(0.5)
+    assert set(decoded_on) == {"microtex-decode"}
+    first_pooled = events.index(("pooled", str(tmp_path / "0.png")))
+    second_pooled = events.index(("pooled", str(tmp_path / "2.png")))
+    decoded_before_second = sum(kind == "decoded" for kind, _ in events[:second_pooled])
+    assert first_pooled >= 2 and decoded_before_second == 6  # all three batches read ahead
