@@ -58,12 +58,9 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
 
 def conv_algorithm(args: argparse.Namespace, config, device: str = "auto") -> str:
     """``--conv-algorithm``, with "auto" resolved as TextureFeaturizer(device=device) does."""
-    if args.conv_algorithm != "auto":
-        return args.conv_algorithm
     from microtex import backbones
-    from microtex.runtime import CPU, resolve_device
 
-    return backbones.auto_conv_algorithm(config, resolve_device(device)[0] == CPU)
+    return backbones.resolve_conv_algorithm(args.conv_algorithm, config, device)
 
 
 def config_and_heads(args: argparse.Namespace):
@@ -101,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config, heads = config_and_heads(args)
+        algorithm = conv_algorithm(args, config)
         if args.output is None and args.opset is None and args.exporter == "torchscript":
-            path = backbones.cached_onnx(config, heads, conv_algorithm=conv_algorithm(args, config))
+            path = backbones.cached_onnx(config, heads, conv_algorithm=algorithm)
         else:
             path = backbones.export_onnx(
                 config,
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 heads,
                 opset=args.opset,
                 exporter=args.exporter,
-                conv_algorithm=conv_algorithm(args, config),
+                conv_algorithm=algorithm,
             )
     except (MicrotexError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

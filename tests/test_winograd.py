@@ -283,3 +283,15 @@ def test_auto_conv_algorithm(default_config, shallow_config):
         BackboneConfig(arch="vgg16", weights="x.pth", taps="relu5_3")
     )
     assert vgg16_last[0] == "conv2_2" and vgg16_last[-1] == "conv5_3" and len(vgg16_last) == 10
+
+
+def test_resolve_conv_algorithm_keeps_a_choice_and_resolves_auto_by_device(default_config, monkeypatch):
+    # the one rule the featurizer and the export scripts share
+    from microtex import runtime
+
+    for providers, auto in (([runtime.CPU], "winograd"), ([runtime.CUDA, runtime.CPU], "direct")):
+        monkeypatch.setattr(runtime, "available_providers", lambda providers=providers: providers)
+        assert backbones.resolve_conv_algorithm("auto", default_config, "auto") == auto
+        assert backbones.resolve_conv_algorithm("auto", default_config, "cpu") == "winograd"
+        assert backbones.resolve_conv_algorithm("direct", default_config, "cpu") == "direct"
+        assert backbones.resolve_conv_algorithm("winograd", default_config, "auto") == "winograd"

@@ -63,6 +63,7 @@ __all__ = [
     "make_config",
     "output_names",
     "read_onnx_metadata",
+    "resolve_conv_algorithm",
     "resolve_taps",
     "tap_channels",
     "weights_digest",
@@ -256,6 +257,19 @@ def auto_conv_algorithm(config: BackboneConfig, on_cpu: bool) -> str:
     if on_cpu and config.precision == "fp32" and winograd_layers(config):
         return "winograd"
     return "direct"
+
+
+def resolve_conv_algorithm(conv_algorithm: str, config: BackboneConfig, device: str = "auto") -> str:
+    """``conv_algorithm``, or for ``"auto"`` the one :func:`auto_conv_algorithm` picks on ``device``.
+
+    ``device`` is resolved as :class:`microtex.runtime.Session` resolves it
+    (``"auto"``: CUDA when the installed ONNX Runtime has it).
+    """
+    if conv_algorithm != "auto":
+        return conv_algorithm
+    from microtex.runtime import CPU, resolve_device
+
+    return auto_conv_algorithm(config, resolve_device(device)[0] == CPU)
 
 
 def check_conv_algorithm(
