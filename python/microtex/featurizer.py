@@ -441,11 +441,8 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
     def _conv_algorithm(self) -> str:
         """The graph's convolution algorithm: ``conv_algorithm`` or, for "auto", by device."""
         from microtex import backbones
-        from microtex.runtime import CPU, resolve_device
 
-        if self.conv_algorithm != "auto":
-            return self.conv_algorithm
-        return backbones.auto_conv_algorithm(self.config_, resolve_device(self.device)[0] == CPU)
+        return backbones.resolve_conv_algorithm(self.conv_algorithm, self.config_, self.device)
 
     def _session(self, heads: bool):
         """Cached ONNX Runtime session over the activations graph or the heads graph."""
@@ -574,7 +571,6 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
 
     def _pool_batch(self, outputs: dict) -> np.ndarray:
         """Pooled features of one batch (C++ kernels on ``self.n_threads`` threads)."""
-        n_threads = self.n_threads
         parts = []
         for tap in self.taps_:
             value = outputs[tap]
@@ -582,17 +578,17 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                 if isinstance(value, dict):
                     feats = value[pool]
                 elif pool == "mean":
-                    feats = pooling.mean_pool(value, n_threads=n_threads)
+                    feats = pooling.mean_pool(value, n_threads=self.n_threads)
                 elif pool == "max":
-                    feats = pooling.max_pool(value, n_threads=n_threads)
+                    feats = pooling.max_pool(value, n_threads=self.n_threads)
                 elif pool == "gram":
                     feats = pooling.gram(value, self.gram_normalization, self.gram_layout,
-                                         n_threads=n_threads)
+                                         n_threads=self.n_threads)
                 else:
                     feats = pooling.vlad_encode(value, self.vlad_dictionaries_[tap],
                                                 intra_normalize=self.intra_normalize,
                                                 signed_sqrt=self.signed_sqrt,
-                                                l2_normalize=self.l2_normalize, n_threads=n_threads)
+                                                l2_normalize=self.l2_normalize, n_threads=self.n_threads)
                 parts.append(np.asarray(feats, dtype=np.float32))
         return np.concatenate(parts, axis=1)
 
@@ -801,13 +797,13 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
     start = time.perf_counter()
     if featurizer is not None and params:
         raise TypeError(f"pass either a fitted featurizer or featurizer parameters, not both: {sorted(params)}")
-    if featurizer is None:
+    fitted = featurizer is not None
+    if not fitted:
         featurizer = TextureFeaturizer(**params)
-        tiles = _tiles(tile, tile_stride, featurizer)
+    tiles = _tiles(tile, tile_stride, featurizer)
+    if not fitted:
         # reads images only for VLAD; unreadable files are skipped there too with on_error="skip"
         featurizer._fit(images if fit_images is None else fit_images, on_error, tiles=tiles)
-    else:
-        tiles = _tiles(tile, tile_stride, featurizer)
     failures: list = []
     cropped: dict = {}
     ids, rows = [], []
