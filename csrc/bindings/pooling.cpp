@@ -1,14 +1,18 @@
 // Bindings for the pooling kernels. Input checks (rank, dtype policy, NaN,
-// sizes) live in microtex/pooling.py; this layer only dispatches on dtype,
+// sizes) live in microtex/features/pooling.py and vlad.py; this layer only dispatches on dtype,
 // reads pointers with the GIL held and runs the kernel without it.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "microtex/activations.hpp"
 #include "microtex/cpu.hpp"
-#include "microtex/pooling.hpp"
+#include "microtex/pooling/gram.hpp"
+#include "microtex/pooling/mean_max.hpp"
+#include "microtex/pooling/vlad.hpp"
 
 namespace py = pybind11;
 using microtex::detail::Activations;

@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions with explicit execution providers (DESIGN.md §2).
+"""ONNX Runtime sessions: execution providers, device resolution and threads (DESIGN.md §2).
 
 Every network microtex runs at inference time goes through :class:`Session`.
 ``device="auto"`` takes CUDA when ``onnxruntime-gpu`` is installed and a GPU
@@ -20,11 +20,21 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from microtex._validation import check_choice, check_positive_int
 from microtex.errors import DeviceError
 
-__all__ = ["DEVICES", "available_providers", "resolve_device", "Session", "shared_session"]
+__all__ = [
+    "DEVICES",
+    "Session",
+    "available_providers",
+    "check_threads",
+    "default_threads",
+    "resolve_device",
+    "runs_on_cpu",
+    "shared_session",
+]
 
-log = logging.getLogger("microtex.runtime")
+log = logging.getLogger("microtex.engine.session")
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
@@ -34,6 +44,9 @@ CUDA = "CUDAExecutionProvider"
 # can stall for seconds on a micrograph of an unseen size; the heuristic choice
 # is within a few percent for VGG's 3x3 convolutions.
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "cudnn_conv_use_max_workspace": "1"}
+
+
+_CPUS: tuple[int, int] | None = None  # (pid, CPUs it may use)
 
 
 def _ort():
@@ -49,6 +62,43 @@ def available_providers() -> list[str]:
     return list(_ort().get_available_providers())
 
 
+def default_threads() -> int:
+    """Threads for inference and the kernels when none are given.
+
+    ``MICROTEX_NUM_THREADS`` if set (read on every call), else the CPUs this
+    process may run on (read once per process).
+    """
+    global _CPUS
+    env = os.environ.get("MICROTEX_NUM_THREADS")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ValueError(f"MICROTEX_NUM_THREADS must be an integer, got {env!r}") from None
+        if value < 1:
+            raise ValueError(f"MICROTEX_NUM_THREADS must be >= 1, got {value}")
+        return value
+    if _CPUS is None or _CPUS[0] != os.getpid():
+        try:
+            count = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            count = os.cpu_count() or 1
+        _CPUS = (os.getpid(), count)
+    return _CPUS[1]
+
+
+def check_threads(n_threads: int | None) -> int:
+    """``n_threads`` checked, or :func:`default_threads` for None."""
+    if n_threads is None:
+        return default_threads()
+    return check_positive_int("n_threads", n_threads, allow_none=True)
+
+
+def runs_on_cpu(device: str = "auto") -> bool:
+    """Whether ``device`` resolves to the CPU with the installed ONNX Runtime."""
+    return resolve_device(device)[0] == CPU
+
+
 def resolve_device(device: str = "auto") -> list:
     """Provider list for ``device``: ``"auto"``, ``"cpu"`` or ``"cuda"``.
 
@@ -59,8 +109,7 @@ def resolve_device(device: str = "auto") -> list:
     DeviceError
         ``"cuda"`` asked for but the installed ONNX Runtime has no CUDA provider.
     """
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
+    check_choice("device", device, DEVICES)
     have_cuda = CUDA in available_providers()
     if device == "cuda" and not have_cuda:
         raise DeviceError(
@@ -100,11 +149,7 @@ class Session:
         providers = resolve_device(device)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if n_threads is None:
-            from microtex.pooling import default_threads
-
-            n_threads = default_threads()
-        options.intra_op_num_threads = int(n_threads)
+        options.intra_op_num_threads = check_threads(n_threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only; microtex logs what matters
         # ONNX Runtime's worker threads spin for tens of milliseconds after Run()

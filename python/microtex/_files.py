@@ -1,0 +1,119 @@
+"""Files: checksums, the user cache directory and atomic writes.
+
+Everything microtex writes (feature tables, reports, bundles, cached ONNX
+files) appears complete or not at all: it is written under a temporary name in
+the destination's directory and renamed into place with :func:`os.replace`.
+No third-party imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pathlib
+import tempfile
+import threading
+from collections.abc import Iterator
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "cache_dir",
+    "sha256_bytes",
+    "sha256_file",
+]
+
+_CHUNK = 1 << 20
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def cache_dir() -> pathlib.Path:
+    """The user cache directory of microtex (not created here).
+
+    ``$MICROTEX_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/microtex``, else
+    ``~/.cache/microtex``.
+    """
+    explicit = os.environ.get("MICROTEX_CACHE_DIR")
+    if explicit:
+        return pathlib.Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
+    return base / "microtex"
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, *, memoize: bool = True) -> str:
+    """Hex sha256 of a file's bytes.
+
+    With ``memoize`` the result is remembered per (resolved path, size,
+    modification time in ns), so a large weight file is hashed once per
+    process unless it changes.
+    """
+    path = pathlib.Path(path)
+    key = None
+    if memoize:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        with _DIGESTS_LOCK:
+            if key in _DIGESTS:
+                return _DIGESTS[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    if key is not None:
+        with _DIGESTS_LOCK:
+            _DIGESTS[key] = value
+    return value
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """A temporary sibling of ``path`` to write; renamed to ``path`` when the block succeeds.
+
+    Parent directories are created. If the block raises, the temporary file is
+    removed and ``path`` is left as it was.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> target.read_text()
+    'done'
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = pathlib.Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; nothing microtex writes is a secret
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`), synced to disk."""
+    path = pathlib.Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+    """Write ``text`` as UTF-8 to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))

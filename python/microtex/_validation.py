@@ -1,0 +1,140 @@
+"""The one place for option checks: each raises ``ValueError`` naming the option and the value.
+
+Callers declare what they accept next to where they use it and call these; no
+module spells its own "positive integer" or "one of" test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "CropBottom",
+    "Size",
+    "check_choice",
+    "check_choices",
+    "check_crop_bottom",
+    "check_non_negative_int",
+    "check_on_error",
+    "check_positive_int",
+    "check_size",
+    "is_int",
+]
+
+CropBottom = None | int | Literal["auto"]
+Size = None | int | tuple[int, int]
+
+#: What a batch job does with a file it cannot read.
+ON_ERROR: tuple[str, ...] = ("skip", "raise")
+
+
+def is_int(value: Any) -> bool:
+    """True for Python and NumPy integers, False for booleans."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_positive_int(
+    name: str, value: Any, *, allow_none: bool = False, what: str = "a positive integer"
+) -> int | None:
+    """``value`` as an int >= 1 (or None when ``allow_none``).
+
+    Examples
+    --------
+    >>> check_positive_int("batch_size", 8)
+    8
+    >>> check_positive_int("batch_size", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: batch_size must be a positive integer, got 0
+    """
+    if value is None and allow_none:
+        return None
+    if not (is_int(value) and value >= 1):
+        suffix = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be {what}{suffix}, got {value!r}")
+    return int(value)
+
+
+def check_non_negative_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 0."""
+    if not (is_int(value) and value >= 0):
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``.
+
+    Examples
+    --------
+    >>> check_choice("device", "tpu", ("auto", "cpu", "cuda"))
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown device 'tpu'; choose one of ['auto', 'cpu', 'cuda']
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
+    return value
+
+
+def check_choices(
+    name: str, value: str | Iterable[str], choices: Sequence[str], *, hints: dict | None = None
+) -> tuple[str, ...]:
+    """A non-empty tuple of distinct ``choices`` from a comma-separated string or a sequence.
+
+    ``hints`` maps a refused value to a sentence appended to the error.
+
+    Examples
+    --------
+    >>> check_choices("pool", "mean, gram", ("mean", "max", "gram"))
+    ('mean', 'gram')
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    parsed = tuple(item.strip() if isinstance(item, str) else item for item in items)
+    parsed = tuple(item for item in parsed if item != "")
+    if not parsed:
+        raise ValueError(f"{name} must name at least one of {list(choices)}, got {value!r}")
+    for item in parsed:
+        if item not in choices:
+            hint = (hints or {}).get(item, "")
+            raise ValueError(
+                f"unknown {name} {item!r}; choose from {list(choices)}{' ' + hint if hint else ''}"
+            )
+    if len(set(parsed)) != len(parsed):
+        raise ValueError(f"repeated {name} in {parsed!r}")
+    return parsed
+
+
+def check_crop_bottom(crop_bottom: Any) -> CropBottom:
+    """None, ``"auto"`` or a number of rows >= 0."""
+    if crop_bottom is None or (isinstance(crop_bottom, str) and crop_bottom == "auto"):
+        return crop_bottom
+    if is_int(crop_bottom) and crop_bottom >= 0:
+        return int(crop_bottom)
+    raise ValueError(
+        f"crop_bottom must be None, 'auto' or a non-negative number of rows, got {crop_bottom!r}"
+    )
+
+
+def check_size(size: Any) -> Size:
+    """None, a short side (int >= 1) or a ``(height, width)`` pair of them."""
+    if size is None:
+        return None
+    if is_int(size) and size > 0:
+        return int(size)
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(is_int(n) and n > 0 for n in size):
+        return (int(size[0]), int(size[1]))
+    raise ValueError(
+        "size must be None, a positive int (short side) or a (height, width) pair of "
+        f"positive ints, got {size!r}"
+    )
+
+
+def check_on_error(on_error: Any) -> str:
+    """``"skip"`` or ``"raise"``."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    return on_error
