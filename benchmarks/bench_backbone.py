@@ -62,9 +62,13 @@ from _common import (
     write_results,
 )
 
-from microtex import backbones, featurizer, pooling, synth
+from microtex import backbones, synth
 from microtex import io as mio
-from microtex.runtime import CPU, CUDA, Session
+from microtex.engine.export import DEFAULT_OPSET
+from microtex.engine.metadata import read_metadata
+from microtex.engine.session import CPU, CUDA, Session, default_threads
+from microtex.features.api import featurize
+from microtex.features.texture import TextureFeaturizer
 
 SIDE = 224
 BATCHES = (1, 8)
@@ -141,7 +145,7 @@ def conv_flops(config: backbones.BackboneConfig, height: int, width: int) -> dic
 
 
 def ort_session(path, n_threads: int, level: str = "ORT_ENABLE_ALL", entries: dict | None = None):
-    """A raw CPU InferenceSession with runtime.Session's options, one setting changed."""
+    """A raw CPU InferenceSession with engine.session.Session's options, one setting changed."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -159,7 +163,7 @@ def export_fixed_size(torch, config, batch: int, path: Path) -> Path:
     """The Winograd graph exported with a static (batch, 1, 224, 224) input, for comparison."""
     import onnx
 
-    from microtex import _winograd
+    from microtex.engine import winograd
 
     module = backbones.build_torch_module(config)
     buffer = io.BytesIO()
@@ -172,11 +176,11 @@ def export_fixed_size(torch, config, batch: int, path: Path) -> Path:
             dynamo=False,
             input_names=[backbones.INPUT_NAME],
             output_names=list(module.output_names),
-            opset_version=backbones.DEFAULT_OPSET,
+            opset_version=DEFAULT_OPSET,
             do_constant_folding=True,
         )
     model = onnx.load_from_string(buffer.getvalue())
-    _winograd.rewrite(model)
+    winograd.rewrite(model)
     path.write_bytes(model.SerializeToString())
     return path
 
@@ -466,7 +470,7 @@ def measure_featurize(session, n_threads: int, n_images: int, n_turns: int, rows
             np.ascontiguousarray(images[i : i + FEATURIZE_BATCH, None])
             for i in range(0, len(images), FEATURIZE_BATCH)
         ]
-        warm = featurizer.TextureFeaturizer(**params).fit(folder)
+        warm = TextureFeaturizer(**params).fit(folder)
 
         def backbone_only():
             for batch in batches:
@@ -474,8 +478,8 @@ def measure_featurize(session, n_threads: int, n_images: int, n_turns: int, rows
 
         last = {}
         funcs = {
-            "featurize": lambda: last.update(table=featurizer.featurize(folder, **params)),
-            "featurize, warm featurizer": lambda: featurizer.featurize(folder, featurizer=warm),
+            "featurize": lambda: last.update(table=featurize(folder, **params)),
+            "featurize, warm featurizer": lambda: featurize(folder, featurizer=warm),
             "backbone only": backbone_only,
         }
         turns = time_turns(funcs, repeats=n_turns, warmup=1, block=1)
@@ -560,12 +564,12 @@ def measure_featurize(session, n_threads: int, n_images: int, n_turns: int, rows
 
 
 def measure_ort_options(path, config, torch, n_threads: int, repeats: int, rows, options_table):
-    """Session options and export variants at batch 1, and batch sizes, vs runtime.Session."""
+    """Session options and export variants at batch 1, and batch sizes, vs engine.session.Session."""
     rng = np.random.default_rng(2)
     x = rng.random((1, 1, SIDE, SIDE), dtype=np.float32)
     default = Session(path, device="cpu", n_threads=n_threads)
     variants = {
-        f"runtime.Session (ENABLE_ALL, {n_threads} threads, spinning)": default.run,
+        f"engine.session.Session (ENABLE_ALL, {n_threads} threads, spinning)": default.run,
         "allow_spinning=0": ort_session(
             path, n_threads, entries={"session.intra_op.allow_spinning": "0"}
         ),
@@ -613,7 +617,7 @@ def measure_ort_options(path, config, torch, n_threads: int, repeats: int, rows,
         rows.append(
             {
                 "measurement": "ort_batch_size",
-                "variant": "runtime.Session",
+                "variant": "engine.session.Session",
                 "batch": n,
                 "height": SIDE,
                 "width": SIDE,
@@ -627,7 +631,7 @@ def measure_ort_options(path, config, torch, n_threads: int, repeats: int, rows,
         )
         options_table.append(
             [
-                f"runtime.Session, batch {n}",
+                f"engine.session.Session, batch {n}",
                 str(n),
                 f"{seconds / n * 1e3:.0f}",
                 f"{n / seconds:.2f}",
@@ -724,7 +728,7 @@ def main(argv=None) -> int:
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 12)
     if repeats < 1:
         parser.error("--repeats must be >= 1")
-    n_threads = args.threads if args.threads is not None else pooling.default_threads()
+    n_threads = args.threads if args.threads is not None else default_threads()
     if n_threads < 1:
         parser.error("--threads must be >= 1")
     latency_runs = QUICK_LATENCY_RUNS if args.quick else LATENCY_RUNS
@@ -790,7 +794,7 @@ def main(argv=None) -> int:
             "onnx": path.name,
             "onnx_direct": direct_path.name,
             "conv_algorithm": "winograd",
-            "winograd_layers": backbones.read_onnx_metadata(path)["winograd_layers"],
+            "winograd_layers": read_metadata(path)["winograd_layers"],
             "precision": "fp32",
             "input": f"(n, 1, {SIDE}, {SIDE}) float32 in [0, 1]",
             "gflop_per_image": sum(flops.values()) / 1e9,
@@ -835,7 +839,7 @@ def main(argv=None) -> int:
                     "batch",
                     "ms / image",
                     "images/s",
-                    "vs runtime.Session batch 1",
+                    "vs engine.session.Session batch 1",
                 ],
                 options_table,
             )

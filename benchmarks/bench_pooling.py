@@ -20,7 +20,7 @@ import numpy as np
 
 from _common import machine, markdown_table, medians, paired_ratio, time_turns, write_results
 
-from microtex import pooling
+from microtex.features import pooling, vlad
 
 # (channels, side) of VGG relu1_x .. relu5_x for a 224 x 224 input
 LAYERS = [(64, 224), (128, 112), (256, 56), (512, 28), (512, 14)]
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         for c, side in LAYERS:
             # ReLU-like activations: non-negative, about half zeros
             acts = np.maximum(rng.standard_normal((batch, c, side, side), dtype=np.float32), 0)
-            words = pooling.fit_vlad_dictionary(acts[:1], args.n_words, max_vectors=20000,
+            words = vlad.fit_vlad_dictionary(acts[:1], args.n_words, max_vectors=20000,
                                                 random_state=0)
             # sanity: same numbers before timing them
             np.testing.assert_allclose(pooling.gram(acts, "sum", "full").reshape(batch, c, c),
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                 "gram": ({"microtex": lambda: pooling.gram(acts, "sum", "full")},
                          {"numpy F@F.T per sample": lambda: np_gram_loop(acts),
                           "numpy batched matmul": lambda: np_gram_batched(acts)}),
-                "vlad": ({"microtex": lambda: pooling.vlad_encode(acts, words)},
+                "vlad": ({"microtex": lambda: vlad.vlad_encode(acts, words)},
                          {"numpy matmul+one-hot": lambda: np_vlad(acts, words)}),
             }
             for kernel, (ours, theirs) in candidates.items():

@@ -19,7 +19,10 @@ import sys
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     """The backbone and head options shared by the export scripts."""
-    parser.add_argument("--arch", default="vgg19", choices=["vgg19", "vgg16"])
+    from microtex import backbones
+    from microtex._pools import GRAM_LAYOUTS, GRAM_NORMALIZATIONS
+
+    parser.add_argument("--arch", default="vgg19", choices=list(backbones.ARCHITECTURES))
     parser.add_argument(
         "--weights",
         default=None,
@@ -30,17 +33,26 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
         default="block_first",
         help="layer names and/or presets, comma-separated (block_first, block_last, all)",
     )
-    parser.add_argument("--pooling", default="max", choices=["max", "avg"], help="between blocks")
+    parser.add_argument(
+        "--block-pooling",
+        default=None,
+        choices=backbones.BLOCK_POOLINGS,
+        help="2x2 pooling between blocks (default max)",
+    )
+    parser.add_argument(  # deprecated alias of --block-pooling
+        "--pooling", dest="deprecated_pooling", default=None,
+        choices=backbones.BLOCK_POOLINGS, help=argparse.SUPPRESS,
+    )  # fmt: skip
     parser.add_argument(
         "--precision",
         default="fp32",
-        choices=["fp32", "fp16"],
+        choices=backbones.PRECISIONS,
         help="convolution arithmetic; fp16 keeps input, outputs and heads in fp32",
     )
     parser.add_argument(
         "--conv-algorithm",
         default="auto",
-        choices=["auto", "direct", "winograd"],
+        choices=["auto", *backbones.CONV_ALGORITHMS],
         help="3x3 convolutions as exported (direct), or Winograd F(4x4,3x3) from 128 input "
         "channels (fp32; about 1.5x faster on ONNX Runtime's CPU provider); auto: as "
         "TextureFeaturizer chooses, winograd for fp32 unless onnxruntime has CUDA",
@@ -50,17 +62,27 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="pool inside the graph, e.g. mean,max,gram (default: raw activations)",
     )
-    parser.add_argument(
-        "--gram-normalization", default="spatial", choices=["sum", "spatial", "lubbers"]
-    )
-    parser.add_argument("--gram-layout", default="triu", choices=["full", "triu"])
+    parser.add_argument("--gram-normalization", default="spatial", choices=GRAM_NORMALIZATIONS)
+    parser.add_argument("--gram-layout", default="triu", choices=GRAM_LAYOUTS)
+
+
+def block_pooling(args: argparse.Namespace) -> str:
+    """``--block-pooling``, or the deprecated ``--pooling`` (with a note on stderr), or "max"."""
+    if args.deprecated_pooling is not None:
+        print("note: --pooling is deprecated; use --block-pooling", file=sys.stderr)
+        if args.block_pooling is None:
+            return args.deprecated_pooling
+    return args.block_pooling or "max"
 
 
 def conv_algorithm(args: argparse.Namespace, config, device: str = "auto") -> str:
     """``--conv-algorithm``, with "auto" resolved as TextureFeaturizer(device=device) does."""
     from microtex import backbones
+    from microtex.engine.session import runs_on_cpu
 
-    return backbones.resolve_conv_algorithm(args.conv_algorithm, config, device)
+    # the device matters for "auto" only (and resolving it may raise DeviceError)
+    on_cpu = args.conv_algorithm != "auto" or runs_on_cpu(device)
+    return backbones.resolve_conv_algorithm(args.conv_algorithm, config, on_cpu=on_cpu)
 
 
 def config_and_heads(args: argparse.Namespace):
@@ -70,7 +92,7 @@ def config_and_heads(args: argparse.Namespace):
         arch=args.arch,
         weights=args.weights,
         taps=args.taps,
-        pooling=args.pooling,
+        block_pooling=block_pooling(args),
         precision=args.precision,
     )
     heads = None

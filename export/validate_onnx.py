@@ -107,22 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", default=None, help="validate this file instead of a fresh export")
     args = parser.parse_args(argv)
 
-    import onnxruntime
     import torch
 
     from microtex import backbones
+    from microtex.engine.metadata import read_metadata
+    from microtex.engine.session import CUDA, Session, available_providers
+    from microtex.errors import DeviceError
 
     config, heads = config_and_heads(args)
     if args.tolerance is None:
         args.tolerance = 5e-3 if config.precision == "fp16" else 1e-4
     names = backbones.output_names(config, heads)
     module = backbones.build_torch_module(config, heads).to(args.device)
-    providers = ["CPUExecutionProvider"]
-    if args.device == "cuda":
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            print("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
-            return 1
-        providers.insert(0, "CUDAExecutionProvider")
+    if args.device == "cuda" and CUDA not in available_providers():
+        print("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+        return 1
     cases: dict[str, np.ndarray] = {}
     for height, width in args.sizes:
         for kind, images in synthetic_inputs(args.batch, height, width, args.seed).items():
@@ -134,28 +133,28 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as directory:
         if args.onnx:
             onnx_path = args.onnx
-            algorithm = backbones.read_onnx_metadata(onnx_path).get("conv_algorithm", "direct")
+            algorithm = read_metadata(onnx_path).get("conv_algorithm", "direct")
         else:
             algorithm = conv_algorithm(args, config, args.device)
             onnx_path = backbones.export_onnx(
                 config, pathlib.Path(directory) / "b.onnx", heads, conv_algorithm=algorithm
             )
-        session = onnxruntime.InferenceSession(str(onnx_path), providers=providers)
-        if session.get_providers()[0] != providers[0]:
-            print(f"ONNX Runtime could not start {providers[0]}: {session.get_providers()}")
+        try:
+            session = Session(onnx_path, device=args.device)
+        except DeviceError as exc:
+            print(f"ONNX Runtime could not start {args.device}: {exc}")
             return 1
-        found = [output.name for output in session.get_outputs()]
-        if tuple(found) != names:
-            print(f"output names differ: onnx {found}, expected {list(names)}")
+        if session.output_names != names:
+            print(f"output names differ: onnx {list(session.output_names)}, expected {list(names)}")
             return 1
         errors = {name: {} for name in names}
         for case, images in cases.items():
-            onnx_outputs = session.run(None, {backbones.INPUT_NAME: images})
+            onnx_outputs = list(session.run(images).values())
             with torch.no_grad():
                 torch_outputs = [
                     t.cpu().numpy() for t in module(torch.from_numpy(images).to(args.device))
                 ]
-            for name, ours, reference in zip(names, onnx_outputs, torch_outputs):
+            for name, ours, reference in zip(names, onnx_outputs, torch_outputs, strict=True):
                 if ours.shape != reference.shape:
                     errors[name][case] = float("inf")
                     continue
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(name) for name in names) + 2
     columns = list(cases)
     print(
-        f"{config.arch} taps={','.join(config.taps)} pooling={config.pooling} "
+        f"{config.arch} taps={','.join(config.taps)} block_pooling={config.block_pooling} "
         f"precision={config.precision} conv_algorithm={algorithm} heads={heads} "
         f"device={args.device}"
     )

@@ -10,9 +10,18 @@ import pytest
 
 import microtex
 from microtex import bundle
-from microtex.bundle import MANIFEST_NAME, load_bundle, load_npz, save_bundle, save_npz
+from microtex.bundle import (
+    MANIFEST_NAME,
+    load_bundle,
+    load_npz,
+    open_bundle,
+    register_kind,
+    save_bundle,
+    save_npz,
+)
 from microtex.errors import BundleError
 
+KIND = "test-model"
 CONFIG = {
     "backbone": {
         "arch": "vgg19",
@@ -39,7 +48,7 @@ def sources(tmp_path):
 
 @pytest.fixture
 def saved(tmp_path, sources):
-    return save_bundle(tmp_path / "model", sources, CONFIG)
+    return save_bundle(tmp_path / "model", sources, CONFIG, kind=KIND)
 
 
 def manifest_of(path):
@@ -49,7 +58,8 @@ def manifest_of(path):
 def test_round_trip(tmp_path, sources, saved):
     assert saved == (tmp_path / "model").absolute()
     manifest = manifest_of(saved)
-    assert manifest["format_version"] == 1 == bundle.FORMAT_VERSION
+    assert manifest["format_version"] == 2 == bundle.FORMAT_VERSION
+    assert manifest["kind"] == KIND and manifest["kind_version"] == 1
     assert manifest["microtex_version"] == microtex.__version__
     assert manifest["config"] == CONFIG
     assert manifest["files"] == {
@@ -58,7 +68,7 @@ def test_round_trip(tmp_path, sources, saved):
         "state/vlad.npz": hashlib.sha256(sources["state/vlad.npz"]).hexdigest(),
     }
 
-    loaded = load_bundle(saved)
+    loaded = open_bundle(saved)
     assert loaded.path == saved and loaded.config == CONFIG
     assert loaded.microtex_version == microtex.__version__
     assert set(loaded.files) == {"backbone.onnx", "notes.txt", "state/vlad.npz"}
@@ -79,41 +89,41 @@ def test_tampered_file_is_refused_naming_it(saved):
     target.write_bytes(target.read_bytes() + b"!")
     actual = hashlib.sha256(target.read_bytes()).hexdigest()
     with pytest.raises(BundleError) as info:
-        load_bundle(saved)
+        open_bundle(saved)
     message = str(info.value)
     assert "'state/vlad.npz'" in message and expected in message and actual in message
-    assert load_bundle(saved, verify=False).file("state/vlad.npz") == target
+    assert open_bundle(saved, verify=False).file("state/vlad.npz") == target
 
 
 def test_missing_file(saved):
     (saved / "notes.txt").unlink()
     with pytest.raises(BundleError, match="'notes.txt'.*missing"):
-        load_bundle(saved)
+        open_bundle(saved)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [3, 0, "1", None, True])
 def test_bad_format_version(saved, version):
     manifest = manifest_of(saved)
     manifest["format_version"] = version
     (saved / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(BundleError) as info:
-        load_bundle(saved)
-    assert "format_version expected 1" in str(info.value)
+        open_bundle(saved)
+    assert "format_version expected 2 (or 1)" in str(info.value)
     assert f"found {version!r}" in str(info.value)
 
 
 def test_missing_or_corrupt_manifest(tmp_path, saved):
     with pytest.raises(BundleError, match="not a directory"):
-        load_bundle(tmp_path / "nowhere")
+        open_bundle(tmp_path / "nowhere")
     (saved / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(BundleError, match="corrupt"):
-        load_bundle(saved)
+        open_bundle(saved)
     (saved / MANIFEST_NAME).write_text(json.dumps({"format_version": 1, "files": [], "config": {}}))
     with pytest.raises(BundleError, match="'files' expected a dict"):
-        load_bundle(saved)
+        open_bundle(saved)
     (saved / MANIFEST_NAME).unlink()
     with pytest.raises(BundleError, match="no manifest"):
-        load_bundle(saved)
+        open_bundle(saved)
 
 
 def test_manifest_names_cannot_escape_the_bundle(saved):
@@ -121,61 +131,66 @@ def test_manifest_names_cannot_escape_the_bundle(saved):
     manifest["files"]["../src/backbone.onnx"] = "0" * 64
     (saved / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="bad bundle file name"):
-        load_bundle(saved)
+        open_bundle(saved)
 
 
 @pytest.mark.parametrize("name", ["../up.txt", "/abs.txt", "a//b", "a\\b", MANIFEST_NAME, ""])
 def test_bad_file_names_are_refused(tmp_path, name):
     with pytest.raises(BundleError):
-        save_bundle(tmp_path / "model", {name: b"x"}, {})
+        save_bundle(tmp_path / "model", {name: b"x"}, {}, kind=KIND)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_overwrite_rules(tmp_path, saved):
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        save_bundle(saved, {"a.txt": b"a"}, {})
-    replaced = save_bundle(saved, {"a.txt": b"a"}, {"new": True}, overwrite=True)
+        save_bundle(saved, {"a.txt": b"a"}, {}, kind=KIND)
+    replaced = save_bundle(saved, {"a.txt": b"a"}, {"new": True}, kind=KIND, overwrite=True)
     assert replaced == saved
     assert sorted(p.name for p in saved.iterdir()) == ["a.txt", MANIFEST_NAME]
-    assert load_bundle(saved).config == {"new": True}
+    assert open_bundle(saved).config == {"new": True}
 
     other = tmp_path / "results"
     other.mkdir()
     (other / "precious.csv").write_text("1,2,3")
     with pytest.raises(FileExistsError, match="not a microtex bundle"):
-        save_bundle(other, {"a.txt": b"a"}, {}, overwrite=True)
+        save_bundle(other, {"a.txt": b"a"}, {}, kind=KIND, overwrite=True)
     assert (other / "precious.csv").read_text() == "1,2,3"
 
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     with pytest.raises(FileExistsError, match="not a directory"):
-        save_bundle(a_file, {"a.txt": b"a"}, {}, overwrite=True)
+        save_bundle(a_file, {"a.txt": b"a"}, {}, kind=KIND, overwrite=True)
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert load_bundle(save_bundle(empty, {"a.txt": b"a"}, {})).config == {}
+    assert open_bundle(save_bundle(empty, {"a.txt": b"a"}, {}, kind=KIND)).config == {}
 
 
 def test_no_half_written_bundle_after_a_failure(tmp_path, saved):
     before = {p.name for p in tmp_path.iterdir()}
     # a source that does not exist, after others were copied
     with pytest.raises(FileNotFoundError):
-        save_bundle(tmp_path / "new", {"a.txt": b"a", "z.onnx": tmp_path / "missing.onnx"}, {})
+        save_bundle(
+            tmp_path / "new", {"a.txt": b"a", "z.onnx": tmp_path / "missing.onnx"}, {}, kind=KIND
+        )
     assert {p.name for p in tmp_path.iterdir()} == before
 
     # a failed overwrite keeps the old bundle intact
     old_manifest = manifest_of(saved)
     with pytest.raises(FileNotFoundError):
-        save_bundle(saved, {"a.txt": b"a", "z.onnx": tmp_path / "missing.onnx"}, {}, overwrite=True)
+        save_bundle(
+            saved, {"a.txt": b"a", "z.onnx": tmp_path / "missing.onnx"}, {}, kind=KIND,
+            overwrite=True,
+        )
     assert {p.name for p in tmp_path.iterdir()} == before
     assert manifest_of(saved) == old_manifest
-    load_bundle(saved)
+    open_bundle(saved)
 
     # a config that is not JSON is refused before anything is written
     with pytest.raises(TypeError, match="JSON"):
-        save_bundle(tmp_path / "new", {"a.txt": b"a"}, {"array": np.zeros(2)})
+        save_bundle(tmp_path / "new", {"a.txt": b"a"}, {"array": np.zeros(2)}, kind=KIND)
     with pytest.raises(TypeError, match="paths or bytes"):
-        save_bundle(tmp_path / "new", {"a.txt": np.zeros(2)}, {})
+        save_bundle(tmp_path / "new", {"a.txt": np.zeros(2)}, {}, kind=KIND)
     assert {p.name for p in tmp_path.iterdir()} == before
 
 
@@ -200,3 +215,45 @@ def test_npz_helpers(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(BundleError, match="junk.npz"):
         load_npz(tmp_path / "junk.npz")
+
+
+# ================================================================== kinds
+def test_load_bundle_builds_the_model_its_kind_registered(saved, monkeypatch):
+    monkeypatch.setattr(bundle, "_KINDS", dict(bundle._KINDS))
+    register_kind(KIND, lambda opened: ("model", opened.kind, opened.config["pooling"]["n_words"]))
+    assert load_bundle(saved) == ("model", KIND, 32)
+    assert KIND in bundle.kinds() and "texture-featurizer" in bundle.kinds()
+    # a layout newer than the registered loader reads is refused, naming both
+    manifest = manifest_of(saved)
+    manifest["kind_version"] = 2
+    (saved / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="layout version 2 is newer than this microtex reads"):
+        load_bundle(saved)
+
+
+def test_unknown_kind_and_wrong_kind_are_refused(saved):
+    with pytest.raises(BundleError, match="unknown kind 'test-model'.*texture-featurizer"):
+        load_bundle(saved)
+    with pytest.raises(BundleError, match="holds a 'test-model', not a 'classifier'"):
+        open_bundle(saved, kind="classifier")
+    assert open_bundle(saved, kind=KIND).kind == KIND
+
+
+@pytest.mark.parametrize("kind", ["", "Texture", "a b", None, "x/y"])
+def test_bad_kind_names_are_refused(tmp_path, kind):
+    with pytest.raises(ValueError, match="lower-case words"):
+        save_bundle(tmp_path / "model", {"a.txt": b"a"}, {}, kind=kind)
+    with pytest.raises(ValueError, match="lower-case words"):
+        register_kind(kind, lambda opened: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_format_1_bundle_is_read_with_the_kind_its_config_named(saved):
+    manifest = manifest_of(saved)
+    del manifest["kind"], manifest["kind_version"]
+    manifest["format_version"] = 1
+    manifest["config"] = {**manifest["config"], "kind": "TextureFeaturizer"}
+    (saved / MANIFEST_NAME).write_text(json.dumps(manifest))
+    opened = open_bundle(saved)
+    assert opened.format_version == 1 and opened.kind == "texture-featurizer"
+    assert opened.kind_version == 1

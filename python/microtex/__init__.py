@@ -1,7 +1,12 @@
 """microtex: an inference engine for materials micrographs.
 
-``import microtex`` is cheap: it loads neither PyTorch nor ONNX Runtime. The
-public names below are resolved on first use.
+``import microtex`` is cheap: it loads neither PyTorch nor ONNX Runtime, and
+the names below are imported on first use.
+
+>>> import microtex
+>>> table = microtex.featurize(microtex.marble_dataset(2, size=32).images, taps="raw", pool="mean")
+>>> table.features.shape
+(8, 1)
 """
 
 from __future__ import annotations
@@ -10,33 +15,30 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "pooling": "microtex.pooling",
-    "io": "microtex.io",
-    "synth": "microtex.synth",
-    "backbones": "microtex.backbones",
-    "runtime": "microtex.runtime",
-    "featurizer": "microtex.featurizer",
-    "errors": "microtex.errors",
-    "bundle": "microtex.bundle",
-    "report": "microtex.report",
-    "demo": "microtex.demo",
-}
-_LAZY_ATTRS = {
-    "TextureFeaturizer": "microtex.featurizer",
-    "featurize": "microtex.featurizer",
-    "read_image": "microtex.io",
+# public name -> the module that owns it
+_PUBLIC = {
+    "featurize": "microtex.features.api",
+    "TextureFeaturizer": "microtex.features.texture",
+    "FeatureTable": "microtex.io.table",
+    "read_image": "microtex.io.read",
+    "read_images": "microtex.io.read",
+    "iter_images": "microtex.io.read",
+    "load_bundle": "microtex.bundle",
+    "open_bundle": "microtex.bundle",
     "perlin_texture": "microtex.synth",
+    "marble_dataset": "microtex.synth",
+    "run_demo": "microtex.demo",
+    "MicrotexError": "microtex.errors",
 }
 
-__all__ = ["__version__", *_LAZY, *_LAZY_ATTRS]
+__all__ = ["__version__", *_PUBLIC]
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        return importlib.import_module(_LAZY[name])
-    if name in _LAZY_ATTRS:
-        return getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'microtex' has no attribute {name!r}")
 
 

@@ -85,7 +85,8 @@ def check_choices(
 ) -> tuple[str, ...]:
     """A non-empty tuple of distinct ``choices`` from a comma-separated string or a sequence.
 
-    ``hints`` maps a refused value to a sentence appended to the error.
+    ``hints`` maps a refused value to a sentence appended to the error (e.g.
+    why ``"vlad"`` cannot be pooled inside a graph).
 
     Examples
     --------

@@ -1,36 +1,43 @@
 """Model bundles: a directory of files plus a checksummed ``microtex.json`` manifest.
 
-DESIGN.md §9. A bundle holds ONNX files, fitted state (``.npz``: VLAD
-dictionary, scaler, ...) and a manifest::
+A bundle is the unit of deployment of every model microtex fits: ONNX files,
+fitted state (``.npz``: VLAD words, scaler, ...) and a manifest::
 
     {
-      "format_version": 1,
+      "format_version": 2,
+      "kind": "texture-featurizer",          # what model it holds (see register_kind)
+      "kind_version": 1,
       "microtex_version": "0.1.0",
-      "config": {...},                       # free-form, supplied by the caller
-      "files": {"backbone.onnx": "<sha256>", "state/vlad.npz": "<sha256>"}
+      "config": {...},                       # the model's own document
+      "files": {"backbone.onnx": "<sha256>", "state.npz": "<sha256>"}
     }
 
 :func:`save_bundle` writes into a temporary sibling directory and renames it
-into place, so a failure leaves no half-written bundle; :func:`load_bundle`
-verifies the format version and every checksum. No PyTorch here.
+into place, so a failure leaves no half-written bundle. :func:`open_bundle`
+verifies the format version, the kind and every checksum;
+:func:`load_bundle` then builds the model through the loader its kind
+registered. Nothing is ever unpickled: fitted arrays are ``.npz`` read with
+``allow_pickle=False``. No PyTorch here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import io
 import json
+import re
 import os
 import pathlib
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from microtex import _cache
+from microtex import _files
 from microtex.errors import BundleError
 
 __all__ = [
@@ -38,17 +45,59 @@ __all__ = [
     "MANIFEST_NAME",
     "Bundle",
     "is_bundle",
+    "kinds",
     "load_bundle",
     "load_npz",
     "npz_bytes",
+    "open_bundle",
+    "register_kind",
     "save_bundle",
     "save_npz",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions this microtex reads; version 1 had no kind (its config named the class).
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "microtex.json"
 
 FileSource = str | os.PathLike | bytes | bytearray | memoryview
+
+
+# --------------------------------------------------------------------------- kinds
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    loader: Callable[[Bundle], Any]
+    version: int
+
+
+_KINDS: dict[str, _Kind] = {}
+# The modules that register microtex's own kinds, imported when such a bundle is
+# loaded: the registry sits below the models, so it names them rather than importing them.
+_BUILTIN_KINDS = {"texture-featurizer": "microtex.features.texture"}
+_V1_KINDS = {"TextureFeaturizer": "texture-featurizer"}
+_KIND_NAME = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def register_kind(name: str, loader: Callable[[Bundle], Any], *, version: int = 1) -> None:
+    """Make :func:`load_bundle` build bundles of kind ``name`` with ``loader(bundle)``.
+
+    ``version`` is the kind's own layout version: a bundle written with a
+    newer one is refused rather than misread.
+    """
+    if not isinstance(name, str) or not _KIND_NAME.fullmatch(name):
+        raise ValueError(f"bundle kind must be lower-case words joined by '-', not {name!r}")
+    _KINDS[name] = _Kind(loader, int(version))
+
+
+def kinds() -> tuple[str, ...]:
+    """The bundle kinds this microtex can load."""
+    return tuple(sorted({*_KINDS, *_BUILTIN_KINDS}))
+
+
+def _kind(name: str) -> _Kind | None:
+    if name not in _KINDS and name in _BUILTIN_KINDS:
+        importlib.import_module(_BUILTIN_KINDS[name])
+    return _KINDS.get(name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +108,8 @@ class Bundle:
     ----------
     path : pathlib.Path
         The bundle directory (absolute).
+    kind : str
+        What model it holds, e.g. ``"texture-featurizer"``.
     config : dict
         The caller's configuration as saved.
     files : dict of str to pathlib.Path
@@ -69,10 +120,12 @@ class Bundle:
     """
 
     path: pathlib.Path
+    kind: str
     config: dict[str, Any]
     files: dict[str, pathlib.Path]
     microtex_version: str
     format_version: int = FORMAT_VERSION
+    kind_version: int = 1
 
     def file(self, name: str) -> pathlib.Path:
         """Absolute path of the bundle file ``name``; BundleError if there is none."""
@@ -121,7 +174,7 @@ def _write_source(source: FileSource, destination: pathlib.Path) -> str:
         shutil.copyfile(source_path, destination)
     else:
         raise TypeError(f"bundle file sources must be paths or bytes, not {type(source).__name__}")
-    return _cache.sha256_file(destination, memoize=False)
+    return _files.sha256_file(destination, memoize=False)
 
 
 def save_bundle(
@@ -129,6 +182,8 @@ def save_bundle(
     files: Mapping[str, FileSource],
     config: Mapping[str, Any],
     *,
+    kind: str,
+    kind_version: int = 1,
     overwrite: bool = False,
 ) -> pathlib.Path:
     """Write a bundle directory.
@@ -145,6 +200,11 @@ def save_bundle(
     config : mapping
         JSON-serializable configuration (backbone, taps, pooling options,
         preprocessing, ...), stored verbatim in the manifest.
+    kind : str
+        What model the bundle holds (lower-case words joined by ``-``); the
+        loader :func:`register_kind` registered for it rebuilds the model.
+    kind_version : int
+        The layout version of the kind's ``config`` and files.
     overwrite : bool
         Replace an existing bundle.
 
@@ -165,12 +225,15 @@ def save_bundle(
     --------
     >>> import tempfile, pathlib
     >>> root = pathlib.Path(tempfile.mkdtemp())
-    >>> path = save_bundle(root / "model", {"notes.txt": b"hello"}, {"backbone": "vgg19"})
-    >>> load_bundle(path).config
-    {'backbone': 'vgg19'}
+    >>> path = save_bundle(root / "model", {"notes.txt": b"hello"}, {"n": 1}, kind="example")
+    >>> opened = open_bundle(path)
+    >>> opened.kind, opened.config
+    ('example', {'n': 1})
     """
     from microtex import __version__
 
+    if not isinstance(kind, str) or not _KIND_NAME.fullmatch(kind):
+        raise ValueError(f"bundle kind must be lower-case words joined by '-', not {kind!r}")
     target = pathlib.Path(directory).absolute()
     names = {_check_name(name): source for name, source in files.items()}
     try:
@@ -206,6 +269,8 @@ def save_bundle(
         }
         manifest = {
             "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "kind_version": int(kind_version),
             "microtex_version": __version__,
             "config": config_json,
             "files": checksums,
@@ -252,31 +317,40 @@ def _read_manifest(directory: pathlib.Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise BundleError(f"manifest {str(manifest_path)!r} is not a JSON object")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         newer = (
             f" (written by microtex {manifest.get('microtex_version')!r})"
-            if isinstance(version, int) and version > FORMAT_VERSION
+            if type(version) is int and version > FORMAT_VERSION
             else ""
         )
         raise BundleError(
-            f"manifest {str(manifest_path)!r}: format_version expected {FORMAT_VERSION}, "
-            f"found {version!r}{newer}"
+            f"manifest {str(manifest_path)!r}: format_version expected {FORMAT_VERSION} "
+            f"(or {', '.join(map(str, READABLE_VERSIONS[:-1]))}), found {version!r}{newer}"
         )
-    for key, kind in (("config", dict), ("files", dict), ("microtex_version", str)):
-        if not isinstance(manifest.get(key), kind):
+    if version == 1:  # no kind yet: the config named the estimator class
+        config = manifest.get("config")
+        named = config.get("kind") if isinstance(config, dict) else None
+        manifest = {**manifest, "kind": _V1_KINDS.get(named, named), "kind_version": 1}
+    for key, expected in (("config", dict), ("files", dict), ("microtex_version", str),
+                          ("kind", str), ("kind_version", int)):
+        if not isinstance(manifest.get(key), expected):
             raise BundleError(
-                f"manifest {str(manifest_path)!r}: {key!r} expected a {kind.__name__}, "
+                f"manifest {str(manifest_path)!r}: {key!r} expected a {expected.__name__}, "
                 f"found {manifest.get(key)!r}"
             )
     return manifest
 
 
-def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
+def open_bundle(
+    directory: str | os.PathLike, *, kind: str | None = None, verify: bool = True
+) -> Bundle:
     """Open a bundle and verify it.
 
     Parameters
     ----------
     directory : path-like
+    kind : str, optional
+        Refuse a bundle of any other kind.
     verify : bool
         Check every file's sha256 against the manifest (default). The format
         version and the presence of every file are always checked.
@@ -284,12 +358,16 @@ def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
     Raises
     ------
     BundleError
-        Missing or corrupt manifest, unknown format version, a missing file or
-        a checksum mismatch; the message names the file and the expected and
-        actual values.
+        Missing or corrupt manifest, unknown format version, another kind, a
+        missing file or a checksum mismatch; the message names the file and
+        the expected and actual values.
     """
     root = pathlib.Path(directory).absolute()
     manifest = _read_manifest(root)
+    if kind is not None and manifest["kind"] != kind:
+        raise BundleError(
+            f"bundle {str(root)!r} holds a {manifest['kind']!r}, not a {kind!r}"
+        )
     paths: dict[str, pathlib.Path] = {}
     for name, expected in manifest["files"].items():
         _check_name(name)
@@ -299,7 +377,7 @@ def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
                 f"bundle {str(root)!r}: file {name!r} listed in the manifest is missing"
             )
         if verify:
-            actual = _cache.sha256_file(path)
+            actual = _files.sha256_file(path)
             if actual != expected:
                 raise BundleError(
                     f"bundle {str(root)!r}: checksum mismatch for {name!r}: "
@@ -308,11 +386,38 @@ def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
         paths[name] = path
     return Bundle(
         path=root,
+        kind=manifest["kind"],
         config=manifest["config"],
         files=paths,
         microtex_version=manifest["microtex_version"],
         format_version=manifest["format_version"],
+        kind_version=manifest["kind_version"],
     )
+
+
+def load_bundle(directory: str | os.PathLike) -> Any:
+    """The model a bundle holds (e.g. a fitted ``TextureFeaturizer``), verified.
+
+    Raises
+    ------
+    BundleError
+        As :func:`open_bundle`, or a kind this microtex does not know, or one
+        written with a newer layout of that kind.
+    """
+    opened = open_bundle(directory)
+    kind = _kind(opened.kind)
+    if kind is None:
+        raise BundleError(
+            f"bundle {str(opened.path)!r} holds an unknown kind {opened.kind!r}; "
+            f"this microtex loads {list(kinds())}"
+        )
+    if opened.kind_version > kind.version:
+        raise BundleError(
+            f"bundle {str(opened.path)!r}: {opened.kind!r} layout version "
+            f"{opened.kind_version} is newer than this microtex reads ({kind.version}); "
+            f"it was written by microtex {opened.microtex_version!r}"
+        )
+    return kind.loader(opened)
 
 
 # --------------------------------------------------------------------------- npz
@@ -346,7 +451,7 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> pathlib.Path
     (2, 2)
     """
     path = pathlib.Path(path)
-    return _cache.atomic_write_bytes(path, npz_bytes(arrays))
+    return _files.atomic_write_bytes(path, npz_bytes(arrays))
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

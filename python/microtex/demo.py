@@ -23,7 +23,8 @@ import time
 import numpy as np
 
 from microtex import report, synth
-from microtex.featurizer import featurize
+from microtex._files import atomic_write_text
+from microtex.features.api import featurize
 
 __all__ = ["run_demo", "leave_one_out_1nn"]
 
@@ -78,9 +79,7 @@ def run_demo(output_dir="microtex-report", *, n_per_class: int = 12, size: int =
     for i, image_id in enumerate(table.ids):
         lines.append(f"{image_id},{data.labels[i]},{data.params['k'][i]:g},"
                      f"{math.degrees(data.params['theta'][i]):.3f},{data.params['amplitude'][i]:.4f}")
-    tmp = out / ".labels.csv.tmp"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(out / "labels.csv")
+    atomic_write_text(out / "labels.csv", "\n".join(lines) + "\n")
     report.pca_scatter(coords, data.labels, class_params, out / "pca.png", explained=pca.explained_variance_ratio_,
                        title=f"{len(table.ids)} marble textures, VGG19 mean+Gram ({table.features.shape[1]} features)")
     first = [int(np.flatnonzero(data.labels == label)[0]) for label in np.unique(data.labels)]

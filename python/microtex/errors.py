@@ -43,4 +43,11 @@ class DeviceError(MicrotexError, RuntimeError):
 
 
 class NoImagesError(MicrotexError, ValueError):
-    """A job that got no readable image at all."""
+    """A job that got no readable image at all.
+
+    ``failures`` lists the files that were skipped (:class:`microtex.io.ReadFailure`).
+    """
+
+    def __init__(self, message: str, failures: list | None = None):
+        super().__init__(message)
+        self.failures = list(failures or [])

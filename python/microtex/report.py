@@ -8,6 +8,8 @@ import pathlib
 
 import numpy as np
 
+from microtex._files import atomic_path, atomic_write_text
+
 __all__ = ["write_json", "pca_scatter", "montage"]
 
 
@@ -22,18 +24,9 @@ def _pyplot():
     return plt
 
 
-def _atomic(path: pathlib.Path) -> pathlib.Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def write_json(path, payload) -> pathlib.Path:
     """Write ``payload`` as indented JSON, atomically (temporary name, then rename)."""
-    path = pathlib.Path(path)
-    tmp = _atomic(path)
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value):
@@ -47,9 +40,8 @@ def _json_default(value):
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
-    tmp = _atomic(path)
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
 
 

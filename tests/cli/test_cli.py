@@ -14,7 +14,8 @@ import microtex
 from microtex import synth
 from microtex.cli import main
 from microtex.demo import leave_one_out_1nn
-from microtex.featurizer import FeatureTable, TextureFeaturizer
+from microtex.features.texture import TextureFeaturizer
+from microtex.io import FeatureTable
 
 from _helpers import run_python
 
@@ -257,7 +258,7 @@ def test_featurize_tiles(image_dir, tmp_path, capsys):
 def test_featurize_parquet_without_pyarrow_fails_before_any_work(image_dir, tmp_path, capsys, monkeypatch):
     import sys
 
-    import microtex.featurizer
+    import microtex.features.api
 
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
@@ -265,7 +266,8 @@ def test_featurize_parquet_without_pyarrow_fails_before_any_work(image_dir, tmp_
     def no_work(*args, **kwargs):
         raise AssertionError("featurized before checking the output format")
 
-    monkeypatch.setattr(microtex.featurizer, "featurize", no_work)
+    monkeypatch.setattr(microtex.features.api, "featurize", no_work)
+    monkeypatch.setattr(TextureFeaturizer, "fit", no_work)
     output = tmp_path / "f.parquet"
     code, _, err = run(capsys, "featurize", image_dir, "-o", output, "--raw")
     assert code == 2
@@ -450,3 +452,24 @@ def test_save_bundle_into_a_non_bundle_folder_fails_before_writing(tmp_path, cap
     assert "occupied" in err and "not a microtex bundle" in err
     assert not output.exists()
     assert (occupied / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.torch
+def test_deprecated_pooling_option_still_works_and_says_so(cnn_files, tmp_path, capsys):
+    outputs = {}
+    for option in ("--pooling", "--block-pooling"):
+        output = tmp_path / f"{option.strip('-')}.npz"
+        code, _, err = run(capsys, "featurize", *cnn_files, "-o", output, "--taps", "relu2_1",
+                           "--pool", "mean", option, "avg", "--no-progress")
+        assert code == 0, err
+        assert ("--pooling is deprecated" in err) == (option == "--pooling")
+        outputs[option] = FeatureTable.read(output).features
+    np.testing.assert_array_equal(outputs["--pooling"], outputs["--block-pooling"])
+    code, _, err = run(capsys, "featurize", *cnn_files, "-o", tmp_path / "max.npz", "--taps",
+                       "relu2_1", "--pool", "mean", "--no-progress")
+    assert np.abs(FeatureTable.read(tmp_path / "max.npz").features - outputs["--pooling"]).max() > 1e-3
+
+
+@pytest.fixture
+def cnn_files(shallow_onnx, image_dir):
+    return good_files(image_dir)

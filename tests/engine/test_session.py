@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions and execution providers (microtex.runtime)."""
+"""ONNX Runtime sessions and execution providers (microtex.engine.session)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import logging
 import numpy as np
 import pytest
 
-from microtex import runtime
+from microtex.engine import session as runtime
+from microtex.engine.session import CPU, CUDA, Session, resolve_device
 from microtex.errors import DeviceError
-from microtex.runtime import CPU, CUDA, Session, resolve_device
+
+LOGGER = "microtex.engine.session"
 
 
 @pytest.fixture
@@ -33,18 +35,18 @@ def test_cpu_is_cpu_provider_only(request, fixture):
 
 
 def test_auto_without_cuda_falls_back_to_cpu_and_logs(no_cuda, caplog):
-    with caplog.at_level(logging.INFO, logger="microtex.runtime"):
+    with caplog.at_level(logging.INFO, logger=LOGGER):
         assert resolve_device("auto") == [CPU]
-    messages = [r.getMessage() for r in caplog.records if r.name == "microtex.runtime"]
+    messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert any("CUDA" in m and "CPU" in m for m in messages), messages
 
 
 def test_auto_with_cuda_prefers_cuda_then_cpu(with_cuda, caplog):
-    with caplog.at_level(logging.INFO, logger="microtex.runtime"):
+    with caplog.at_level(logging.INFO, logger=LOGGER):
         providers = resolve_device("auto")
     assert [p[0] if isinstance(p, tuple) else p for p in providers] == [CUDA, CPU]
     assert providers[0][1]["cudnn_conv_algo_search"] == "HEURISTIC"
-    assert not [r for r in caplog.records if r.name == "microtex.runtime"]  # no fallback logged
+    assert not [r for r in caplog.records if r.name == LOGGER]  # no fallback logged
     assert resolve_device("cuda") == providers
 
 
@@ -167,10 +169,10 @@ def test_session_cuda_listed_but_unusable(shallow_onnx, with_cuda, caplog, batch
     """A CUDA provider that does not start: "auto" runs on the CPU (logged), "cuda" refuses."""
     if CUDA in runtime._ort().get_available_providers():
         pytest.skip("CUDA is really available here")
-    with caplog.at_level(logging.WARNING, logger="microtex.runtime"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         session = Session(shallow_onnx, device="auto")
     assert session.device == "cpu" and CUDA not in session.providers
-    assert any("CPU" in r.getMessage() for r in caplog.records if r.name == "microtex.runtime")
+    assert any("CPU" in r.getMessage() for r in caplog.records if r.name == LOGGER)
     assert session.run(batch)["relu1_1"].shape == (3, 64, 20, 26)
     with pytest.raises(DeviceError, match="could not start CUDA"):
         Session(shallow_onnx, device="cuda")

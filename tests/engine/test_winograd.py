@@ -1,14 +1,14 @@
-"""The Winograd F(4×4, 3×3) rewrite of exported graphs (microtex._winograd) and its use."""
+"""The Winograd F(4×4, 3×3) graph pass (microtex.engine.winograd) on small ONNX graphs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from microtex import _winograd, backbones
-from microtex.backbones import BackboneConfig, Heads
+
+from microtex.engine import winograd
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
 def conv_model(weight, bias=None, *, weight_is_input=False, opset=18, **attributes):
@@ -63,7 +63,7 @@ def relative_error(actual, expected):
 
 
 def test_matrices_give_the_valid_correlation():
-    bt, g, at = _winograd.winograd_matrices()
+    bt, g, at = winograd.winograd_matrices()
     rng = np.random.default_rng(0)
     for _ in range(5):
         d, taps = rng.standard_normal(6), rng.standard_normal(3)
@@ -85,7 +85,7 @@ def test_rewritten_conv_matches_direct_convolution(shape, with_bias):
     x = rng.random(shape, dtype=np.float32)
     model = conv_model(weight, bias)
     before = run(model, x)
-    replaced = _winograd.rewrite(model, min_channels=8)
+    replaced = winograd.rewrite(model, min_channels=8)
     assert [node.name for node in replaced] == ["the_conv"]
     assert "MatMul" in {node.op_type for node in model.graph.node}
     assert not {"w", "b"} & {t.name for t in model.graph.initializer}  # old weights dropped
@@ -123,7 +123,7 @@ def test_rewrite_leaves_other_convolutions_alone(case):
     model = conv_model(weight, weight_is_input=case == "weight_is_input", **attributes)
     before = model.SerializeToString()
     # each case is eligible but for its one difference (the group case has 4 channels per group)
-    assert _winograd.rewrite(model, min_channels=4 if grouped else 8) == []
+    assert winograd.rewrite(model, min_channels=4 if grouped else 8) == []
     assert model.SerializeToString() == before
 
 
@@ -160,22 +160,22 @@ def test_rewrite_in_a_graph_with_shared_weights_and_several_consumers():
         return session.run(None, {"x": x})
 
     before = run_all(model)
-    assert [n.name for n in _winograd.rewrite(model, min_channels=8)] == ["first", "second"]
+    assert [n.name for n in winograd.rewrite(model, min_channels=8)] == ["first", "second"]
     assert "w" in {t.name for t in model.graph.initializer}  # still read by the strided conv
     assert "b" not in {t.name for t in model.graph.initializer}
     after = run_all(model)
-    for a, b in zip(after, before):
+    for a, b in zip(after, before, strict=True):
         assert relative_error(a, b) < 2e-6
     strided = [n for n in model.graph.node if n.name == "strided"]
     assert len(strided) == 1 and strided[0].op_type == "Conv"  # left as it was
     # a second pass rewrites nothing more and clashes with no name
-    assert _winograd.rewrite(model, min_channels=8) == []
+    assert winograd.rewrite(model, min_channels=8) == []
     # an overridable initializer (also a graph input) is not baked in
     model = conv_model(weight, bias)
     model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, weight.shape))
-    assert _winograd.rewrite(model, min_channels=8) == []
+    assert winograd.rewrite(model, min_channels=8) == []
     with pytest.raises(ValueError, match="opset >= 13, not 12"):
-        _winograd.rewrite(conv_model(weight, bias, opset=12), min_channels=8)
+        winograd.rewrite(conv_model(weight, bias, opset=12), min_channels=8)
 
 
 def test_new_names_avoid_existing_ones():
@@ -189,109 +189,8 @@ def test_new_names_avoid_existing_ones():
     )
     x = rng.random((1, 8, 9, 9), dtype=np.float32)
     before = run(model, x)
-    assert len(_winograd.rewrite(model, min_channels=8)) == 1
+    assert len(winograd.rewrite(model, min_channels=8)) == 1
     names = [t.name for t in model.graph.initializer]
     assert "winograd0_2/U" in names and "winograd0/U" not in names
     onnx.checker.check_model(model)
     assert relative_error(run(model, x), before) < 2e-6
-
-
-def test_conv_algorithm_validation(tmp_path, default_config):
-    with pytest.raises(ValueError, match="'fft'"):
-        backbones.check_conv_algorithm("fft")
-    with pytest.raises(ValueError, match="precision='fp32', not 'fp16'"):
-        backbones.check_conv_algorithm("winograd", "fp16")
-    backbones.check_conv_algorithm("winograd", "fp32")
-    backbones.check_conv_algorithm("direct", "fp16")
-    pytest.importorskip("torch")
-    with pytest.raises(ValueError, match="opset >= 13, not 12"):
-        backbones.export_onnx(
-            default_config, tmp_path / "a.onnx", opset=12, conv_algorithm="winograd"
-        )
-    with pytest.raises(ValueError, match="winograd"):
-        backbones.cached_onnx(BackboneConfig(precision="fp16"), conv_algorithm="winograd")
-    assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.torch
-def test_winograd_backbone_parity_and_metadata(default_config, default_onnx, image_batch):
-    pytest.importorskip("torch")
-    import torch
-
-    heads = Heads()
-    path = backbones.cached_onnx(default_config, heads, conv_algorithm="winograd")
-    assert path != backbones.cached_onnx(default_config, heads)
-    assert backbones.cached_onnx(default_config, heads, conv_algorithm="winograd") == path
-    metadata = backbones.read_onnx_metadata(path)
-    assert metadata["conv_algorithm"] == "winograd"
-    # every 3x3 convolution from 128 input channels, up to the deepest tap relu5_1
-    assert metadata["winograd_layers"] == [
-        "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv3_4",
-        "conv4_1", "conv4_2", "conv4_3", "conv4_4", "conv5_1",
-    ]  # fmt: skip
-    assert backbones.read_onnx_metadata(default_onnx)["conv_algorithm"] == "direct"
-    assert backbones.winograd_layers(default_config) == tuple(metadata["winograd_layers"])
-
-    import onnxruntime
-
-    names = backbones.output_names(default_config, heads)
-    images = image_batch  # 67x45: at every level one side is not a multiple of the 4x4 tile
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    ours = dict(zip(names, session.run(None, {"image": images})))
-    module = backbones.build_torch_module(default_config, heads)
-    with torch.no_grad():
-        reference = {n: t.numpy() for n, t in zip(names, module(torch.from_numpy(images)))}
-    errors = {n: relative_error(ours[n], reference[n]) for n in names}
-    assert max(errors.values()) < 2e-5, errors
-    # the first two blocks are not rewritten: bit for bit the direct graph's numbers
-    direct = onnxruntime.InferenceSession(
-        str(backbones.cached_onnx(default_config, heads)), providers=["CPUExecutionProvider"]
-    )
-    direct_outputs = dict(zip(names, direct.run(None, {"image": images})))
-    np.testing.assert_array_equal(ours["relu2_1/gram"], direct_outputs["relu2_1/gram"])
-    assert not np.array_equal(ours["relu3_1/gram"], direct_outputs["relu3_1/gram"])
-
-
-@pytest.mark.torch
-def test_export_script_writes_a_winograd_graph(tmp_path, capsys):
-    pytest.importorskip("torch")
-    import pathlib
-    import runpy
-
-    export_dir = pathlib.Path(__file__).resolve().parents[1] / "export"
-    export = runpy.run_path(str(export_dir / "export_backbone.py"))
-    validate = runpy.run_path(str(export_dir / "validate_onnx.py"))
-    out = tmp_path / "w.onnx"
-    arguments = ["--taps", "relu3_1", "--conv-algorithm", "winograd"]
-    assert export["main"]([*arguments, "-o", str(out)]) == 0
-    assert backbones.read_onnx_metadata(out)["winograd_layers"] == ["conv2_2", "conv3_1"]
-    capsys.readouterr()
-    assert validate["main"]([*arguments, "--onnx", str(out), "--sizes", "21x34"]) == 0
-    table = capsys.readouterr().out
-    assert "conv_algorithm=winograd" in table and "tolerance 1e-04): ok" in table
-
-
-def test_auto_conv_algorithm(default_config, shallow_config):
-    assert backbones.auto_conv_algorithm(default_config, on_cpu=True) == "winograd"
-    assert backbones.auto_conv_algorithm(default_config, on_cpu=False) == "direct"
-    fp16 = BackboneConfig(precision="fp16")
-    assert backbones.auto_conv_algorithm(fp16, on_cpu=True) == "direct"
-    # relu1_1 and relu2_1 stop before conv2_2, the first layer with 128 input channels
-    assert backbones.winograd_layers(shallow_config) == ()
-    assert backbones.auto_conv_algorithm(shallow_config, on_cpu=True) == "direct"
-    vgg16_last = backbones.winograd_layers(
-        BackboneConfig(arch="vgg16", weights="x.pth", taps="relu5_3")
-    )
-    assert vgg16_last[0] == "conv2_2" and vgg16_last[-1] == "conv5_3" and len(vgg16_last) == 10
-
-
-def test_resolve_conv_algorithm_keeps_a_choice_and_resolves_auto_by_device(default_config, monkeypatch):
-    # the one rule the featurizer and the export scripts share
-    from microtex import runtime
-
-    for providers, auto in (([runtime.CPU], "winograd"), ([runtime.CUDA, runtime.CPU], "direct")):
-        monkeypatch.setattr(runtime, "available_providers", lambda providers=providers: providers)
-        assert backbones.resolve_conv_algorithm("auto", default_config, "auto") == auto
-        assert backbones.resolve_conv_algorithm("auto", default_config, "cpu") == "winograd"
-        assert backbones.resolve_conv_algorithm("direct", default_config, "cpu") == "direct"
-        assert backbones.resolve_conv_algorithm("winograd", default_config, "auto") == "winograd"

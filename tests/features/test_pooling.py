@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from microtex import pooling
-from microtex.pooling import fit_vlad_dictionary, gram, max_pool, mean_pool, vlad_encode
+from microtex.features import pooling
+from microtex.features.pooling import gram, max_pool, mean_pool
+from microtex.features.vlad import fit_vlad_dictionary, vlad_encode
 
 from _helpers import reference_gram
 

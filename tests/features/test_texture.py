@@ -12,7 +12,10 @@ from PIL import Image
 
 from microtex import synth
 from microtex.errors import BundleError, ImageReadError, UnknownLayerError
-from microtex.featurizer import FeatureTable, TextureFeaturizer, featurize
+from microtex.features import stream
+from microtex.features.api import featurize
+from microtex.features.texture import TextureFeaturizer
+from microtex.io import FeatureTable
 
 from _helpers import reference_gram, run_python
 
@@ -87,13 +90,13 @@ def write_png(path, image: np.ndarray) -> pathlib.Path:
 def test_golden_feature_names_of_presets(preset, layout):
     """Per tap C, C(C+1)/2, C² or n_words·C values; names "{tap}/{pool}/{i}" by tap, then pool."""
     pools = ("mean", "max", "gram", "vlad")
-    f = TextureFeaturizer(taps=preset, pool=pools, gram_layout=layout, n_words=3)
-    f._setup()  # names without fitting VLAD words (fit would read images)
-    names = list(f.get_feature_names_out())
+    # the plan names the columns without fitting VLAD words (fit would read images)
+    plan = stream.make_plan(taps=preset, pool=pools, gram_layout=layout, n_words=3)
+    names = list(plan.feature_names)
     taps = PRESET_TAPS[preset]
-    assert f.taps_ == tuple(taps)
+    assert plan.taps == tuple(taps)
     total = sum(expected_size(p, channels(t), layout, 3) for t in taps for p in pools)
-    assert len(names) == total == f.n_features_out_
+    assert len(names) == total
     expected = [
         f"{t}/{p}/{i}"
         for t in taps
@@ -121,9 +124,9 @@ def test_golden_feature_counts(taps, pool, kwargs, n_features):
     f = TextureFeaturizer(taps=taps, pool=pool, **kwargs)
     if "vlad" not in pool:
         f.fit(None)  # no VLAD: fit reads nothing
-    else:
-        f._setup()
-    assert f.n_features_out_ == n_features == len(f.get_feature_names_out())
+        assert f.n_features_out_ == n_features == len(f.get_feature_names_out())
+    else:  # the configuration alone gives the names, before any VLAD fit
+        assert len(stream.make_plan(taps=taps, pool=pool, **kwargs).feature_names) == n_features
 
 
 def test_names_follow_forward_tap_order_and_given_pool_order():
@@ -172,14 +175,14 @@ def test_graph_heads_equal_cpp_kernels(cnn, image_batch, normalization, layout):
     graph = TextureFeaturizer(engine="graph", **params).fit(None)
     kernels = TextureFeaturizer(engine="kernels", **params).fit(None)
     a, b = graph.transform(image_batch), kernels.transform(image_batch)
-    assert graph._sessions and all(
-        "/" in s.output_names[0] for k, s in graph._sessions.items() if k[0] == "heads"
+    assert graph.pipeline_.sessions and all(
+        "/" in s.output_names[0] for k, s in graph.pipeline_.sessions.items() if k[0] == "heads"
     )
-    assert ("heads", "cpu", None) in graph._sessions and (
+    assert ("heads", "cpu", None) in graph.pipeline_.sessions and (
         "heads",
         "cpu",
         None,
-    ) not in kernels._sessions
+    ) not in kernels.pipeline_.sessions
     names = list(graph.get_feature_names_out())
     assert a.shape == b.shape == (2, len(names))
     for tap in SHALLOW:
@@ -195,7 +198,7 @@ def test_graph_heads_equal_cpp_kernels(cnn, image_batch, normalization, layout):
 @pytest.mark.parametrize("normalization", ["spatial", "sum", "lubbers"])
 @pytest.mark.parametrize("layout", ["triu", "full"])
 def test_kernels_equal_numpy_on_onnx_activations(cnn, image_batch, normalization, layout):
-    from microtex.runtime import Session
+    from microtex.engine.session import Session
 
     acts = Session(cnn, device="cpu").run(image_batch)
     f = TextureFeaturizer(
@@ -234,7 +237,7 @@ def test_raw_tap_is_numpy_pooling_of_the_image(rng, monkeypatch, normalization, 
     def no_network(*args, **kwargs):
         raise AssertionError("taps='raw' must not build an ONNX session")
 
-    monkeypatch.setattr(TextureFeaturizer, "_session", no_network)
+    monkeypatch.setattr(stream.TexturePipeline, "session", no_network)
     images = rng.random((3, 21, 17)).astype(np.float32)
     f = TextureFeaturizer(
         taps="raw", pool=("mean", "max", "gram"), gram_normalization=normalization
@@ -252,7 +255,7 @@ def test_raw_tap_is_numpy_pooling_of_the_image(rng, monkeypatch, normalization, 
 def test_raw_needs_neither_torch_nor_onnxruntime():
     code = (
         "import sys, numpy as np\n"
-        "from microtex.featurizer import featurize\n"
+        "from microtex import featurize\n"
         "t = featurize(np.full((2, 8, 8), 0.5, np.float32), taps='raw', pool='mean,gram')\n"
         "assert t.features.tolist() == [[0.5, 0.25], [0.5, 0.25]], t.features\n"
         "bad = [m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules]\n"
@@ -356,7 +359,7 @@ def test_pooling_in_turn_or_overlapped_gives_the_same_rows(cnn):
     f = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram"), batch_size=2).fit(None)
     runs = {}
     for overlap in (False, True):
-        rows = list(f._pooled(images, "raise", [], overlap=overlap))
+        rows = list(f.pipeline_.features(images, "raise", [], overlap=overlap))
         assert [len(ids) for ids, _ in rows] == [2, 2, 1]
         runs[overlap] = np.concatenate([feats for _, feats in rows])
     np.testing.assert_array_equal(runs[True], runs[False])
@@ -375,10 +378,10 @@ def test_cpu_pools_between_inferences_not_beside_them(cnn, monkeypatch):
     monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", no_pool_thread)
     images = [textures(1, (32, 32), seed=i)[0] for i in range(3)]
     f = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram"), batch_size=2, device="cpu").fit(None)
-    rows = list(f._pooled(images, "raise", []))
+    rows = list(f.pipeline_.features(images, "raise", []))
     assert [len(ids) for ids, _ in rows] == [2, 1]
     with pytest.raises(AssertionError, match="pooling thread"):
-        list(f._pooled(images, "raise", [], overlap=True))
+        list(f.pipeline_.features(images, "raise", [], overlap=True))
 
 
 @pytest.mark.torch
@@ -389,7 +392,7 @@ def test_gpu_session_pools_beside_the_next_inference(cnn, monkeypatch):
     images = [textures(1, (32, 32), seed=i)[0] for i in range(3)]
     f = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram"), batch_size=2, device="cpu").fit(None)
     expected = f.transform(images)
-    real = f._session(heads=False)
+    real = f.pipeline_.session(heads=False)
 
     class OnGpu:  # the CPU session, reporting itself as a CUDA one
         device = "cuda"
@@ -398,12 +401,12 @@ def test_gpu_session_pools_beside_the_next_inference(cnn, monkeypatch):
         def run(self, batch):
             return real.run(batch)
 
-    monkeypatch.setattr(f, "_session", lambda heads: OnGpu())
+    monkeypatch.setattr(f.pipeline_, "session", lambda heads: OnGpu())
     pooled_on = []
-    pool_batch = f._pool_batch
-    monkeypatch.setattr(f, "_pool_batch",
+    pool_batch = f.pipeline_.pool
+    monkeypatch.setattr(f.pipeline_, "pool",
                         lambda outputs: pooled_on.append(threading.current_thread().name) or pool_batch(outputs))
-    rows = list(f._pooled(images, "raise", []))
+    rows = list(f.pipeline_.features(images, "raise", []))
     assert len(pooled_on) == 2 and all(name.startswith("microtex-pool") for name in pooled_on)
     np.testing.assert_array_equal(np.concatenate([feats for _, feats in rows]), expected)
 
@@ -480,10 +483,10 @@ def test_unknown_layer_lists_valid_names():
         ({"gram_normalization": "frobenius"}, "'frobenius'"),
         ({"gram_layout": "tril"}, "'tril'"),
         ({"crop_bottom": -1}, "crop_bottom"),
-        ({"pooling": "min", "taps": "relu1_1"}, "unknown pooling 'min'"),
+        ({"block_pooling": "min", "taps": "relu1_1"}, "unknown block_pooling 'min'"),
         ({"precision": "fp8", "taps": "relu1_1"}, "unknown precision 'fp8'"),
         ({"precision": "bf16", "taps": "raw"}, "unknown precision 'bf16'"),
-        ({"pooling": "min", "taps": "raw"}, "unknown pooling 'min'"),
+        ({"block_pooling": "min", "taps": "raw"}, "unknown block_pooling 'min'"),
         ({"backbone": "resnet50", "taps": "relu1_1"}, "'resnet50'"),
         ({"conv_algorithm": "fft", "taps": "relu1_1"}, "unknown conv_algorithm 'fft'"),
         ({"conv_algorithm": "winograd", "precision": "fp16", "taps": "relu1_1"},
@@ -493,6 +496,17 @@ def test_unknown_layer_lists_valid_names():
 def test_bad_parameters_fail_in_fit(params, match):
     with pytest.raises(ValueError, match=match):
         TextureFeaturizer(**params).fit(None)
+
+
+@pytest.mark.torch
+def test_deprecated_pooling_keyword_warns_and_still_works(cnn, image_batch):
+    with pytest.warns(FutureWarning, match="block_pooling"):
+        old = TextureFeaturizer(taps=SHALLOW, pooling="avg", pool="mean").fit(None)
+    new = TextureFeaturizer(taps=SHALLOW, block_pooling="avg", pool="mean").fit(None)
+    assert old.config_.block_pooling == "avg" == new.config_.block_pooling
+    np.testing.assert_array_equal(old.transform(image_batch), new.transform(image_batch))
+    default = TextureFeaturizer(taps=SHALLOW, pool="mean").fit(None).transform(image_batch)
+    assert np.abs(default - new.transform(image_batch)).max() > 1e-3  # avg is not max
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 16, 16), (2, 1, 1, 16, 16), (16, 16), (16,)])
@@ -660,7 +674,7 @@ def test_bundle_round_trip(tmp_path, vlad_featurizer):
     assert g.image_size == (24, 20) and g.get_params()["pool"] == ("mean", "gram", "vlad")
     for tap in SHALLOW:
         np.testing.assert_array_equal(g.vlad_dictionaries_[tap], f.vlad_dictionaries_[tap])
-    assert pathlib.Path(g._session(heads=False).path).parent == path  # runs the bundled graph
+    assert pathlib.Path(g.pipeline_.session(heads=False).path).parent == path  # runs the bundled graph
     np.testing.assert_array_equal(g.transform(images), f.transform(images))
     np.testing.assert_array_equal(g.get_feature_names_out(), f.get_feature_names_out())
     with pytest.raises(FileExistsError):
@@ -696,7 +710,7 @@ def test_fp16_features_near_fp32_warn_on_cpu_and_survive_a_bundle(cnn, tmp_path,
     params = {"taps": SHALLOW, "pool": ("mean", "max", "gram"), "device": "cpu"}
     full = TextureFeaturizer(**params).fit(None).transform(image_batch)
     f = TextureFeaturizer(precision="fp16", **params).fit(None)
-    with caplog.at_level(logging.WARNING, logger="microtex.featurizer"):
+    with caplog.at_level(logging.WARNING, logger="microtex.features"):
         half = f.transform(image_batch)
     assert "precision='fp16' on the CPU" in caplog.text
     assert half.dtype == np.float32 and half.shape == full.shape
@@ -713,12 +727,12 @@ def test_fp16_features_near_fp32_warn_on_cpu_and_survive_a_bundle(cnn, tmp_path,
 
 @pytest.mark.torch
 def test_cpu_default_is_winograd_and_near_direct_convolution(cnn, tmp_path, image_batch):
-    from microtex import backbones
+    from microtex.engine.metadata import read_metadata
 
     params = {"taps": ("relu2_1", "relu3_1"), "pool": ("mean", "gram"), "device": "cpu"}
     f = TextureFeaturizer(**params).fit(None)
     fast = f.transform(image_batch)
-    metadata = backbones.read_onnx_metadata(f._session(heads=False).path)
+    metadata = read_metadata(f.pipeline_.session(heads=False).path)
     assert metadata["conv_algorithm"] == "winograd"
     assert metadata["winograd_layers"] == ["conv2_2", "conv3_1"]
     exact = TextureFeaturizer(conv_algorithm="direct", **params).fit(None).transform(image_batch)
@@ -732,25 +746,28 @@ def test_cpu_default_is_winograd_and_near_direct_convolution(cnn, tmp_path, imag
         assert 0 < rel < 2e-5, (pool, rel)
     # the bundle keeps the graph it was made with, and says which it is
     directory = f.save(tmp_path / "winograd-bundle")
-    from microtex.bundle import load_bundle
+    from microtex.bundle import open_bundle
 
-    assert load_bundle(directory).config["conv_algorithm"] == "winograd"
+    assert open_bundle(directory).config["conv_algorithm"] == "winograd"
     g = TextureFeaturizer.load(directory)
     np.testing.assert_array_equal(g.transform(image_batch), fast)
 
 
 def test_auto_conv_algorithm_by_device_precision_and_depth(monkeypatch):
-    from microtex import runtime
+    from microtex.engine import session as runtime
+
+    def algorithm(**params):
+        return TextureFeaturizer(**params).fit(None).pipeline_.conv_algorithm()
 
     deep = TextureFeaturizer(taps="relu3_1", device="auto").fit(None)
     monkeypatch.setattr(runtime, "resolve_device", lambda device: [runtime.CPU])
-    assert deep._conv_algorithm() == "winograd"
-    assert TextureFeaturizer(taps=SHALLOW).fit(None)._conv_algorithm() == "direct"
-    assert TextureFeaturizer(taps="relu3_1", precision="fp16").fit(None)._conv_algorithm() == "direct"
-    assert TextureFeaturizer(taps="relu3_1", conv_algorithm="direct").fit(None)._conv_algorithm() == "direct"
+    assert deep.pipeline_.conv_algorithm() == "winograd"
+    assert algorithm(taps=SHALLOW) == "direct"
+    assert algorithm(taps="relu3_1", precision="fp16") == "direct"
+    assert algorithm(taps="relu3_1", conv_algorithm="direct") == "direct"
     monkeypatch.setattr(runtime, "resolve_device", lambda device: [(runtime.CUDA, {}), runtime.CPU])
-    assert deep._conv_algorithm() == "direct"
-    assert TextureFeaturizer(taps="relu3_1", conv_algorithm="winograd").fit(None)._conv_algorithm() == "winograd"
+    assert deep.pipeline_.conv_algorithm() == "direct"
+    assert algorithm(taps="relu3_1", conv_algorithm="winograd") == "winograd"
 
 
 def test_featurizer_pickled_before_conv_algorithm_runs_direct():
@@ -758,7 +775,7 @@ def test_featurizer_pickled_before_conv_algorithm_runs_direct():
     del state["conv_algorithm"]
     old = TextureFeaturizer.__new__(TextureFeaturizer)
     old.__setstate__(state)
-    assert old.conv_algorithm == "direct" and old._conv_algorithm() == "direct"
+    assert old.conv_algorithm == "direct" and old.pipeline_.conv_algorithm() == "direct"
     assert old.get_params()["conv_algorithm"] == "direct"
 
 
@@ -935,12 +952,11 @@ def test_images_are_decoded_ahead_on_a_background_thread(tmp_path, monkeypatch):
     import threading
     import time
 
-    import microtex.featurizer as featurizer_module
 
     for i, image in enumerate(textures(6, (24, 24))):
         write_png(tmp_path / f"{i}.png", image)
     decoded_on, events = [], []
-    real = featurizer_module._iter_inputs
+    real = stream.iter_inputs
 
     def recording(*args, **kwargs):
         for image_id, image in real(*args, **kwargs):
@@ -948,9 +964,9 @@ def test_images_are_decoded_ahead_on_a_background_thread(tmp_path, monkeypatch):
             events.append(("decoded", image_id))
             yield image_id, image
 
-    monkeypatch.setattr(featurizer_module, "_iter_inputs", recording)
+    monkeypatch.setattr(stream, "iter_inputs", recording)
     f = TextureFeaturizer(taps="raw", pool="mean", batch_size=2).fit(None)
-    for ids, _ in f._pooled(tmp_path, "raise", []):
+    for ids, _ in f.iter_features(tmp_path):
         events.append(("pooled", ids[0]))
         if len(ids) and ids[0].endswith("0.png"):  # the first batch: let the decoder run ahead
             time.sleep(0.5)

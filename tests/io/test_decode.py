@@ -1,4 +1,4 @@
-"""Tests of microtex.io: decoding, conversion to float gray, crop, resize, tiling, batches."""
+"""Tests of microtex.io.decode: files and arrays to float32 gray, decoder errors."""
 
 from __future__ import annotations
 
@@ -7,37 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
-
 from microtex import io
 from microtex.errors import ImageReadError
+from PIL import Image, ImageFile
 
 tifffile = pytest.importorskip("tifffile")
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RNG_SEED = 20240611
 
 
 def _save(array: np.ndarray, path: Path, **kwargs) -> Path:
     Image.fromarray(array).save(path, **kwargs)
     return path
-
-
-def _texture(shape=(64, 80), seed=RNG_SEED) -> np.ndarray:
-    """Random mid-gray texture in [0.15, 0.85], float32."""
-    rng = np.random.default_rng(seed)
-    return rng.uniform(0.15, 0.85, size=shape).astype(np.float32)
-
-
-def _with_band(body: np.ndarray, rows: int, colour: float, text: float) -> np.ndarray:
-    """Append an info band of ``rows`` rows: border line, uniform colour, a line of "text"."""
-    width = body.shape[1]
-    band = np.full((rows, width), colour, np.float32)
-    band[0] = text  # border line
-    rng = np.random.default_rng(1)
-    for row in range(rows // 3, rows // 3 + 4):  # "text": sparse glyph pixels
-        band[row, rng.choice(width, width // 5, replace=False)] = text
-    return np.vstack([body, band])
 
 
 # --------------------------------------------------------------------------- values
@@ -210,148 +189,6 @@ def test_format_recognized_by_content_not_name(tmp_path):
     assert info.format == "PNG" and image[0, 0] == np.float32(0.2)
 
 
-def test_image_info(tmp_path):
-    path = _save(np.zeros((40, 30, 3), np.uint8), tmp_path / "rgb.png")
-    image, info = io.read_image_with_info(path, crop_bottom=4, size=(9, 6))
-    assert info == io.ImageInfo(
-        path=str(path),
-        format="PNG",
-        mode="RGB",
-        bit_depth=8,
-        n_frames=1,
-        original_shape=(40, 30),
-        rows_cropped=4,
-        shape=(9, 6),
-    )
-    assert image.shape == (9, 6)
-
-
-# --------------------------------------------------------------------------- resize
-
-
-@pytest.mark.parametrize(
-    ("shape", "size", "expected"),
-    [
-        ((60, 90), 30, (30, 45)),
-        ((90, 60), 30, (45, 30)),
-        ((61, 61), 20, (20, 20)),
-        ((60, 90), 120, (120, 180)),
-        ((60, 90), (17, 100), (17, 100)),
-        ((60, 90), [20, 10], (20, 10)),
-    ],
-)
-def test_resize_shapes(tmp_path, shape, size, expected):
-    path = _save(np.zeros(shape, np.uint8), tmp_path / "z.png")
-    image = io.read_image(path, size=size)
-    assert image.shape == expected and image.dtype == np.float32 and image.flags.c_contiguous
-
-
-@pytest.mark.parametrize("size", [7, 100, (13, 200), (200, 13)])
-def test_resize_keeps_constant(size):
-    image = io.resize_image(np.full((30, 40), 0.7, np.float32), size)
-    np.testing.assert_allclose(image, 0.7, rtol=1e-6)
-
-
-def test_resize_checkerboard_averages_to_half():
-    checkerboard = (np.indices((32, 48)).sum(axis=0) % 2).astype(np.float32)
-    half = io.resize_image(checkerboard, 16)
-    assert half.shape == (16, 24)
-    np.testing.assert_allclose(half, 0.5, atol=1e-6)
-    odd = io.resize_image(checkerboard, (10, 15))  # non-integer factor 3.2
-    assert abs(float(odd.mean()) - 0.5) < 0.02
-    assert 0.0 <= odd.min() and odd.max() <= 1.0
-
-
-def test_resize_upsampling_stays_in_range():
-    image = io.resize_image(_texture((10, 12)), (37, 41))
-    assert image.shape == (37, 41)
-    assert image.min() >= 0.15 - 1e-6 and image.max() <= 0.85 + 1e-6
-
-
-# --------------------------------------------------------------------------- cropping
-
-
-def test_crop_bottom_int(tmp_path):
-    array = (np.arange(20 * 6, dtype=np.uint8)).reshape(20, 6)
-    path = _save(array, tmp_path / "ramp.png")
-    image, info = io.read_image_with_info(path, crop_bottom=5)
-    np.testing.assert_array_equal(image, array[:15] / np.float32(255))
-    assert info.rows_cropped == 5 and info.original_shape == (20, 6)
-    assert io.read_image(path, crop_bottom=0).shape == (20, 6)
-
-
-@pytest.mark.parametrize(("colour", "text"), [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)])
-def test_auto_crop_finds_synthetic_band(tmp_path, caplog, colour, text):
-    body = _texture((100, 120))
-    array = _with_band(body, 14, colour, text)
-    path = _save((array * 255).round().astype(np.uint8), tmp_path / "band.png")
-    with caplog.at_level(logging.INFO, logger="microtex.io"):
-        image, info = io.read_image_with_info(path, crop_bottom="auto")
-    assert info.rows_cropped == 14
-    assert image.shape == (100, 120)
-    messages = [r.getMessage() for r in caplog.records if r.name == "microtex.io"]
-    assert any("14" in m and str(path) in m for m in messages), messages
-
-
-def test_auto_crop_band_on_dark_texture():
-    # like the AMPIS powder images: a quarter of the pixels near-black background
-    rng = np.random.default_rng(5)
-    body = np.where(rng.random((120, 160)) < 0.25, 0.05, rng.uniform(0.3, 0.9, (120, 160)))
-    assert io.detect_info_band(_with_band(body, 10, 0.0, 1.0)) == 10
-    assert io.detect_info_band(_with_band(body, 10, 1.0, 0.0)) == 10
-    assert io.detect_info_band(body) == 0
-
-
-def test_auto_crop_after_downsampling_within_a_row():
-    array = _with_band(_texture((300, 400)), 40, 1.0, 0.0)
-    small = io.resize_image(array, (113, 150))  # band -> 40 * 113 / 340 = 13.3 rows
-    assert abs(io.detect_info_band(small) - 40 * 113 / 340) <= 1.5
-
-
-def test_auto_crop_leaves_band_free_images_alone(tmp_path, caplog):
-    rng = np.random.default_rng(2)
-    yy, xx = np.indices((128, 128))
-    marble = 0.5 + 0.5 * np.cos(2 * np.pi * (xx + 6 * np.sin(yy / 9.0)) / 16.0)
-    binary = (np.cos(xx / 3.0) * np.cos(yy / 4.0) > 0).astype(np.float32)
-    gradient = np.clip(yy / 127.0 + rng.normal(0, 0.05, yy.shape), 0, 1)
-    for array in (_texture((128, 128)), marble, binary, gradient, np.full((50, 50), 0.3)):
-        assert io.detect_info_band(array) == 0
-    path = _save((marble * 255).astype(np.uint8), tmp_path / "marble.png")
-    with caplog.at_level(logging.INFO, logger="microtex.io"):
-        image, info = io.read_image_with_info(path, crop_bottom="auto")
-    assert info.rows_cropped == 0 and image.shape == (128, 128)
-    assert not [r for r in caplog.records if r.name == "microtex.io"]
-
-
-# --------------------------------------------------------------------------- tiling
-
-
-def test_tile_shapes_and_origins():
-    image = np.arange(10 * 13, dtype=np.float32).reshape(10, 13)
-    patches, origins = io.tile(image, 4)
-    assert patches.shape == (6, 4, 4) and patches.dtype == np.float32
-    assert origins.tolist() == [[0, 0], [0, 4], [0, 8], [4, 0], [4, 4], [4, 8]]
-    for patch, (row, col) in zip(patches, origins, strict=True):
-        np.testing.assert_array_equal(patch, image[row : row + 4, col : col + 4])
-    patches, origins = io.tile(image, 4, stride=3)  # rows 0,3,6; cols 0,3,6,9
-    assert patches.shape == (12, 4, 4)
-    assert origins[-1].tolist() == [6, 9]
-    assert patches.flags.c_contiguous
-    one, origin = io.tile(image[:4, :4], 4)
-    assert one.shape == (1, 4, 4) and origin.tolist() == [[0, 0]]
-
-
-def test_tile_errors():
-    with pytest.raises(ValueError, match=r"\(5, 30\).*patch_size=8"):
-        io.tile(np.zeros((5, 30)), 8)
-    with pytest.raises(ValueError, match="patch_size"):
-        io.tile(np.zeros((5, 5)), 0)
-    with pytest.raises(ValueError, match="stride"):
-        io.tile(np.zeros((5, 5)), 2, stride=-1)
-    with pytest.raises(ValueError, match=r"\(2, 5, 5\)"):
-        io.tile(np.zeros((2, 5, 5)), 2)
-
-
 # --------------------------------------------------------------------------- errors
 
 
@@ -414,21 +251,6 @@ def test_large_image_warning_is_logged_and_bomb_is_an_error(tmp_path, monkeypatc
         io.read_image(path)
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, "top", "AUTO", True, 20, 25])
-def test_bad_crop_bottom(tmp_path, value):
-    path = _save(np.zeros((20, 6), np.uint8), tmp_path / "z.png")
-    with pytest.raises(ValueError, match=str(value)):
-        io.read_image(path, crop_bottom=value)
-
-
-@pytest.mark.parametrize("value", [0, -3, 2.5, "big", (10,), (0, 5), (4, 5, 6), True])
-def test_bad_size(tmp_path, value):
-    path = _save(np.zeros((20, 6), np.uint8), tmp_path / "z.png")
-    with pytest.raises(ValueError, match="size") as caught:
-        io.read_image(path, size=value)
-    assert repr(value) in str(caught.value)
-
-
 # --------------------------------------------------------------------------- as_float_image
 
 
@@ -457,117 +279,3 @@ def test_as_float_image_errors():
     for dtype in (np.complex64, object, np.int64):
         with pytest.raises(TypeError, match=np.dtype(dtype).name):
             io.as_float_image(np.zeros((2, 2), dtype))
-
-
-# --------------------------------------------------------------------------- batches
-
-
-def _folder(tmp_path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    _save(np.full((8, 10), 51, np.uint8), folder / "b.PNG")
-    _save(np.full((8, 10), 102, np.uint8), folder / "a.png")
-    tifffile.imwrite(folder / "c.TIFF", np.full((8, 10), 65535, np.uint16))
-    (folder / "notes.txt").write_text("not an image")
-    (folder / ".hidden.png").write_bytes(b"junk")
-    (folder / "sub.png").mkdir()
-    return folder
-
-
-def test_expand_paths(tmp_path):
-    folder = _folder(tmp_path)
-    assert [p.name for p in io.expand_paths(folder)] == ["a.png", "b.PNG", "c.TIFF"]
-    extra = tmp_path / "extra.bmp"
-    mixed = io.expand_paths([extra, str(folder), folder / "notes.txt"])
-    assert mixed == [
-        extra,
-        folder / "a.png",
-        folder / "b.PNG",
-        folder / "c.TIFF",
-        folder / "notes.txt",
-    ]
-    assert io.expand_paths(str(extra)) == [extra]
-    assert io.expand_paths([]) == []
-
-
-def test_iter_images_skip_reports_bad_file(tmp_path, caplog):
-    folder = _folder(tmp_path)
-    bad = folder / "ab_truncated.png"
-    bad.write_bytes(_valid_png(tmp_path)[:100])
-    failures: list[io.ReadFailure] = []
-    with caplog.at_level(logging.WARNING, logger="microtex.io"):
-        results = list(io.iter_images(folder, on_error="skip", failures=failures))
-    assert [p.name for p, _, _ in results] == ["a.png", "b.PNG", "c.TIFF"]
-    assert [float(img[0, 0]) for _, img, _ in results] == pytest.approx([0.4, 0.2, 1.0])
-    assert [f.path for f in failures] == [bad] and failures[0].reason
-    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(str(bad) in r.getMessage() and failures[0].reason in r.getMessage() for r in warned)
-
-
-def test_iter_images_raise_names_bad_file_and_is_lazy(tmp_path):
-    folder = _folder(tmp_path)
-    bad = folder / "ab_text.png"
-    bad.write_text("not an image")
-    stream = io.iter_images(folder, on_error="raise")
-    path, image, info = next(stream)
-    assert path.name == "a.png"
-    with pytest.raises(ImageReadError, match="ab_text.png"):
-        next(stream)
-    lazy = io.iter_images([tmp_path / "missing.png"])  # nothing read until iterated
-    with pytest.raises(ImageReadError, match="missing.png"):
-        next(lazy)
-
-
-def test_iter_images_checks_options_eagerly(tmp_path):
-    with pytest.raises(ValueError, match="ignore"):
-        io.iter_images([tmp_path], on_error="ignore")
-    with pytest.raises(ValueError, match="-2"):
-        io.iter_images([tmp_path], crop_bottom=-2)
-
-
-def test_read_images_stacks(tmp_path):
-    folder = _folder(tmp_path)
-    batch = io.read_images(folder)
-    assert batch.images.shape == (3, 8, 10) and batch.images.dtype == np.float32
-    assert batch.images.flags.c_contiguous
-    np.testing.assert_allclose(batch.images[:, 0, 0], [0.4, 0.2, 1.0], rtol=1e-6)
-    assert [p.name for p in batch.paths] == ["a.png", "b.PNG", "c.TIFF"]
-    assert [i.format for i in batch.infos] == ["PNG", "PNG", "TIFF"]
-    assert batch.failures == []
-
-
-def test_read_images_shape_mismatch_and_resize(tmp_path):
-    folder = _folder(tmp_path)
-    _save(np.zeros((9, 10), np.uint8), folder / "d.png")
-    (folder / "e.png").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"d\.png.*size="):
-        io.read_images(folder, on_error="skip")
-    batch = io.read_images(folder, size=(4, 5), on_error="skip")
-    assert batch.images.shape == (4, 4, 5)
-    assert [f.path.name for f in batch.failures] == ["e.png"]
-    with pytest.raises(ImageReadError, match="e.png"):
-        io.read_images(folder, size=(4, 5))
-    empty = io.read_images([folder / "e.png"], size=(4, 5), on_error="skip")
-    assert empty.images.shape == (0, 4, 5) and len(empty.failures) == 1
-
-
-# --------------------------------------------------------------------------- real data
-
-
-@pytest.mark.data
-def test_auto_crop_on_real_micrographs():
-    metaldam = sorted((DATA / "metaldam" / "images").glob("*.jpg"))
-    spheroidite = sorted((DATA / "ampis" / "spheroidite" / "images").glob("*.png"))
-    if not metaldam or not spheroidite:
-        pytest.skip(f"real micrographs not found under {DATA}")
-    for path in metaldam:  # 1024 x 768 (50-row band) or 1280 x 960 (64-row band)
-        image, info = io.read_image_with_info(path, crop_bottom="auto")
-        expected = {768: 50, 960: 64}.get(info.original_shape[0])
-        assert info.rows_cropped > 0, path
-        if expected is not None:
-            assert abs(info.rows_cropped - expected) <= 2, (path, info.rows_cropped)
-    powder = sorted((DATA / "ampis" / "powder" / "images_png").glob("*.png"))
-    for path in spheroidite + powder:
-        image, info = io.read_image_with_info(path, crop_bottom="auto")
-        assert info.rows_cropped == 0, path
-        assert image.shape == info.original_shape

@@ -1,8 +1,11 @@
 """ONNX Runtime sessions: execution providers, device resolution and threads (DESIGN.md §2).
 
-Every network microtex runs at inference time goes through :class:`Session`.
+Every network microtex runs at inference time goes through :class:`Session`,
+whatever the model: it feeds named inputs, checked against the shapes the ONNX
+file declares, and returns named outputs.
+
 ``device="auto"`` takes CUDA when ``onnxruntime-gpu`` is installed and a GPU
-answers, and falls back to the CPU otherwise (logged on ``microtex.runtime``);
+answers, and falls back to the CPU otherwise (logged on ``microtex.engine.session``);
 ``device="cuda"`` where CUDA is not available is a :class:`~microtex.errors.DeviceError`.
 
 ``onnxruntime`` (CPU) and ``onnxruntime-gpu`` install the same Python module;
@@ -47,6 +50,17 @@ CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "cudnn_conv_use_max_works
 
 
 _CPUS: tuple[int, int] | None = None  # (pid, CPUs it may use)
+
+# ONNX Runtime's element type names -> NumPy dtypes inputs are converted to.
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
 
 
 def _ort():
@@ -140,7 +154,9 @@ class Session:
         Providers the session actually uses, in priority order.
     device : str
         ``"cuda"`` or ``"cpu"``: where the network runs.
+    input_names : tuple of str
     input_name : str
+        The first input (the only one of a backbone: ``"image"``).
     output_names : tuple of str
     """
 
@@ -159,11 +175,15 @@ class Session:
         options.add_session_config_entry("session.force_spinning_stop", "1")
         self.path = os.fspath(path)
         try:
-            self._session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
+            self._session = ort.InferenceSession(
+                self.path, sess_options=options, providers=providers
+            )
         except Exception as exc:  # onnxruntime raises its own exception types
             if device == "auto" and providers[0] != CPU:
                 log.warning("CUDA session failed (%s); falling back to the CPU", exc)
-                self._session = ort.InferenceSession(self.path, sess_options=options, providers=[CPU])
+                self._session = ort.InferenceSession(
+                    self.path, sess_options=options, providers=[CPU]
+                )
             else:
                 raise
         self.providers = list(self._session.get_providers())
@@ -175,20 +195,72 @@ class Session:
         if device == "auto" and providers[0] != CPU and CUDA not in self.providers:
             log.warning("CUDA provider present but not usable; running on the CPU")
         self.device = "cuda" if CUDA in self.providers else "cpu"
-        self.input_name = self._session.get_inputs()[0].name
+        self._inputs = {i.name: i for i in self._session.get_inputs()}
+        self.input_names = tuple(self._inputs)
+        self.input_name = self.input_names[0]
         self.output_names = tuple(o.name for o in self._session.get_outputs())
 
-    def run(self, batch: np.ndarray, outputs=None) -> dict[str, np.ndarray]:
-        """Run the network on a batch ``(n, 1, height, width)`` float32 in [0, 1].
+    def run(
+        self, inputs: np.ndarray | Mapping[str, np.ndarray], outputs=None
+    ) -> dict[str, np.ndarray]:
+        """Run the network.
 
-        Returns a dict output name -> array.
+        Parameters
+        ----------
+        inputs : array or dict of str to array
+            One array for a model with a single input, or a dict input name ->
+            array. Each is converted to a C-contiguous array of the input's
+            declared element type (float32 for ``tensor(float)``) and checked
+            against its declared shape (rank and fixed sizes), e.g. a
+            backbone's ``"image"`` ``(batch, 1, height, width)`` in [0, 1].
+        outputs : sequence of str, optional
+            Output names to compute; default all, in the model's order.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Output name -> array.
+
+        Raises
+        ------
+        ValueError
+            An input of the wrong shape (the message names the expected and
+            the given shape), an unknown or missing input name, or a single
+            array for a model with several inputs.
         """
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1] != 1:
-            raise ValueError(f"batch must have shape (n, 1, height, width); got {batch.shape}")
+        if isinstance(inputs, Mapping):
+            unknown = sorted(set(inputs) - set(self.input_names))
+            missing = [name for name in self.input_names if name not in inputs]
+            if unknown or missing:
+                raise ValueError(
+                    f"inputs must be named {list(self.input_names)}; "
+                    f"unknown: {unknown}, missing: {missing}"
+                )
+            feed = {name: self._checked(name, value) for name, value in inputs.items()}
+        else:
+            if len(self.input_names) != 1:
+                raise ValueError(
+                    f"{self.path!r} has {len(self.input_names)} inputs "
+                    f"{list(self.input_names)}; pass a dict name -> array"
+                )
+            feed = {self.input_name: self._checked(self.input_name, inputs)}
         names = list(self.output_names if outputs is None else outputs)
-        values = self._session.run(names, {self.input_name: batch})
-        return dict(zip(names, values))
+        values = self._session.run(names, feed)
+        return dict(zip(names, values, strict=True))
+
+    def _checked(self, name: str, value) -> np.ndarray:
+        """``value`` as the C-contiguous array input ``name`` takes, its shape checked."""
+        declared = self._inputs[name]
+        dtype = _ORT_DTYPES.get(declared.type)
+        array = np.ascontiguousarray(value, dtype=dtype)
+        shape = declared.shape
+        if shape is not None and (
+            array.ndim != len(shape)
+            or any(isinstance(d, int) and d != n for d, n in zip(shape, array.shape, strict=True))
+        ):
+            expected = ", ".join("?" if d is None else str(d) for d in shape)
+            raise ValueError(f"input {name!r} must have shape ({expected}); got {array.shape}")
+        return array
 
     def metadata(self) -> Mapping[str, str]:
         """The ONNX file's custom metadata (``metadata_props``)."""

@@ -1,4 +1,4 @@
-"""Winograd F(4×4, 3×3) rewrite of an exported ONNX graph's 3×3 convolutions.
+"""Winograd F(4×4, 3×3) rewrite of an exported ONNX graph's 3×3 convolutions (a graph pass).
 
 Direct 3×3 convolution costs 9 multiply-adds per input channel, output channel
 and output pixel. Winograd's minimal filtering (Lavin & Gray 2016) computes a
@@ -26,16 +26,13 @@ stock ONNX operators that the provider runs well:
 
 The transforms use the interpolation points 0, ±1, ±2, ∞. In float32 each
 rewritten layer differs from direct convolution by about 1e-5 of its largest
-output (measured on VGG weights; tested in ``tests/test_winograd.py``).
+output (measured on VGG weights; tested in ``tests/engine/test_winograd.py``).
 
-It pays where the products dominate. Single layers at batch 1, measured with
-ONNX Runtime 1.31 on two AMD Zen 3 cores (noisy, interleaved medians): 64 → 64
-channels at 224² 0.6–1.0× (a loss), 128 → 128 at 112² 1.1–1.6×, 128 → 256 at
-56² 1.0–1.5×, 256 → 256 at 56² 1.5–2.1×, 512 → 512 at 28² 1.5–2.8×, 512 → 512
-at 14² 1.5–1.7×. At 64 channels the transforms' memory traffic costs as much as
-the saved products, so :func:`rewrite` takes a minimum input-channel count; on
-the whole VGG19 up to relu5_1 a minimum of 64, 128 or 256 measured 1.48×, 1.60×
-and 1.54× over direct convolution.
+It pays where the products dominate. The transforms' memory traffic grows
+with the number of channels, the saved products with input times output
+channels; at 64 input channels the traffic costs as much as the saved
+products, so :func:`rewrite` takes a minimum input-channel count,
+:data:`DEFAULT_MIN_CHANNELS` = 128 (measurements: ``benchmarks/README.md``).
 
 The intermediate tensors are larger than direct convolution's: per rewritten
 layer ``V`` and its transposed copy are each 2.25× the layer's input and ``M``

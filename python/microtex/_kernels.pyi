@@ -1,0 +1,21 @@
+"""The compiled kernels (csrc/). Call them through microtex.features.pooling / .vlad,
+which check shapes and dtypes; these take float32 or float64 (n, c, h, w) arrays."""
+
+import numpy as np
+from numpy.typing import NDArray
+
+def simd_level() -> str: ...
+def mean_max_pool(
+    x: NDArray[np.floating], want_mean: bool, want_max: bool, n_threads: int = 0
+) -> tuple[NDArray[np.floating] | None, NDArray[np.floating] | None]: ...
+def gram(
+    x: NDArray[np.floating], normalization: str, layout: str, n_threads: int = 0
+) -> NDArray[np.floating]: ...
+def vlad(
+    x: NDArray[np.floating],
+    words: NDArray[np.floating],
+    intra_normalize: bool,
+    signed_sqrt: bool,
+    l2_normalize: bool,
+    n_threads: int = 0,
+) -> NDArray[np.floating]: ...

@@ -1,0 +1,5 @@
+import sys
+
+from microtex.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,234 @@
+"""Export any ``torch.nn.Module`` to ONNX: named inputs and outputs, dynamic axes, metadata.
+
+Every model microtex ships (backbones today; forests, VQ-VAE and PixelCNN
+later) goes through :func:`export_model`, which returns an ``onnx.ModelProto``
+so graph passes (:mod:`microtex.engine.winograd`) can run on it before
+:func:`save_model` writes it atomically. PyTorch and ``onnx`` are imported
+inside the functions that need them; ``import microtex.engine.export`` is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import pathlib
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from microtex import _files
+from microtex._validation import check_choice, check_positive_int
+from microtex.engine import metadata as _metadata
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "EXPORTERS",
+    "check_export_options",
+    "export_model",
+    "require_onnx",
+    "require_torch",
+    "save_model",
+]
+
+logger = logging.getLogger("microtex.engine.export")
+
+#: ``"torchscript"``: ``torch.onnx.export(..., dynamo=False)``, needing only
+#: ``torch`` and ``onnx``; ``"dynamo"``: the ``torch.export`` based exporter,
+#: which also needs ``onnxscript``.
+EXPORTERS: tuple[str, ...] = ("torchscript", "dynamo")
+DEFAULT_OPSET = 18
+
+#: ``{input or output name: {axis: dimension name}}``.
+DynamicAxes = Mapping[str, Mapping[int, str]]
+
+
+def require_torch(what: str):
+    """The ``torch`` module, or an ImportError saying that ``what`` needs the torch extra."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"{what} needs PyTorch: pip install 'microtex[torch]'") from None
+    return torch
+
+
+def require_onnx(what: str):
+    """The ``onnx`` module, or an ImportError saying that ``what`` needs the torch extra."""
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError(f"{what} needs the onnx package: pip install 'microtex[torch]'") from None
+    return onnx
+
+
+def check_export_options(opset: int | None, exporter: str) -> int:
+    """The opset to use (``opset`` or :data:`DEFAULT_OPSET`), after checking ``exporter``.
+
+    Examples
+    --------
+    >>> check_export_options(None, "torchscript")
+    18
+    >>> check_export_options(17, "jit")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown exporter 'jit'; choose one of ['torchscript', 'dynamo']
+    """
+    check_choice("exporter", exporter, EXPORTERS)
+    return DEFAULT_OPSET if opset is None else check_positive_int("opset", int(opset))
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporters' deprecation chatter, console prints and log lines.
+
+    pytest runs with warnings as errors; the TorchScript exporter warns that it
+    is deprecated, the dynamo exporter prints progress, logs that torchvision
+    is not installed and warns when inputs share a dynamic dimension.
+    """
+    torch = require_torch("ONNX export")
+    torch_onnx_logger = logging.getLogger("torch.onnx")
+    level = torch_onnx_logger.level
+    console = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(console):
+        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
+        # dynamo: inputs that share a dimension name keep one of the names (as asked)
+        warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+        torch_onnx_logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            torch_onnx_logger.setLevel(level)
+    if console.getvalue():
+        logger.debug("exporter output:\n%s", console.getvalue())
+
+
+def _export_to_bytes(
+    module,
+    example_inputs: tuple,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: DynamicAxes,
+    opset: int,
+    exporter: str,
+) -> bytes:
+    """The serialized ONNX model of ``module`` traced on ``example_inputs``.
+
+    ``dynamic_axes`` names the dynamic axes of inputs and outputs. The
+    TorchScript exporter takes all of them; the dynamo exporter takes those of
+    the inputs (positionally, so input names need not be ``forward``'s
+    parameter names) and infers the outputs'.
+    """
+    torch = require_torch("ONNX export")
+    with _quiet_exporter(), torch.no_grad():
+        if exporter == "torchscript":
+            buffer = io.BytesIO()
+            torch.onnx.export(
+                module,
+                example_inputs,
+                buffer,
+                dynamo=False,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes={name: dict(axes) for name, axes in dynamic_axes.items()},
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+            return buffer.getvalue()
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "exporter='dynamo' needs the onnxscript package: pip install onnxscript"
+            ) from None
+        from torch.export import Dim
+
+        dims: dict[str, Any] = {}  # one Dim per name: inputs that share a name share a size
+        dynamic_shapes = tuple(
+            {axis: dims.setdefault(label, Dim(label)) for axis, label in axes.items()}
+            for axes in (dynamic_axes.get(name, {}) for name in input_names)
+        )
+        program = torch.onnx.export(
+            module,
+            example_inputs,
+            None,
+            dynamo=True,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            verbose=False,
+        )
+        return program.model_proto.SerializeToString()
+
+
+def export_model(
+    module,
+    example_inputs: tuple,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: DynamicAxes | None = None,
+    opset: int | None = None,
+    exporter: str = "torchscript",
+    metadata: Mapping[str, Any] | None = None,
+    doc_string: str | None = None,
+):
+    """Export ``module`` to an in-memory ONNX model.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        In eval mode; called as ``module(*example_inputs)``.
+    example_inputs : tuple of torch.Tensor
+        One tensor per input; give dynamic axes sizes that no other axis has,
+        so no size is specialized.
+    input_names, output_names : sequence of str
+        Names of the graph's inputs and outputs, in order.
+    dynamic_axes : dict, optional
+        ``{name: {axis: dimension name}}`` for inputs and outputs.
+    opset : int, optional
+        ONNX opset, default :data:`DEFAULT_OPSET`.
+    exporter : {"torchscript", "dynamo"}
+        See :data:`EXPORTERS`.
+    metadata : dict, optional
+        A document built by :func:`microtex.engine.metadata.build_document`,
+        attached under the ``"microtex"`` key (see
+        :func:`microtex.engine.metadata.attach`). The exporter's own
+        ``metadata_props`` are dropped either way.
+    doc_string : str, optional
+        The model's ``doc_string``.
+
+    Returns
+    -------
+    onnx.ModelProto
+        Write it with :func:`save_model`.
+    """
+    opset = check_export_options(opset, exporter)
+    require_torch("ONNX export")
+    onnx = require_onnx("ONNX export")
+    data = _export_to_bytes(
+        module,
+        tuple(example_inputs),
+        list(input_names),
+        list(output_names),
+        dict(dynamic_axes or {}),
+        opset,
+        exporter,
+    )
+    model = onnx.load_from_string(data)
+    del model.metadata_props[:]
+    if metadata is not None:
+        _metadata.attach(model, metadata)
+    if doc_string is not None:
+        model.doc_string = doc_string
+    return model
+
+
+def save_model(model, path: str | os.PathLike) -> pathlib.Path:
+    """Write ``model`` (an ``onnx.ModelProto``) to ``path`` atomically; parents are created.
+
+    The file appears complete or not at all (:func:`microtex._files.atomic_write_bytes`).
+    """
+    return _files.atomic_write_bytes(pathlib.Path(path), model.SerializeToString())

@@ -1,0 +1,1 @@
+"""Features of micrographs: pooling kernels, VLAD, the CNN texture featurizer."""

@@ -1,0 +1,539 @@
+"""The texture featurization core: images in, batches through the network, pooled rows out.
+
+:class:`TexturePlan` is a checked configuration (taps, pools, Gram and VLAD
+options, preprocessing, device); :class:`TexturePipeline` runs a plan: it reads
+images on a background thread so that decoding overlaps inference, groups
+images of equal size into batches, runs them through the backbone's ONNX
+Runtime session and pools the activations with the C++ kernels (or takes the
+vectors pooled by heads inside the graph). :class:`~microtex.features.texture.
+TextureFeaturizer` and :func:`~microtex.features.api.featurize` are thin shells
+over it.
+
+The tap ``"raw"`` is the untransformed image (one channel): the same poolings
+without a network, Ling et al.'s raw-image baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from microtex import io as mio
+from microtex._pools import GRAM_LAYOUTS, GRAM_NORMALIZATIONS, GRAPH_POOLS, POOLS, n_pooled_features
+from microtex._validation import (
+    check_choice,
+    check_choices,
+    check_crop_bottom,
+    check_on_error,
+    check_positive_int,
+    check_size,
+)
+from microtex.backbones import (
+    BackboneConfig,
+    Heads,
+    cached_onnx,
+    check_conv_algorithm,
+    check_trunk_options,
+    min_image_side,
+    resolve_conv_algorithm,
+    tap_channels,
+)
+from microtex.engine import session as runtime
+from microtex.errors import NoImagesError
+from microtex.features import pooling
+from microtex.features.vlad import fit_vlad_dictionary, vlad_encode
+
+__all__ = [
+    "ENGINES",
+    "RAW_TAP",
+    "TexturePipeline",
+    "TexturePlan",
+    "check_tiles",
+    "feature_names",
+    "make_plan",
+]
+
+log = logging.getLogger("microtex.features")
+
+RAW_TAP = "raw"
+#: Where mean/max/Gram pooling runs: C++ kernels on the activations, or heads in the graph.
+ENGINES: tuple[str, ...] = ("auto", "kernels", "graph")
+_VECTORS_PER_IMAGE = 4096  # activation vectors sampled per image and tap for the VLAD fit
+
+
+# ---------------------------------------------------------------- configuration
+@dataclasses.dataclass(frozen=True)
+class TexturePlan:
+    """A checked texture-featurization configuration (see :func:`make_plan`)."""
+
+    taps: tuple[str, ...]  # "raw" first, then CNN taps in forward order
+    pools: tuple[str, ...]
+    config: BackboneConfig | None  # None when only "raw" is tapped
+    gram_normalization: str = "spatial"
+    gram_layout: str = "triu"
+    n_words: int = 32
+    vlad_max_vectors: int = 100_000
+    intra_normalize: bool = True
+    signed_sqrt: bool = True
+    l2_normalize: bool = True
+    image_size: Any = None
+    crop_bottom: Any = None
+    batch_size: int = 8
+    device: str = "auto"
+    engine: str = "auto"
+    conv_algorithm: str = "auto"
+    n_threads: int | None = None
+
+    @property
+    def raw(self) -> bool:
+        return RAW_TAP in self.taps
+
+    @property
+    def cnn_taps(self) -> tuple[str, ...]:
+        return self.config.taps if self.config is not None else ()
+
+    @property
+    def min_side(self) -> int:
+        """Smallest image side the deepest tap still sees one position of."""
+        return min_image_side(self.cnn_taps[-1]) if self.cnn_taps else 1
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return feature_names(self.taps, self.pools, self.gram_layout, self.n_words)
+
+
+def make_plan(
+    *,
+    backbone: str = "vgg19",
+    weights=None,
+    taps="block_first",
+    pool=("mean", "gram"),
+    block_pooling: str = "max",
+    precision: str = "fp32",
+    conv_algorithm: str = "auto",
+    gram_normalization: str = "spatial",
+    gram_layout: str = "triu",
+    n_words: int = 32,
+    vlad_max_vectors: int = 100_000,
+    intra_normalize: bool = True,
+    signed_sqrt: bool = True,
+    l2_normalize: bool = True,
+    image_size=None,
+    crop_bottom=None,
+    batch_size: int = 8,
+    device: str = "auto",
+    engine: str = "auto",
+    n_threads: int | None = None,
+) -> TexturePlan:
+    """Check every option of a texture featurization; ValueError names the first bad one."""
+    pools = check_choices("pool", pool, POOLS)
+    check_choice("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
+    check_choice("gram_layout", gram_layout, GRAM_LAYOUTS)
+    check_choice("engine", engine, ENGINES)
+    if engine == "graph" and "vlad" in pools:
+        raise ValueError(
+            "engine='graph' cannot compute VLAD (fitted state); use engine='kernels' or 'auto'"
+        )
+    check_choice("device", device, runtime.DEVICES)
+    # checked for raw-only plans too, so that they refuse what a CNN plan refuses
+    check_trunk_options(block_pooling, precision)
+    check_conv_algorithm(conv_algorithm, precision, allow_auto=True)
+    items = [t.strip() for t in taps.split(",")] if isinstance(taps, str) else list(taps)
+    items = [t for t in items if t != ""]
+    cnn = [t for t in items if t != RAW_TAP]
+    if not items:
+        raise ValueError("taps must name at least one layer (or 'raw')")
+    config = None
+    if cnn:
+        config = BackboneConfig(
+            arch=backbone, weights=weights, taps=cnn, block_pooling=block_pooling,
+            precision=precision,
+        )
+    return TexturePlan(
+        taps=((RAW_TAP,) if RAW_TAP in items else ()) + (config.taps if config else ()),
+        pools=pools,
+        config=config,
+        gram_normalization=gram_normalization,
+        gram_layout=gram_layout,
+        n_words=check_positive_int("n_words", n_words),
+        vlad_max_vectors=check_positive_int("vlad_max_vectors", vlad_max_vectors),
+        intra_normalize=bool(intra_normalize),
+        signed_sqrt=bool(signed_sqrt),
+        l2_normalize=bool(l2_normalize),
+        image_size=check_size(image_size),
+        crop_bottom=check_crop_bottom(crop_bottom),
+        batch_size=check_positive_int("batch_size", batch_size),
+        device=device,
+        engine=engine,
+        conv_algorithm=conv_algorithm,
+        n_threads=check_positive_int("n_threads", n_threads, allow_none=True),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def feature_names(taps: tuple, pools: tuple, gram_layout: str, n_words: int) -> tuple[str, ...]:
+    """Column names ``"{tap}/{pool}/{index}"`` (cached: hundreds of thousands of strings)."""
+    names = []
+    for tap in taps:
+        channels = 1 if tap == RAW_TAP else tap_channels(tap)
+        for pool in pools:
+            n = n_pooled_features(pool, channels, layout=gram_layout, n_words=n_words)
+            names.extend(f"{tap}/{pool}/{i}" for i in range(n))
+    return tuple(names)
+
+
+def check_tiles(tile, tile_stride, plan: TexturePlan) -> tuple[int, int] | None:
+    """``(size, stride)`` of the patches to cut, checked against ``plan``, or None."""
+    if tile is None:
+        if tile_stride is not None:
+            raise ValueError(f"tile_stride={tile_stride!r} given without tile")
+        return None
+    what = "a positive number of pixels"
+    size = check_positive_int("tile", tile, what=what)
+    stride = size if tile_stride is None else check_positive_int("tile_stride", tile_stride, what=what)
+    if size < plan.min_side:
+        raise ValueError(
+            f"tile={size} is smaller than {plan.min_side} pixels, the least that layer "
+            f"{plan.cnn_taps[-1]} needs"
+        )
+    return size, stride
+
+
+# ---------------------------------------------------------------- inputs
+def _is_path(x) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def all_paths(images) -> bool:
+    """True when ``images`` is a path or a non-empty sequence of paths."""
+    return _is_path(images) or (
+        isinstance(images, (list, tuple)) and bool(images) and all(_is_path(x) for x in images)
+    )
+
+
+def iter_inputs(
+    images, crop_bottom, size, on_error: str, failures: list, cropped: dict | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(id, float32 image)`` for an array, a list of 2-D arrays, or paths and directories.
+
+    Rows cropped from an image's bottom go to ``cropped[id]`` (when given).
+    """
+    if _is_path(images):
+        images = [images]
+    if isinstance(images, np.ndarray) and images.ndim in (3, 4):
+        if images.ndim == 4:
+            if images.shape[1] != 1:
+                raise ValueError(
+                    f"4-D image batches must be (n, 1, height, width); got {images.shape}"
+                )
+            images = images[:, 0]
+        images = list(images)
+    if isinstance(images, np.ndarray):
+        raise ValueError(
+            "images must be an array (n, height, width), a list of 2-D arrays or paths; got an "
+            f"array of shape {images.shape}"
+        )
+    images = list(images)
+    if images and all(_is_path(x) for x in images):
+        for path, image, info in mio.iter_images(
+            images, crop_bottom=crop_bottom, size=size, on_error=on_error, failures=failures
+        ):
+            if info.rows_cropped and cropped is not None:
+                cropped[str(path)] = info.rows_cropped
+            yield str(path), image
+        return
+    for i, x in enumerate(images):
+        if _is_path(x):
+            raise TypeError("mix of paths and arrays in one input; pass one kind")
+        image, rows = mio.prepare_image(
+            mio.as_float_image(np.asarray(x)), crop_bottom=crop_bottom, size=size,
+            name=f"array[{i}]",
+        )
+        if rows and cropped is not None:
+            cropped[f"array[{i}]"] = rows
+        yield f"array[{i}]", image
+
+
+def batches(items: Iterable[tuple[str, np.ndarray]], batch_size: int):
+    """Group consecutive images of equal shape into ``(ids, (n, 1, h, w))`` batches."""
+    ids, images = [], []
+    for image_id, image in items:
+        if images and (image.shape != images[0].shape or len(images) == batch_size):
+            yield ids, np.stack(images)[:, None]
+            ids, images = [], []
+        ids.append(image_id)
+        images.append(image)
+    if images:
+        yield ids, np.stack(images)[:, None]
+
+
+def prefetch(generator, depth: int = 2):
+    """Run ``generator`` on a background thread, ``depth`` items ahead."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in generator:
+                if stop.is_set():
+                    return
+                items.put(("item", item))
+            items.put(("done", None))
+        except BaseException as exc:  # re-raised in the consumer
+            items.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="microtex-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+# ---------------------------------------------------------------- running
+class TexturePipeline:
+    """A plan with its fitted VLAD words and its ONNX Runtime sessions.
+
+    Parameters
+    ----------
+    plan : TexturePlan
+    dictionaries : dict of str to ndarray, optional
+        Fitted VLAD words per tap (:meth:`fit_vlad` fills it).
+    onnx_path : path, optional
+        Run this activations graph (a bundle's) instead of the cached export
+        of ``plan.config``; pooling then runs in the kernels.
+
+    Attributes
+    ----------
+    sessions : dict
+        Open sessions by ``("heads" | "acts", device, n_threads)``.
+    """
+
+    def __init__(self, plan: TexturePlan, dictionaries: dict | None = None, onnx_path=None):
+        self.plan = plan
+        self.dictionaries = {} if dictionaries is None else dictionaries
+        self.onnx_path = onnx_path
+        self.sessions: dict = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "sessions": {}}  # sessions are rebuilt on demand
+
+    def engine(self) -> str:
+        """``"kernels"`` or ``"graph"``: where mean/max/Gram pooling runs."""
+        if self.plan.engine != "auto":
+            return self.plan.engine
+        if "vlad" in self.plan.pools or self.onnx_path is not None:
+            return "kernels"
+        return "kernels" if runtime.runs_on_cpu(self.plan.device) else "graph"
+
+    def conv_algorithm(self) -> str:
+        """The graph's convolution algorithm: the plan's, or for ``"auto"`` the device's."""
+        return resolve_conv_algorithm(
+            self.plan.conv_algorithm, self.plan.config,
+            on_cpu=runtime.runs_on_cpu(self.plan.device),
+        )
+
+    def session(self, heads: bool = False) -> runtime.Session:
+        """The (cached) session over the activations graph, or the pooling-heads graph."""
+        plan = self.plan
+        key = ("heads" if heads else "acts", plan.device, plan.n_threads)
+        if key not in self.sessions:
+            path = None if heads else self.onnx_path
+            if path is None:
+                graph_heads = None
+                if heads:
+                    graph_heads = Heads(
+                        pools=tuple(p for p in plan.pools if p in GRAPH_POOLS),
+                        gram_normalization=plan.gram_normalization,
+                        gram_layout=plan.gram_layout,
+                    )
+                path = cached_onnx(plan.config, graph_heads, conv_algorithm=self.conv_algorithm())
+            session = runtime.shared_session(path, device=plan.device, n_threads=plan.n_threads)
+            if plan.config.precision == "fp16" and session.device == "cpu":
+                log.warning(
+                    "precision='fp16' on the CPU: ONNX Runtime runs it slower than "
+                    "precision='fp32'; fp16 is meant for device='cuda'"
+                )
+            self.sessions[key] = session
+        return self.sessions[key]
+
+    def device(self) -> str:
+        """Where the network runs (``"cpu"`` when no session is open, as for ``taps="raw"``)."""
+        return next(iter(self.sessions.values())).device if self.sessions else "cpu"
+
+    def outputs(
+        self, images, on_error: str = "raise", failures: list | None = None,
+        cropped: dict | None = None, tiles: tuple[int, int] | None = None,
+    ) -> Iterator[tuple[list, dict]]:
+        """``(ids, {tap: activations or {pool: features}})`` per batch.
+
+        With ``tiles=(size, stride)`` every image is cut into square patches
+        (:func:`microtex.io.tile`, after cropping and resizing), each
+        featurized as an image of its own with the id ``"{id}@{row},{column}"``.
+        Images too small for a tile or for the deepest tap are reported in
+        ``failures`` and skipped (``on_error="skip"``, files only) or raise.
+        """
+        plan = self.plan
+        check_on_error(on_error)
+        failures = [] if failures is None else failures
+
+        def too_small(image_id: str, message: str) -> bool:
+            if on_error == "skip" and not image_id.startswith("array["):
+                failures.append(mio.ReadFailure(image_id, message))
+                log.warning("skipping %s: %s", image_id, message)
+                return True
+            raise ValueError(f"{image_id}: {message}")
+
+        def checked():
+            for image_id, image in iter_inputs(
+                images, plan.crop_bottom, plan.image_size, on_error, failures, cropped
+            ):
+                shape = f"{image.shape[0]}x{image.shape[1]}"
+                if tiles is not None:
+                    size, stride = tiles
+                    if min(image.shape) < size and too_small(
+                        image_id, f"image {shape} is smaller than one {size}x{size} tile"
+                    ):
+                        continue
+                    patches, origins = mio.tile(image, size, stride)
+                    for patch, (row, col) in zip(patches, origins):
+                        yield f"{image_id}@{row},{col}", patch
+                elif min(image.shape) < plan.min_side and too_small(
+                    image_id, f"image {shape} is smaller than {plan.min_side} pixels, the least "
+                    f"that layer {plan.cnn_taps[-1]} needs"
+                ):
+                    continue
+                else:
+                    yield image_id, image
+
+        stream = prefetch(batches(checked(), plan.batch_size))
+        session = self.session(heads=self.engine() == "graph") if plan.cnn_taps else None
+        for ids, batch in stream:
+            outputs: dict = {RAW_TAP: batch} if plan.raw else {}
+            if session is not None:
+                result = session.run(batch)
+                if "/" in session.output_names[0]:  # pooled by heads in the graph
+                    for name, value in result.items():
+                        tap, pool = name.split("/")
+                        outputs.setdefault(tap, {})[pool] = value
+                else:
+                    outputs.update(result)
+            yield ids, outputs
+
+    def pool(self, outputs: dict) -> np.ndarray:
+        """One batch's feature rows from its outputs (C++ kernels on ``plan.n_threads``)."""
+        plan, parts = self.plan, []
+        threads = plan.n_threads
+        for tap in plan.taps:
+            value = outputs[tap]
+            for pool in plan.pools:
+                if isinstance(value, dict):
+                    features = value[pool]
+                elif pool == "mean":
+                    features = pooling.mean_pool(value, n_threads=threads)
+                elif pool == "max":
+                    features = pooling.max_pool(value, n_threads=threads)
+                elif pool == "gram":
+                    features = pooling.gram(
+                        value, plan.gram_normalization, plan.gram_layout, n_threads=threads
+                    )
+                else:
+                    features = vlad_encode(
+                        value, self.dictionaries[tap], intra_normalize=plan.intra_normalize,
+                        signed_sqrt=plan.signed_sqrt, l2_normalize=plan.l2_normalize,
+                        n_threads=threads,
+                    )
+                parts.append(np.asarray(features, dtype=np.float32))
+        return np.concatenate(parts, axis=1)
+
+    def features(
+        self, images, on_error: str = "raise", failures: list | None = None,
+        cropped: dict | None = None, tiles: tuple[int, int] | None = None,
+        overlap: bool | None = None,
+    ) -> Iterator[tuple[list, np.ndarray]]:
+        """``(ids, feature rows)`` per batch; arguments as :meth:`outputs`.
+
+        With the network on a GPU, pooling of batch i runs on its own thread
+        while batch i+1 runs (``overlap``; default: only then). On the CPU it
+        runs between inferences, on all threads: ONNX Runtime splits each
+        operator evenly over its threads and waits for the slowest, so a
+        pooling thread beside it delays inference by about the pooling's
+        single-thread time, more than pooling in turn costs.
+        """
+        stream = self.outputs(images, on_error, failures, cropped, tiles)
+        if overlap is None:
+            overlap = bool(self.plan.cnn_taps) and self.session(
+                heads=self.engine() == "graph"
+            ).device != "cpu"
+        if not overlap:
+            for ids, outputs in stream:
+                yield ids, self.pool(outputs)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="microtex-pool") as executor:
+            pending = None
+            for ids, outputs in stream:
+                future = executor.submit(self.pool, outputs)
+                if pending is not None:
+                    yield pending[0], pending[1].result()
+                pending = (ids, future)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+
+    def fit_vlad(
+        self, images, random_state=None, on_error: str = "raise", failures: list | None = None,
+        tiles: tuple[int, int] | None = None,
+    ) -> dict:
+        """Fit the VLAD words of every tap on ``images``, store them and return them.
+
+        Up to 4096 activation vectors are sampled per image and tap, and at
+        most ``plan.vlad_max_vectors`` of those are clustered.
+        """
+        plan = self.plan
+        rng = np.random.default_rng(random_state)
+        samples: dict = {tap: [] for tap in plan.taps}
+        n_images = 0
+        failures = [] if failures is None else failures
+        for ids, outputs in self.outputs(images, on_error, failures, tiles=tiles):
+            n_images += len(ids)
+            for tap in plan.taps:
+                n, c, h, w = outputs[tap].shape
+                columns = outputs[tap].reshape(n, c, h * w).transpose(0, 2, 1).reshape(-1, c)
+                take = min(len(columns), _VECTORS_PER_IMAGE * n)
+                chosen = rng.choice(len(columns), size=take, replace=False)
+                samples[tap].append(np.ascontiguousarray(columns[chosen]))
+        if n_images == 0:
+            raise NoImagesError(
+                "no readable image to fit the VLAD dictionaries on", failures=failures
+            )
+        dictionaries = {}
+        for tap, parts in samples.items():
+            columns = np.concatenate(parts)  # (k, c), as (1, c, 1, k) activations
+            dictionaries[tap] = fit_vlad_dictionary(
+                columns.T[None, :, None, :], plan.n_words, max_vectors=plan.vlad_max_vectors,
+                random_state=int(rng.integers(2**31 - 1)),
+            )
+        self.dictionaries.clear()
+        self.dictionaries.update(dictionaries)
+        return self.dictionaries
