@@ -52,6 +52,14 @@ from pathlib import Path
 
 import numpy as np
 
+from microtex import backbones, synth
+from microtex import io as mio
+from microtex.engine.export import DEFAULT_OPSET
+from microtex.engine.metadata import read_metadata
+from microtex.engine.session import CPU, CUDA, Session, default_threads
+from microtex.features.api import featurize
+from microtex.features.texture import TextureFeaturizer
+
 from _common import (
     machine,
     markdown_table,
@@ -61,14 +69,6 @@ from _common import (
     time_turns,
     write_results,
 )
-
-from microtex import backbones, synth
-from microtex import io as mio
-from microtex.engine.export import DEFAULT_OPSET
-from microtex.engine.metadata import read_metadata
-from microtex.engine.session import CPU, CUDA, Session, default_threads
-from microtex.features.api import featurize
-from microtex.features.texture import TextureFeaturizer
 
 SIDE = 224
 BATCHES = (1, 8)
@@ -564,7 +564,7 @@ def measure_featurize(session, n_threads: int, n_images: int, n_turns: int, rows
 
 
 def measure_ort_options(path, config, torch, n_threads: int, repeats: int, rows, options_table):
-    """Session options and export variants at batch 1, and batch sizes, vs engine.session.Session."""
+    """Session options and export variants at batch 1, and batch sizes, vs engine Session."""
     rng = np.random.default_rng(2)
     x = rng.random((1, 1, SIDE, SIDE), dtype=np.float32)
     default = Session(path, device="cpu", n_threads=n_threads)

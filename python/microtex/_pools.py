@@ -21,7 +21,9 @@ GRAM_NORMALIZATIONS: tuple[str, ...] = ("sum", "spatial", "lubbers")
 GRAM_LAYOUTS: tuple[str, ...] = ("full", "triu")
 
 
-def n_pooled_features(pool: str, n_channels: int, *, layout: str = "triu", n_words: int = 32) -> int:
+def n_pooled_features(
+    pool: str, n_channels: int, *, layout: str = "triu", n_words: int = 32
+) -> int:
     """Length of the descriptor a pooling produces for ``n_channels`` channels.
 
     Examples

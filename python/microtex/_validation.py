@@ -126,7 +126,11 @@ def check_size(size: Any) -> Size:
         return None
     if is_int(size) and size > 0:
         return int(size)
-    if isinstance(size, (tuple, list)) and len(size) == 2 and all(is_int(n) and n > 0 for n in size):
+    if (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(is_int(n) and n > 0 for n in size)
+    ):
         return (int(size[0]), int(size[1]))
     raise ValueError(
         "size must be None, a positive int (short side) or a (height, width) pair of "

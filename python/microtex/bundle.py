@@ -26,9 +26,9 @@ import dataclasses
 import importlib
 import io
 import json
-import re
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import zipfile

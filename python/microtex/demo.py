@@ -49,8 +49,16 @@ def leave_one_out_1nn(X: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(labels)[nearest] == np.asarray(labels)))
 
 
-def run_demo(output_dir="microtex-report", *, n_per_class: int = 12, size: int = 128, seed: int = 0,
-             device: str = "cpu", batch_size: int = 8, progress: bool = False) -> dict:
+def run_demo(
+    output_dir="microtex-report",
+    *,
+    n_per_class: int = 12,
+    size: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict:
     """Run the demo and return its summary (also written to ``summary.json``)."""
     from sklearn.decomposition import PCA
     from sklearn.metrics import silhouette_score
@@ -60,11 +68,20 @@ def run_demo(output_dir="microtex-report", *, n_per_class: int = 12, size: int =
     start = time.perf_counter()
     data = synth.marble_dataset(n_per_class, size=size, seed=seed)
     generated = time.perf_counter() - start
-    class_params = {label: f"k={k:g}, θ={math.degrees(theta):g}°"
-                    for label, (k, theta) in enumerate(synth.DEFAULT_MARBLE_CLASSES)}
+    class_params = {
+        label: f"k={k:g}, θ={math.degrees(theta):g}°"
+        for label, (k, theta) in enumerate(synth.DEFAULT_MARBLE_CLASSES)
+    }
 
-    table = featurize(data.images, taps="block_first", pool=("mean", "gram"), device=device,
-                      batch_size=batch_size, progress=progress, random_state=seed)
+    table = featurize(
+        data.images,
+        taps="block_first",
+        pool=("mean", "gram"),
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+        random_state=seed,
+    )
     images_per_second = len(table.ids) / table.seconds if table.seconds > 0 else float("nan")
 
     X = StandardScaler().fit_transform(table.features.astype(np.float64))
@@ -77,14 +94,26 @@ def run_demo(output_dir="microtex-report", *, n_per_class: int = 12, size: int =
     table.write(out / "features.npz")
     lines = ["image,class,k,theta_deg,amplitude"]
     for i, image_id in enumerate(table.ids):
-        lines.append(f"{image_id},{data.labels[i]},{data.params['k'][i]:g},"
-                     f"{math.degrees(data.params['theta'][i]):.3f},{data.params['amplitude'][i]:.4f}")
+        lines.append(
+            f"{image_id},{data.labels[i]},{data.params['k'][i]:g},"
+            f"{math.degrees(data.params['theta'][i]):.3f},{data.params['amplitude'][i]:.4f}"
+        )
     atomic_write_text(out / "labels.csv", "\n".join(lines) + "\n")
-    report.pca_scatter(coords, data.labels, class_params, out / "pca.png", explained=pca.explained_variance_ratio_,
-                       title=f"{len(table.ids)} marble textures, VGG19 mean+Gram ({table.features.shape[1]} features)")
+    report.pca_scatter(
+        coords,
+        data.labels,
+        class_params,
+        out / "pca.png",
+        explained=pca.explained_variance_ratio_,
+        title=f"{len(table.ids)} marble textures, VGG19 mean+Gram "
+        f"({table.features.shape[1]} features)",
+    )
     first = [int(np.flatnonzero(data.labels == label)[0]) for label in np.unique(data.labels)]
-    report.montage([data.images[i] for i in first], [class_params[int(data.labels[i])] for i in first],
-                   out / "examples.png")
+    report.montage(
+        [data.images[i] for i in first],
+        [class_params[int(data.labels[i])] for i in first],
+        out / "examples.png",
+    )
     summary = {
         "images": len(table.ids),
         "classes": {str(k): v for k, v in class_params.items()},

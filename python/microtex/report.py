@@ -1,4 +1,4 @@
-"""Figures and numbers behind them: PNG plots (matplotlib, headless) and JSON, written atomically."""
+"""Figures and the numbers behind them: PNG plots (matplotlib, headless) and JSON, atomic."""
 
 from __future__ import annotations
 
@@ -45,8 +45,9 @@ def _save(fig, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def pca_scatter(coords: np.ndarray, labels, label_names: dict, path, *, title: str = "",
-                explained=None) -> pathlib.Path:
+def pca_scatter(
+    coords: np.ndarray, labels, label_names: dict, path, *, title: str = "", explained=None
+) -> pathlib.Path:
     """Scatter of 2-D coordinates coloured by class, saved as PNG."""
     plt = _pyplot()
     coords = np.asarray(coords)
@@ -54,8 +55,15 @@ def pca_scatter(coords: np.ndarray, labels, label_names: dict, path, *, title: s
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for i, label in enumerate(np.unique(labels)):
         m = labels == label
-        ax.scatter(coords[m, 0], coords[m, 1], s=28, color=plt.cm.tab10(i % 10),
-                   label=label_names.get(label, str(label)), edgecolors="k", linewidths=0.3)
+        ax.scatter(
+            coords[m, 0],
+            coords[m, 1],
+            s=28,
+            color=plt.cm.tab10(i % 10),
+            label=label_names.get(label, str(label)),
+            edgecolors="k",
+            linewidths=0.3,
+        )
     xlabel, ylabel = "PC 1", "PC 2"
     if explained is not None:
         xlabel += f" ({100 * explained[0]:.1f}% of variance)"

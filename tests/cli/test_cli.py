@@ -113,8 +113,17 @@ def test_featurize_taps_and_pools_to_csv_and_parquet(
 @pytest.mark.torch
 def test_featurize_precision_fp16(cnn_relu1, image_dir, tmp_path, capsys, caplog):
     output = tmp_path / "half.npz"
-    argv = ["featurize", *good_files(image_dir), "--taps", "relu1_1", "--pool", "mean,gram",
-            "--device", "cpu", "--no-progress"]
+    argv = [
+        "featurize",
+        *good_files(image_dir),
+        "--taps",
+        "relu1_1",
+        "--pool",
+        "mean,gram",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     code, _, err = run(capsys, *argv, "-o", output, "--precision", "fp16")
     assert code == 0, err
     assert "precision='fp16' on the CPU" in caplog.text
@@ -133,8 +142,17 @@ def test_featurize_precision_fp16(cnn_relu1, image_dir, tmp_path, capsys, caplog
 
 @pytest.mark.torch
 def test_featurize_conv_algorithm(cnn_relu1, image_dir, tmp_path, capsys):
-    argv = ["featurize", *good_files(image_dir), "--taps", "relu3_1", "--pool", "mean",
-            "--device", "cpu", "--no-progress"]
+    argv = [
+        "featurize",
+        *good_files(image_dir),
+        "--taps",
+        "relu3_1",
+        "--pool",
+        "mean",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     tables = {}
     for algorithm in ("auto", "direct"):
         output = tmp_path / f"{algorithm}.npz"
@@ -235,27 +253,55 @@ def test_featurize_auto_crop_is_reported(tmp_path, capsys, verbose):
     table = FeatureTable.read(output)
     expected = np.round(body * 255).mean() / 255
     np.testing.assert_allclose(table.features[:, 0], [expected, expected], rtol=1e-6)
-    code, _, err = run(capsys, "featurize", tmp_path / "b_plain.png", "-o", output, "--raw",
-                       "--crop-bottom", "auto")
+    code, _, err = run(
+        capsys,
+        "featurize",
+        tmp_path / "b_plain.png",
+        "-o",
+        output,
+        "--raw",
+        "--crop-bottom",
+        "auto",
+    )
     assert code == 0 and "auto-crop: no bottom info band found in 1 images" in err
 
 
 def test_featurize_tiles(image_dir, tmp_path, capsys):
     output = tmp_path / "tiles.npz"
-    code, out, err = run(capsys, "featurize", image_dir, "-o", output, "--raw", "--pool", "mean",
-                         "--tile", "16", "--tile-stride", "12")
+    code, out, err = run(
+        capsys,
+        "featurize",
+        image_dir,
+        "-o",
+        output,
+        "--raw",
+        "--pool",
+        "mean",
+        "--tile",
+        "16",
+        "--tile-stride",
+        "12",
+    )
     assert code == 0, err
     # 40x40 images, 16-pixel tiles every 12 pixels: origins 0, 12, 24 on each axis
-    assert re.search(r"featurized 3 images \(1 skipped\) in 27 tiles -> 1 features .* tiles/s", summary_line(out))
+    assert re.search(
+        r"featurized 3 images \(1 skipped\) in 27 tiles -> 1 features .* tiles/s", summary_line(out)
+    )
     table = FeatureTable.read(output)
-    assert table.ids[:4] == [f"{image_dir / 'a.png'}@{r},{c}" for r, c in [(0, 0), (0, 12), (0, 24), (12, 0)]]
+    assert table.ids[:4] == [
+        f"{image_dir / 'a.png'}@{r},{c}" for r, c in [(0, 0), (0, 12), (0, 24), (12, 0)]
+    ]
     image = np.asarray(Image.open(image_dir / "c.png"), np.float64) / 255
     np.testing.assert_allclose(table.features[-1, 0], image[24:40, 24:40].mean(), rtol=1e-6)
-    code, _, err = run(capsys, "featurize", image_dir, "-o", output, "--tile", "4", "--taps", "relu4_1")
+    code, _, err = run(
+        capsys, "featurize", image_dir, "-o", output, "--tile", "4", "--taps", "relu4_1"
+    )
     assert code == 2 and "tile=4 is smaller than 8 pixels" in err
 
 
-def test_featurize_parquet_without_pyarrow_fails_before_any_work(image_dir, tmp_path, capsys, monkeypatch):
+def test_featurize_parquet_without_pyarrow_fails_before_any_work(
+    image_dir, tmp_path, capsys, monkeypatch
+):
     import sys
 
     import microtex.features.api
@@ -436,8 +482,9 @@ def test_leave_one_out_1nn_hand_made():
 
 
 def test_save_bundle_into_a_non_bundle_folder_fails_before_writing(tmp_path, capsys):
-    from microtex.synth import perlin_texture
     from PIL import Image
+
+    from microtex.synth import perlin_texture
 
     image = (perlin_texture(40, 4, 0.3, 1.0, seed=0) * 255).astype("uint8")
     Image.fromarray(image).save(tmp_path / "a.png")
@@ -445,8 +492,17 @@ def test_save_bundle_into_a_non_bundle_folder_fails_before_writing(tmp_path, cap
     occupied.mkdir()
     (occupied / "notes.txt").write_text("keep me")
     output = tmp_path / "f.npz"
-    code = main(["featurize", str(tmp_path / "a.png"), "-o", str(output), "--raw",
-                 "--save-bundle", str(occupied)])
+    code = main(
+        [
+            "featurize",
+            str(tmp_path / "a.png"),
+            "-o",
+            str(output),
+            "--raw",
+            "--save-bundle",
+            str(occupied),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "occupied" in err and "not a microtex bundle" in err
@@ -459,15 +515,39 @@ def test_deprecated_pooling_option_still_works_and_says_so(cnn_files, tmp_path, 
     outputs = {}
     for option in ("--pooling", "--block-pooling"):
         output = tmp_path / f"{option.strip('-')}.npz"
-        code, _, err = run(capsys, "featurize", *cnn_files, "-o", output, "--taps", "relu2_1",
-                           "--pool", "mean", option, "avg", "--no-progress")
+        code, _, err = run(
+            capsys,
+            "featurize",
+            *cnn_files,
+            "-o",
+            output,
+            "--taps",
+            "relu2_1",
+            "--pool",
+            "mean",
+            option,
+            "avg",
+            "--no-progress",
+        )
         assert code == 0, err
         assert ("--pooling is deprecated" in err) == (option == "--pooling")
         outputs[option] = FeatureTable.read(output).features
     np.testing.assert_array_equal(outputs["--pooling"], outputs["--block-pooling"])
-    code, _, err = run(capsys, "featurize", *cnn_files, "-o", tmp_path / "max.npz", "--taps",
-                       "relu2_1", "--pool", "mean", "--no-progress")
-    assert np.abs(FeatureTable.read(tmp_path / "max.npz").features - outputs["--pooling"]).max() > 1e-3
+    code, _, err = run(
+        capsys,
+        "featurize",
+        *cnn_files,
+        "-o",
+        tmp_path / "max.npz",
+        "--taps",
+        "relu2_1",
+        "--pool",
+        "mean",
+        "--no-progress",
+    )
+    assert (
+        np.abs(FeatureTable.read(tmp_path / "max.npz").features - outputs["--pooling"]).max() > 1e-3
+    )
 
 
 @pytest.fixture

@@ -36,7 +36,9 @@ def ref_vlad(acts, words, intra=True, ssr=True, l2=True):
             S = members.sum(0)
             v[k] = S - len(members) * words[k]
             # residual at rounding level counts as empty (documented kernel rule)
-            if np.linalg.norm(v[k]) <= tol * (np.linalg.norm(S) + len(members) * np.linalg.norm(words[k])):
+            if np.linalg.norm(v[k]) <= tol * (
+                np.linalg.norm(S) + len(members) * np.linalg.norm(words[k])
+            ):
                 v[k] = 0
         if intra:
             norms = np.linalg.norm(v, axis=1, keepdims=True)
@@ -62,8 +64,16 @@ def layouts(x):
 
 
 # (2, 70, 5, 7) and (1, 97, 3, 4) take the outer-product Gram path (positions <= channels)
-SHAPES = [(3, 7, 9, 11), (2, 16, 5, 5), (1, 1, 1, 1), (4, 1, 6, 3), (2, 13, 1, 1), (1, 40, 17, 33),
-          (2, 70, 5, 7), (1, 97, 3, 4)]
+SHAPES = [
+    (3, 7, 9, 11),
+    (2, 16, 5, 5),
+    (1, 1, 1, 1),
+    (4, 1, 6, 3),
+    (2, 13, 1, 1),
+    (1, 40, 17, 33),
+    (2, 70, 5, 7),
+    (1, 97, 3, 4),
+]
 
 
 @pytest.fixture(params=DTYPES, ids=["float32", "float64"])
@@ -81,8 +91,12 @@ def test_mean_max_match_numpy(shape, dtype):
             m = mean_pool(view, n_threads=n_threads)
             mx = max_pool(view, n_threads=n_threads)
             assert m.dtype == dtype and mx.dtype == dtype and m.shape == shape[:2]
-            np.testing.assert_allclose(m, ref_matrix(x).mean(-1), rtol=RTOL[dtype], atol=RTOL[dtype], err_msg=name)
-            np.testing.assert_array_equal(mx, x.reshape(shape[0], shape[1], -1).max(-1), err_msg=name)
+            np.testing.assert_allclose(
+                m, ref_matrix(x).mean(-1), rtol=RTOL[dtype], atol=RTOL[dtype], err_msg=name
+            )
+            np.testing.assert_array_equal(
+                mx, x.reshape(shape[0], shape[1], -1).max(-1), err_msg=name
+            )
 
 
 def test_mean_max_hand_computed():
@@ -118,14 +132,17 @@ def test_gram_matches_numpy(shape, normalization, layout, dtype):
             np.testing.assert_allclose(g, expected, rtol=RTOL[dtype] * 5, atol=0, err_msg=name)
 
 
-@pytest.mark.parametrize("shape", [
-    (1, 200, 8, 8),    # one sample, few positions: threads take rows of the triangle
-    (1, 20, 100, 100),  # one sample, many positions: threads take ranges of positions
-    (2, 37, 40, 43),   # fewer samples than threads, odd sizes, position chunks with tails
-    (5, 70, 30, 31),   # whole samples per thread
-    (1, 400, 20, 20),  # many channels: rows of the triangle in strips, over two position chunks
-    (3, 350, 9, 30),   # many channels, whole samples (or rows at 4 threads) in strips
-])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, 200, 8, 8),  # one sample, few positions: threads take rows of the triangle
+        (1, 20, 100, 100),  # one sample, many positions: threads take ranges of positions
+        (2, 37, 40, 43),  # fewer samples than threads, odd sizes, position chunks with tails
+        (5, 70, 30, 31),  # whole samples per thread
+        (1, 400, 20, 20),  # many channels: rows of the triangle in strips, over two position chunks
+        (3, 350, 9, 30),  # many channels, whole samples (or rows at 4 threads) in strips
+    ],
+)
 @pytest.mark.parametrize("layout", ["full", "triu"])
 def test_gram_work_sharing_matches_numpy(shape, layout, dtype):
     rng = np.random.default_rng(7)
@@ -133,7 +150,9 @@ def test_gram_work_sharing_matches_numpy(shape, layout, dtype):
     expected = reference_gram(x, "sum", layout)
     for n_threads in (1, 2, 3, 4):
         g = gram(x, "sum", layout, n_threads=n_threads)
-        np.testing.assert_allclose(g, expected, rtol=RTOL[dtype] * 5, atol=0, err_msg=f"{n_threads} threads")
+        np.testing.assert_allclose(
+            g, expected, rtol=RTOL[dtype] * 5, atol=0, err_msg=f"{n_threads} threads"
+        )
 
 
 def test_gram_golden_values():
@@ -143,7 +162,9 @@ def test_gram_golden_values():
     np.testing.assert_array_equal(gram(x, "spatial", "full"), [[2.5, 5.5, 5.5, 12.5]])
     np.testing.assert_array_equal(gram(x, "lubbers", "full"), [[5 / 8, 11 / 8, 11 / 8, 25 / 8]])
     np.testing.assert_allclose(gram(x, "sum", "triu"), [[5, 11 * np.sqrt(2), 25]], rtol=1e-15)
-    np.testing.assert_allclose(gram(x, "spatial", "triu"), [[2.5, 5.5 * np.sqrt(2), 12.5]], rtol=1e-15)
+    np.testing.assert_allclose(
+        gram(x, "spatial", "triu"), [[2.5, 5.5 * np.sqrt(2), 12.5]], rtol=1e-15
+    )
     # the default is spatial normalization, triu layout
     np.testing.assert_array_equal(gram(x), gram(x, "spatial", "triu"))
 
@@ -189,11 +210,21 @@ def test_gram_large_layer_shapes():
 
 
 # ------------------------------------------------------------------ vlad
-@pytest.mark.parametrize("shape,n_words", [((3, 16, 9, 11), 5), ((1, 64, 30, 30), 32),
-                                           ((2, 3, 1, 1), 2), ((1, 1, 5, 5), 2), ((4, 33, 7, 9), 13),
-                                           ((2, 12, 6, 6), 3), ((1, 6, 40, 40), 4)])
-@pytest.mark.parametrize("flags", [(True, True, True), (False, False, False), (True, False, True),
-                                   (False, True, False)])
+@pytest.mark.parametrize(
+    "shape,n_words",
+    [
+        ((3, 16, 9, 11), 5),
+        ((1, 64, 30, 30), 32),
+        ((2, 3, 1, 1), 2),
+        ((1, 1, 5, 5), 2),
+        ((4, 33, 7, 9), 13),
+        ((2, 12, 6, 6), 3),
+        ((1, 6, 40, 40), 4),
+    ],
+)
+@pytest.mark.parametrize(
+    "flags", [(True, True, True), (False, False, False), (True, False, True), (False, True, False)]
+)
 def test_vlad_matches_numpy(shape, n_words, flags, dtype):
     rng = np.random.default_rng(5)
     x = rng.random(shape).astype(dtype)
@@ -203,11 +234,18 @@ def test_vlad_matches_numpy(shape, n_words, flags, dtype):
     intra, ssr, l2 = flags
     for name, view in layouts(x):
         for n_threads in (1, 2):
-            v = vlad_encode(view, words, intra_normalize=intra, signed_sqrt=ssr, l2_normalize=l2,
-                            n_threads=n_threads)
+            v = vlad_encode(
+                view,
+                words,
+                intra_normalize=intra,
+                signed_sqrt=ssr,
+                l2_normalize=l2,
+                n_threads=n_threads,
+            )
             assert v.dtype == dtype and v.shape == (shape[0], n_words * shape[1])
-            np.testing.assert_allclose(v, expected, rtol=0, atol=(1e-4 if dtype == np.float32 else 1e-10),
-                                       err_msg=name)
+            np.testing.assert_allclose(
+                v, expected, rtol=0, atol=(1e-4 if dtype == np.float32 else 1e-10), err_msg=name
+            )
 
 
 def test_vlad_many_channels_on_strided_input(dtype):
@@ -222,9 +260,17 @@ def test_vlad_many_channels_on_strided_input(dtype):
         atol = (1e-4 if dtype == np.float32 else 1e-10) * max(1.0, float(np.abs(expected).max()))
         for name, view in layouts(x):
             for n_threads in (1, 2):
-                v = vlad_encode(view, words, intra_normalize=flags[0], signed_sqrt=flags[1],
-                                l2_normalize=flags[2], n_threads=n_threads)
-                np.testing.assert_allclose(v, expected, rtol=0, atol=atol, err_msg=f"{name} {flags}")
+                v = vlad_encode(
+                    view,
+                    words,
+                    intra_normalize=flags[0],
+                    signed_sqrt=flags[1],
+                    l2_normalize=flags[2],
+                    n_threads=n_threads,
+                )
+                np.testing.assert_allclose(
+                    v, expected, rtol=0, atol=atol, err_msg=f"{name} {flags}"
+                )
 
 
 def test_gram_strips_on_strided_input(dtype):
@@ -250,7 +296,9 @@ def test_vlad_dictionary_may_change_between_calls(dtype):
     for w in (words, other, words):
         np.testing.assert_allclose(vlad_encode(x, w), ref_vlad(x, w, True, True, True), atol=tol)
     words[2] += 0.5
-    np.testing.assert_allclose(vlad_encode(x, words), ref_vlad(x, words, True, True, True), atol=tol)
+    np.testing.assert_allclose(
+        vlad_encode(x, words), ref_vlad(x, words, True, True, True), atol=tol
+    )
 
 
 def test_vlad_hand_computed():
@@ -297,8 +345,9 @@ def test_fit_vlad_dictionary_finds_clusters_and_is_reproducible():
     again = fit_vlad_dictionary(acts, 4, random_state=1)
     np.testing.assert_array_equal(words, again)
     # several batches and a vector budget
-    words_b = fit_vlad_dictionary([acts[:, :, :20], acts[:, :, 20:]], 4, max_vectors=1000,
-                                  random_state=2, method="minibatch")
+    words_b = fit_vlad_dictionary(
+        [acts[:, :, :20], acts[:, :, 20:]], 4, max_vectors=1000, random_state=2, method="minibatch"
+    )
     np.testing.assert_allclose(np.sort(words_b, axis=0), np.sort(centers, axis=0), atol=0.1)
 
 
@@ -311,8 +360,9 @@ def test_fit_vlad_dictionary_with_duplicate_vectors_logs_not_warns(caplog):
 
 
 # ------------------------------------------------------------------ bad input
-@pytest.mark.parametrize("fn", [mean_pool, max_pool, gram,
-                                lambda a: vlad_encode(a, np.zeros((2, a.shape[1]), a.dtype))])
+@pytest.mark.parametrize(
+    "fn", [mean_pool, max_pool, gram, lambda a: vlad_encode(a, np.zeros((2, a.shape[1]), a.dtype))]
+)
 def test_bad_input_is_rejected_clearly(fn):
     good = np.ones((1, 2, 3, 3), dtype=np.float32)
     with pytest.raises(ValueError, match=r"shape \(2, 3, 3\)"):
@@ -397,14 +447,19 @@ def test_concurrent_callers_get_the_same_numbers():
     rng = np.random.default_rng(8)
     batches = [rng.random((2, 24, 20, 30)).astype(np.float32) for _ in range(6)]
     words = fit_vlad_dictionary(batches[0], 4, random_state=0)
-    expected = [(gram(b, n_threads=2), vlad_encode(b, words, n_threads=2), mean_pool(b, n_threads=2))
-                for b in batches]
+    expected = [
+        (gram(b, n_threads=2), vlad_encode(b, words, n_threads=2), mean_pool(b, n_threads=2))
+        for b in batches
+    ]
     results = [None] * len(batches)
 
     def work(i):
         for _ in range(5):
-            results[i] = (gram(batches[i], n_threads=2), vlad_encode(batches[i], words, n_threads=2),
-                          mean_pool(batches[i], n_threads=2))
+            results[i] = (
+                gram(batches[i], n_threads=2),
+                vlad_encode(batches[i], words, n_threads=2),
+                mean_pool(batches[i], n_threads=2),
+            )
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
     for t in threads:
@@ -431,7 +486,9 @@ def test_unpickled_arrays_are_accepted():
     # an array that went through pickle has an equal, but not identical, dtype object
     import pickle
 
-    x = pickle.loads(pickle.dumps(np.random.default_rng(10).random((1, 3, 4, 4)).astype(np.float32)))
+    x = pickle.loads(
+        pickle.dumps(np.random.default_rng(10).random((1, 3, 4, 4)).astype(np.float32))
+    )
     np.testing.assert_allclose(gram(x, "sum", "full"), reference_gram(x, "sum", "full"), rtol=1e-6)
     words = pickle.loads(pickle.dumps(np.zeros((2, 3), np.float32)))
     assert vlad_encode(x, words).shape == (1, 6)

@@ -404,8 +404,11 @@ def test_gpu_session_pools_beside_the_next_inference(cnn, monkeypatch):
     monkeypatch.setattr(f.pipeline_, "session", lambda heads: OnGpu())
     pooled_on = []
     pool_batch = f.pipeline_.pool
-    monkeypatch.setattr(f.pipeline_, "pool",
-                        lambda outputs: pooled_on.append(threading.current_thread().name) or pool_batch(outputs))
+    monkeypatch.setattr(
+        f.pipeline_,
+        "pool",
+        lambda outputs: pooled_on.append(threading.current_thread().name) or pool_batch(outputs),
+    )
     rows = list(f.pipeline_.features(images, "raise", []))
     assert len(pooled_on) == 2 and all(name.startswith("microtex-pool") for name in pooled_on)
     np.testing.assert_array_equal(np.concatenate([feats for _, feats in rows]), expected)
@@ -489,8 +492,10 @@ def test_unknown_layer_lists_valid_names():
         ({"block_pooling": "min", "taps": "raw"}, "unknown block_pooling 'min'"),
         ({"backbone": "resnet50", "taps": "relu1_1"}, "'resnet50'"),
         ({"conv_algorithm": "fft", "taps": "relu1_1"}, "unknown conv_algorithm 'fft'"),
-        ({"conv_algorithm": "winograd", "precision": "fp16", "taps": "relu1_1"},
-         "needs precision='fp32'"),
+        (
+            {"conv_algorithm": "winograd", "precision": "fp16", "taps": "relu1_1"},
+            "needs precision='fp32'",
+        ),
     ],
 )
 def test_bad_parameters_fail_in_fit(params, match):
@@ -674,7 +679,9 @@ def test_bundle_round_trip(tmp_path, vlad_featurizer):
     assert g.image_size == (24, 20) and g.get_params()["pool"] == ("mean", "gram", "vlad")
     for tap in SHALLOW:
         np.testing.assert_array_equal(g.vlad_dictionaries_[tap], f.vlad_dictionaries_[tap])
-    assert pathlib.Path(g.pipeline_.session(heads=False).path).parent == path  # runs the bundled graph
+    assert (
+        pathlib.Path(g.pipeline_.session(heads=False).path).parent == path
+    )  # runs the bundled graph
     np.testing.assert_array_equal(g.transform(images), f.transform(images))
     np.testing.assert_array_equal(g.get_feature_names_out(), f.get_feature_names_out())
     with pytest.raises(FileExistsError):
@@ -705,8 +712,9 @@ def test_bundle_of_graph_engine_featurizer_loads(cnn, tmp_path, image_batch):
 
 
 @pytest.mark.torch
-def test_fp16_features_near_fp32_warn_on_cpu_and_survive_a_bundle(cnn, tmp_path, image_batch,
-                                                                  caplog):
+def test_fp16_features_near_fp32_warn_on_cpu_and_survive_a_bundle(
+    cnn, tmp_path, image_batch, caplog
+):
     params = {"taps": SHALLOW, "pool": ("mean", "max", "gram"), "device": "cpu"}
     full = TextureFeaturizer(**params).fit(None).transform(image_batch)
     f = TextureFeaturizer(precision="fp16", **params).fit(None)
@@ -738,8 +746,10 @@ def test_cpu_default_is_winograd_and_near_direct_convolution(cnn, tmp_path, imag
     exact = TextureFeaturizer(conv_algorithm="direct", **params).fit(None).transform(image_batch)
     names = list(f.get_feature_names_out())
     # relu2_1 comes before the first rewritten layer: identical; relu3_1 within 2e-5
-    np.testing.assert_array_equal(fast[:, columns_of(names, "relu2_1", "gram")],
-                                  exact[:, columns_of(names, "relu2_1", "gram")])
+    np.testing.assert_array_equal(
+        fast[:, columns_of(names, "relu2_1", "gram")],
+        exact[:, columns_of(names, "relu2_1", "gram")],
+    )
     for pool in ("mean", "gram"):
         cols = columns_of(names, "relu3_1", pool)
         rel = np.abs(fast[:, cols] - exact[:, cols]).max() / np.abs(exact[:, cols]).max()
@@ -892,7 +902,6 @@ def test_featurize_records_cropped_rows_per_image(tmp_path):
     assert featurize(tmp_path, taps="raw", pool="mean").cropped == {}
 
 
-
 # ================================================================== tiling
 def test_featurize_tiles_each_image_into_patches(tmp_path):
     from microtex.io import tile
@@ -923,9 +932,15 @@ def test_featurize_tiles_each_image_into_patches(tmp_path):
     [
         ({"tile": 0}, "tile must be a positive number of pixels, got 0"),
         ({"tile": 16.0}, "tile must be a positive number of pixels, got 16.0"),
-        ({"tile": 16, "tile_stride": -2}, "tile_stride must be a positive number of pixels, got -2"),
+        (
+            {"tile": 16, "tile_stride": -2},
+            "tile_stride must be a positive number of pixels, got -2",
+        ),
         ({"tile_stride": 8}, "tile_stride=8 given without tile"),
-        ({"tile": 4, "taps": "relu4_1"}, "tile=4 is smaller than 8 pixels, the least that layer relu4_1 needs"),
+        (
+            {"tile": 4, "taps": "relu4_1"},
+            "tile=4 is smaller than 8 pixels, the least that layer relu4_1 needs",
+        ),
     ],
 )
 def test_featurize_bad_tile_options_name_the_value(kwargs, message):
@@ -939,7 +954,13 @@ def test_tiled_vlad_is_fitted_on_the_patches(cnn):
     from microtex.io import tile
 
     images = textures(2, (48, 32), seed=11)
-    params = {"taps": SHALLOW, "pool": ("mean", "vlad"), "n_words": 4, "batch_size": 4, "random_state": 3}
+    params = {
+        "taps": SHALLOW,
+        "pool": ("mean", "vlad"),
+        "n_words": 4,
+        "batch_size": 4,
+        "random_state": 3,
+    }
     table = featurize(list(images), tile=16, **params)
     patches = list(np.concatenate([tile(image, 16)[0] for image in images]))
     expected = TextureFeaturizer(**params).fit(patches).transform(patches)
@@ -951,7 +972,6 @@ def test_images_are_decoded_ahead_on_a_background_thread(tmp_path, monkeypatch):
     # reading and pre-processing run on their own thread, up to two batches ahead
     import threading
     import time
-
 
     for i, image in enumerate(textures(6, (24, 24))):
         write_png(tmp_path / f"{i}.png", image)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile
+
 from microtex import io
 from microtex.errors import ImageReadError
-from PIL import Image, ImageFile
 
 tifffile = pytest.importorskip("tifffile")
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from microtex import io
 from PIL import Image
+
+from microtex import io
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 RNG_SEED = 20240611

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from microtex import io
 from PIL import Image
+
+from microtex import io
 
 RNG_SEED = 20240611
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from microtex import io
 from microtex.errors import ImageReadError
-from PIL import Image
 
 tifffile = pytest.importorskip("tifffile")
 

@@ -14,44 +14,86 @@ from microtex.features.stream import ENGINES
 
 
 def add_parser(subparsers) -> None:
-    f = subparsers.add_parser("featurize", help="texture descriptors of micrographs -> feature table")
+    f = subparsers.add_parser(
+        "featurize", help="texture descriptors of micrographs -> feature table"
+    )
     f.add_argument("images", nargs="+", help="image files and/or directories")
     f.add_argument("-o", "--output", required=True, help="output table: .parquet, .npz or .csv")
     f.add_argument("--backbone", default="vgg19", choices=list(ARCHITECTURES))
-    f.add_argument("--weights", default=None,
-                   help="torchvision-format VGG state dict (default: the shipped VGG19)")
-    f.add_argument("--taps", default="block_first",
-                   help="layers: names (relu3_1,...), presets block_first|block_last|all, or 'raw'")
-    f.add_argument("--pool", default="mean,gram",
-                   help=f"comma list of {','.join(POOLS)} (default: %(default)s)")
-    f.add_argument("--block-pooling", default=None, choices=BLOCK_POOLINGS,
-                   help="pooling between VGG blocks (default: max)")
-    f.add_argument("--pooling", default=None, choices=BLOCK_POOLINGS, dest="old_pooling",
-                   help="deprecated name of --block-pooling")
-    f.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="CNN arithmetic; fp16 is for --device cuda, pooling stays fp32")
-    f.add_argument("--conv-algorithm", default="auto", choices=["auto", *CONV_ALGORITHMS],
-                   help="3x3 convolutions in the graph; auto: winograd for fp32 on the CPU")
+    f.add_argument(
+        "--weights",
+        default=None,
+        help="torchvision-format VGG state dict (default: the shipped VGG19)",
+    )
+    f.add_argument(
+        "--taps",
+        default="block_first",
+        help="layers: names (relu3_1,...), presets block_first|block_last|all, or 'raw'",
+    )
+    f.add_argument(
+        "--pool",
+        default="mean,gram",
+        help=f"comma list of {','.join(POOLS)} (default: %(default)s)",
+    )
+    f.add_argument(
+        "--block-pooling",
+        default=None,
+        choices=BLOCK_POOLINGS,
+        help="pooling between VGG blocks (default: max)",
+    )
+    f.add_argument(
+        "--pooling",
+        default=None,
+        choices=BLOCK_POOLINGS,
+        dest="old_pooling",
+        help="deprecated name of --block-pooling",
+    )
+    f.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="CNN arithmetic; fp16 is for --device cuda, pooling stays fp32",
+    )
+    f.add_argument(
+        "--conv-algorithm",
+        default="auto",
+        choices=["auto", *CONV_ALGORITHMS],
+        help="3x3 convolutions in the graph; auto: winograd for fp32 on the CPU",
+    )
     f.add_argument("--gram-normalization", default="spatial", choices=GRAM_NORMALIZATIONS)
     f.add_argument("--gram-layout", default="triu", choices=GRAM_LAYOUTS)
     f.add_argument("--n-words", type=positive, default=32, help="VLAD dictionary size")
     f.add_argument("--raw", action="store_true", help="featurize the untransformed image (no CNN)")
     f.add_argument("--image-size", type=image_size, default=None, help="N (short side) or HxW")
-    f.add_argument("--crop-bottom", type=crop_bottom, default=None,
-                   help="rows of info band to drop, or 'auto'")
-    f.add_argument("--tile", type=positive, default=None,
-                   help="cut each image into TILE x TILE patches, one row each (id PATH@ROW,COL)")
-    f.add_argument("--tile-stride", type=positive, default=None,
-                   help="step between tiles (default: --tile, no overlap)")
+    f.add_argument(
+        "--crop-bottom", type=crop_bottom, default=None, help="rows of info band to drop, or 'auto'"
+    )
+    f.add_argument(
+        "--tile",
+        type=positive,
+        default=None,
+        help="cut each image into TILE x TILE patches, one row each (id PATH@ROW,COL)",
+    )
+    f.add_argument(
+        "--tile-stride",
+        type=positive,
+        default=None,
+        help="step between tiles (default: --tile, no overlap)",
+    )
     f.add_argument("--batch-size", type=positive, default=8)
     f.add_argument("--device", default="auto", choices=DEVICES)
     f.add_argument("--engine", default="auto", choices=ENGINES)
     f.add_argument("--threads", type=positive, default=None, help="CPU threads (default: all)")
-    f.add_argument("--on-error", default="skip", choices=ON_ERROR,
-                   help="unreadable files: report and skip (default) or stop")
+    f.add_argument(
+        "--on-error",
+        default="skip",
+        choices=ON_ERROR,
+        help="unreadable files: report and skip (default) or stop",
+    )
     f.add_argument("--seed", type=int, default=0, help="seed of the VLAD fit")
-    f.add_argument("--save-bundle", default=None,
-                   help="also save the fitted featurizer as a model bundle")
+    f.add_argument(
+        "--save-bundle", default=None, help="also save the fitted featurizer as a model bundle"
+    )
     f.add_argument("--no-progress", action="store_true")
 
 
@@ -62,7 +104,9 @@ def _crop_report(cropped: dict, n_images: int, verbose: bool) -> str:
     rows = sorted(cropped.values())
     span = f"{rows[0]}" if rows[0] == rows[-1] else f"{rows[0]}-{rows[-1]}"
     listed = "" if verbose else " (microtex -v featurize ... lists them)"
-    return f"removed a bottom info band of {span} rows from {len(rows)} of {n_images} images{listed}"
+    return (
+        f"removed a bottom info band of {span} rows from {len(rows)} of {n_images} images{listed}"
+    )
 
 
 def _report_failures(failures) -> None:
@@ -83,21 +127,36 @@ def run(args) -> int:
         raise type(exc)(f"output {args.output!r}: {exc}") from None
     block_pooling = args.block_pooling
     if args.old_pooling is not None:
-        print("microtex: --pooling is deprecated and will be removed in 0.3; use --block-pooling",
-              file=sys.stderr)
+        print(
+            "microtex: --pooling is deprecated and will be removed in 0.3; use --block-pooling",
+            file=sys.stderr,
+        )
         block_pooling = block_pooling or args.old_pooling
     if args.save_bundle:
         target = pathlib.Path(args.save_bundle)
         if target.exists() and not is_bundle(target):
-            raise ValueError(f"--save-bundle {str(target)!r} exists and is not a microtex bundle; "
-                             "choose a new folder")
+            raise ValueError(
+                f"--save-bundle {str(target)!r} exists and is not a microtex bundle; "
+                "choose a new folder"
+            )
     featurizer = TextureFeaturizer(
-        backbone=args.backbone, weights=args.weights, taps="raw" if args.raw else args.taps,
-        pool=args.pool, block_pooling=block_pooling or "max", precision=args.precision,
-        conv_algorithm=args.conv_algorithm, gram_normalization=args.gram_normalization,
-        gram_layout=args.gram_layout, n_words=args.n_words, image_size=args.image_size,
-        crop_bottom=args.crop_bottom, batch_size=args.batch_size, device=args.device,
-        engine=args.engine, n_threads=args.threads, random_state=args.seed,
+        backbone=args.backbone,
+        weights=args.weights,
+        taps="raw" if args.raw else args.taps,
+        pool=args.pool,
+        block_pooling=block_pooling or "max",
+        precision=args.precision,
+        conv_algorithm=args.conv_algorithm,
+        gram_normalization=args.gram_normalization,
+        gram_layout=args.gram_layout,
+        n_words=args.n_words,
+        image_size=args.image_size,
+        crop_bottom=args.crop_bottom,
+        batch_size=args.batch_size,
+        device=args.device,
+        engine=args.engine,
+        n_threads=args.threads,
+        random_state=args.seed,
     )
     tiles = {"tile": args.tile, "tile_stride": args.tile_stride}
     try:  # reads images only to fit VLAD words, skipping unreadable ones
@@ -106,14 +165,21 @@ def run(args) -> int:
         _report_failures(exc.failures)
         print("microtex: error: no image could be featurized", file=sys.stderr)
         return 1
-    table = featurize(args.images, featurizer=featurizer, on_error=args.on_error,
-                      progress=not args.no_progress and sys.stderr.isatty(), **tiles)
+    table = featurize(
+        args.images,
+        featurizer=featurizer,
+        on_error=args.on_error,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        **tiles,
+    )
     _report_failures(table.failures)
     # with tiles a row is a patch, its id the image's followed by @row,col
     n_images = len({i.rsplit("@", 1)[0] for i in table.ids}) if args.tile else len(table.ids)
     if args.crop_bottom == "auto":
-        print(f"microtex: auto-crop: {_crop_report(table.cropped, n_images, args.verbose)}",
-              file=sys.stderr)
+        print(
+            f"microtex: auto-crop: {_crop_report(table.cropped, n_images, args.verbose)}",
+            file=sys.stderr,
+        )
     if not table.ids:
         print("microtex: error: no image could be featurized", file=sys.stderr)
         return 1
@@ -123,7 +189,9 @@ def run(args) -> int:
     rate = len(table.ids) / table.seconds if table.seconds > 0 else float("nan")
     unit = "tiles" if args.tile else "images"
     in_tiles = f" in {len(table.ids)} tiles" if args.tile else ""
-    print(f"featurized {n_images} images ({len(table.failures)} skipped){in_tiles} -> "
-          f"{table.features.shape[1]} features in {table.seconds:.2f} s "
-          f"({rate:.2f} {unit}/s, {featurizer.pipeline_.device()}) -> {args.output}")
+    print(
+        f"featurized {n_images} images ({len(table.failures)} skipped){in_tiles} -> "
+        f"{table.features.shape[1]} features in {table.seconds:.2f} s "
+        f"({rate:.2f} {unit}/s, {featurizer.pipeline_.device()}) -> {args.output}"
+    )
     return 0

@@ -113,7 +113,9 @@ def max_pool(acts, *, n_threads: int | None = None) -> np.ndarray:
 
 def _mean_max(acts, pool: str, n_threads: int | None) -> np.ndarray:
     acts = check_activations(acts)
-    mean, maximum = kernels().mean_max_pool(acts, pool == "mean", pool == "max", check_threads(n_threads))
+    mean, maximum = kernels().mean_max_pool(
+        acts, pool == "mean", pool == "max", check_threads(n_threads)
+    )
     return check_finite(mean if pool == "mean" else maximum, f"{pool}_pool")
 
 

@@ -154,7 +154,10 @@ def make_plan(
     config = None
     if cnn:
         config = BackboneConfig(
-            arch=backbone, weights=weights, taps=cnn, block_pooling=block_pooling,
+            arch=backbone,
+            weights=weights,
+            taps=cnn,
+            block_pooling=block_pooling,
             precision=precision,
         )
     return TexturePlan(
@@ -198,7 +201,9 @@ def check_tiles(tile, tile_stride, plan: TexturePlan) -> tuple[int, int] | None:
         return None
     what = "a positive number of pixels"
     size = check_positive_int("tile", tile, what=what)
-    stride = size if tile_stride is None else check_positive_int("tile_stride", tile_stride, what=what)
+    stride = (
+        size if tile_stride is None else check_positive_int("tile_stride", tile_stride, what=what)
+    )
     if size < plan.min_side:
         raise ValueError(
             f"tile={size} is smaller than {plan.min_side} pixels, the least that layer "
@@ -254,7 +259,9 @@ def iter_inputs(
         if _is_path(x):
             raise TypeError("mix of paths and arrays in one input; pass one kind")
         image, rows = mio.prepare_image(
-            mio.as_float_image(np.asarray(x)), crop_bottom=crop_bottom, size=size,
+            mio.as_float_image(np.asarray(x)),
+            crop_bottom=crop_bottom,
+            size=size,
             name=f"array[{i}]",
         )
         if rows and cropped is not None:
@@ -349,7 +356,8 @@ class TexturePipeline:
     def conv_algorithm(self) -> str:
         """The graph's convolution algorithm: the plan's, or for ``"auto"`` the device's."""
         return resolve_conv_algorithm(
-            self.plan.conv_algorithm, self.plan.config,
+            self.plan.conv_algorithm,
+            self.plan.config,
             on_cpu=runtime.runs_on_cpu(self.plan.device),
         )
 
@@ -382,8 +390,12 @@ class TexturePipeline:
         return next(iter(self.sessions.values())).device if self.sessions else "cpu"
 
     def outputs(
-        self, images, on_error: str = "raise", failures: list | None = None,
-        cropped: dict | None = None, tiles: tuple[int, int] | None = None,
+        self,
+        images,
+        on_error: str = "raise",
+        failures: list | None = None,
+        cropped: dict | None = None,
+        tiles: tuple[int, int] | None = None,
     ) -> Iterator[tuple[list, dict]]:
         """``(ids, {tap: activations or {pool: features}})`` per batch.
 
@@ -419,8 +431,9 @@ class TexturePipeline:
                     for patch, (row, col) in zip(patches, origins):
                         yield f"{image_id}@{row},{col}", patch
                 elif min(image.shape) < plan.min_side and too_small(
-                    image_id, f"image {shape} is smaller than {plan.min_side} pixels, the least "
-                    f"that layer {plan.cnn_taps[-1]} needs"
+                    image_id,
+                    f"image {shape} is smaller than {plan.min_side} pixels, the least "
+                    f"that layer {plan.cnn_taps[-1]} needs",
                 ):
                     continue
                 else:
@@ -459,16 +472,23 @@ class TexturePipeline:
                     )
                 else:
                     features = vlad_encode(
-                        value, self.dictionaries[tap], intra_normalize=plan.intra_normalize,
-                        signed_sqrt=plan.signed_sqrt, l2_normalize=plan.l2_normalize,
+                        value,
+                        self.dictionaries[tap],
+                        intra_normalize=plan.intra_normalize,
+                        signed_sqrt=plan.signed_sqrt,
+                        l2_normalize=plan.l2_normalize,
                         n_threads=threads,
                     )
                 parts.append(np.asarray(features, dtype=np.float32))
         return np.concatenate(parts, axis=1)
 
     def features(
-        self, images, on_error: str = "raise", failures: list | None = None,
-        cropped: dict | None = None, tiles: tuple[int, int] | None = None,
+        self,
+        images,
+        on_error: str = "raise",
+        failures: list | None = None,
+        cropped: dict | None = None,
+        tiles: tuple[int, int] | None = None,
         overlap: bool | None = None,
     ) -> Iterator[tuple[list, np.ndarray]]:
         """``(ids, feature rows)`` per batch; arguments as :meth:`outputs`.
@@ -482,9 +502,10 @@ class TexturePipeline:
         """
         stream = self.outputs(images, on_error, failures, cropped, tiles)
         if overlap is None:
-            overlap = bool(self.plan.cnn_taps) and self.session(
-                heads=self.engine() == "graph"
-            ).device != "cpu"
+            overlap = (
+                bool(self.plan.cnn_taps)
+                and self.session(heads=self.engine() == "graph").device != "cpu"
+            )
         if not overlap:
             for ids, outputs in stream:
                 yield ids, self.pool(outputs)
@@ -502,7 +523,11 @@ class TexturePipeline:
                 yield pending[0], pending[1].result()
 
     def fit_vlad(
-        self, images, random_state=None, on_error: str = "raise", failures: list | None = None,
+        self,
+        images,
+        random_state=None,
+        on_error: str = "raise",
+        failures: list | None = None,
         tiles: tuple[int, int] | None = None,
     ) -> dict:
         """Fit the VLAD words of every tap on ``images``, store them and return them.
@@ -531,7 +556,9 @@ class TexturePipeline:
         for tap, parts in samples.items():
             columns = np.concatenate(parts)  # (k, c), as (1, c, 1, k) activations
             dictionaries[tap] = fit_vlad_dictionary(
-                columns.T[None, :, None, :], plan.n_words, max_vectors=plan.vlad_max_vectors,
+                columns.T[None, :, None, :],
+                plan.n_words,
+                max_vectors=plan.vlad_max_vectors,
                 random_state=int(rng.integers(2**31 - 1)),
             )
         self.dictionaries.clear()

@@ -1,4 +1,4 @@
-"""``TextureFeaturizer``: the scikit-learn face of the texture featurization core (:mod:`.stream`)."""
+"""``TextureFeaturizer``: the scikit-learn face of the featurization core (:mod:`.stream`)."""
 
 from __future__ import annotations
 
@@ -87,13 +87,31 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
     ((4, 2), ['raw/mean/0', 'raw/gram/0'])
     """
 
-    def __init__(self, backbone="vgg19", weights=None, taps="block_first", pool=("mean", "gram"),
-                 block_pooling="max", precision="fp32", conv_algorithm="auto",
-                 gram_normalization="spatial", gram_layout="triu", n_words=32,
-                 vlad_max_vectors=100_000, intra_normalize=True, signed_sqrt=True,
-                 l2_normalize=True, image_size=None, crop_bottom=None, batch_size=8,
-                 device="auto", engine="auto", n_threads=None, random_state=None,
-                 pooling=_DEPRECATED):
+    def __init__(
+        self,
+        backbone="vgg19",
+        weights=None,
+        taps="block_first",
+        pool=("mean", "gram"),
+        block_pooling="max",
+        precision="fp32",
+        conv_algorithm="auto",
+        gram_normalization="spatial",
+        gram_layout="triu",
+        n_words=32,
+        vlad_max_vectors=100_000,
+        intra_normalize=True,
+        signed_sqrt=True,
+        l2_normalize=True,
+        image_size=None,
+        crop_bottom=None,
+        batch_size=8,
+        device="auto",
+        engine="auto",
+        n_threads=None,
+        random_state=None,
+        pooling=_DEPRECATED,
+    ):
         self.backbone = backbone
         self.weights = weights
         self.taps = taps
@@ -123,8 +141,12 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         params.pop("random_state")
         old = params.pop("pooling")
         if old != _DEPRECATED:
-            warnings.warn("TextureFeaturizer(pooling=...) is deprecated and will be removed in "
-                          "0.3; use block_pooling=...", FutureWarning, stacklevel=3)
+            warnings.warn(
+                "TextureFeaturizer(pooling=...) is deprecated and will be removed in "
+                "0.3; use block_pooling=...",
+                FutureWarning,
+                stacklevel=3,
+            )
             params["block_pooling"] = old
         plan = make_plan(**params)
         self.pipeline_ = TexturePipeline(plan, dictionaries, onnx_path)
@@ -155,8 +177,9 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
             return np.zeros((0, self.n_features_out_), dtype=np.float32)
         return np.concatenate(rows, axis=0)
 
-    def iter_features(self, X, *, on_error="raise", tile=None, tile_stride=None, failures=None,
-                      cropped=None):
+    def iter_features(
+        self, X, *, on_error="raise", tile=None, tile_stride=None, failures=None, cropped=None
+    ):
         """``(ids, rows)`` batch by batch: the streaming form of :meth:`transform`.
 
         ``on_error="skip"`` reports unreadable or too small files in ``failures``
@@ -199,8 +222,10 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
             files["state.npz"] = bundle.npz_bytes(
                 {f"vlad/{tap}": words for tap, words in self.vlad_dictionaries_.items()}
             )
-        params = {key: list(value) if isinstance(value, tuple) else value
-                  for key, value in self.get_params().items()}
+        params = {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in self.get_params().items()
+        }
         params["weights"] = None if self.weights is None else str(self.weights)
         params.pop("pooling")
         params["block_pooling"] = self.config_.block_pooling if self.config_ else self.block_pooling
@@ -210,8 +235,11 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
             "conv_algorithm": conv_algorithm,  # of backbone.onnx, which the bundle runs as is
             "taps": list(self.taps_),
             "pools": list(self.pipeline_.plan.pools),
-            "preprocessing": {"image_size": self.image_size, "crop_bottom": self.crop_bottom,
-                              "input": "grayscale float32 in [0, 1], (n, 1, h, w)"},
+            "preprocessing": {
+                "image_size": self.image_size,
+                "crop_bottom": self.crop_bottom,
+                "input": "grayscale float32 in [0, 1], (n, 1, h, w)",
+            },
             "n_features": int(self.n_features_out_),
         }
         return bundle.save_bundle(directory, files, config, kind=BUNDLE_KIND, overwrite=overwrite)

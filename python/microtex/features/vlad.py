@@ -90,7 +90,11 @@ def vlad_encode(
     acts = check_activations(acts)
     words = _check_dictionary(dictionary, acts.shape[1], acts.dtype)
     out = kernels().vlad(
-        acts, words, bool(intra_normalize), bool(signed_sqrt), bool(l2_normalize),
+        acts,
+        words,
+        bool(intra_normalize),
+        bool(signed_sqrt),
+        bool(l2_normalize),
         check_threads(n_threads),
     )
     return check_finite(out, "vlad_encode")
@@ -159,11 +163,15 @@ def fit_vlad_dictionary(
     n_words = check_positive_int("n_words", n_words)
     check_choice("k-means method", method, KMEANS_METHODS)
     max_vectors = check_positive_int("max_vectors", max_vectors)
-    batches = [acts] if isinstance(acts, np.ndarray) or not isinstance(acts, Iterable) else list(acts)
+    batches = (
+        [acts] if isinstance(acts, np.ndarray) or not isinstance(acts, Iterable) else list(acts)
+    )
     rng = np.random.default_rng(random_state)
     vectors = _sample_columns(batches, max_vectors, rng)
     if not np.isfinite(vectors).all():
-        raise ValueError("activations used to fit the VLAD dictionary contain NaN or infinite values")
+        raise ValueError(
+            "activations used to fit the VLAD dictionary contain NaN or infinite values"
+        )
     if vectors.shape[0] < n_words:
         raise ValueError(
             f"cannot fit {n_words} VLAD words from only {vectors.shape[0]} activation vectors"

@@ -1,4 +1,4 @@
-"""Paths to images: single files, folders and lazy or stacked batches, each decoded, cropped and resized."""
+"""Paths to images: files, folders, lazy or stacked batches; each decoded, cropped, resized."""
 
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ class ImageBatch(NamedTuple):
     paths: list[Path]
     infos: list[ImageInfo]
     failures: list[ReadFailure]
+
 
 def _read(path: PathLike, crop_bottom: CropBottom, size: Size) -> tuple[np.ndarray, ImageInfo]:
     path = Path(path)
