@@ -12,6 +12,7 @@ from PIL import Image
 
 from microtex import synth
 from microtex.errors import BundleError, ImageReadError, UnknownLayerError
+from microtex.features import plan as plan_module
 from microtex.features import stream
 from microtex.features.api import featurize
 from microtex.features.texture import TextureFeaturizer
@@ -91,7 +92,7 @@ def test_golden_feature_names_of_presets(preset, layout):
     """Per tap C, C(C+1)/2, C² or n_words·C values; names "{tap}/{pool}/{i}" by tap, then pool."""
     pools = ("mean", "max", "gram", "vlad")
     # the plan names the columns without fitting VLAD words (fit would read images)
-    plan = stream.make_plan(taps=preset, pool=pools, gram_layout=layout, n_words=3)
+    plan = plan_module.make_plan(taps=preset, pool=pools, gram_layout=layout, n_words=3)
     names = list(plan.feature_names)
     taps = PRESET_TAPS[preset]
     assert plan.taps == tuple(taps)
@@ -126,7 +127,9 @@ def test_golden_feature_counts(taps, pool, kwargs, n_features):
         f.fit(None)  # no VLAD: fit reads nothing
         assert f.n_features_out_ == n_features == len(f.get_feature_names_out())
     else:  # the configuration alone gives the names, before any VLAD fit
-        assert len(stream.make_plan(taps=taps, pool=pool, **kwargs).feature_names) == n_features
+        assert (
+            len(plan_module.make_plan(taps=taps, pool=pool, **kwargs).feature_names) == n_features
+        )
 
 
 def test_names_follow_forward_tap_order_and_given_pool_order():
@@ -359,7 +362,7 @@ def test_pooling_in_turn_or_overlapped_gives_the_same_rows(cnn):
     f = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram"), batch_size=2).fit(None)
     runs = {}
     for overlap in (False, True):
-        rows = list(f.pipeline_.features(images, "raise", [], overlap=overlap))
+        rows = list(f.pipeline_.features(images, overlap=overlap))
         assert [len(ids) for ids, _ in rows] == [2, 2, 1]
         runs[overlap] = np.concatenate([feats for _, feats in rows])
     np.testing.assert_array_equal(runs[True], runs[False])
@@ -378,10 +381,10 @@ def test_cpu_pools_between_inferences_not_beside_them(cnn, monkeypatch):
     monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", no_pool_thread)
     images = [textures(1, (32, 32), seed=i)[0] for i in range(3)]
     f = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram"), batch_size=2, device="cpu").fit(None)
-    rows = list(f.pipeline_.features(images, "raise", []))
+    rows = list(f.pipeline_.features(images))
     assert [len(ids) for ids, _ in rows] == [2, 1]
     with pytest.raises(AssertionError, match="pooling thread"):
-        list(f.pipeline_.features(images, "raise", [], overlap=True))
+        list(f.pipeline_.features(images, overlap=True))
 
 
 @pytest.mark.torch
@@ -409,7 +412,7 @@ def test_gpu_session_pools_beside_the_next_inference(cnn, monkeypatch):
         "pool",
         lambda outputs: pooled_on.append(threading.current_thread().name) or pool_batch(outputs),
     )
-    rows = list(f.pipeline_.features(images, "raise", []))
+    rows = list(f.pipeline_.features(images))
     assert len(pooled_on) == 2 and all(name.startswith("microtex-pool") for name in pooled_on)
     np.testing.assert_array_equal(np.concatenate([feats for _, feats in rows]), expected)
 

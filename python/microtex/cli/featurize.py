@@ -10,7 +10,7 @@ from microtex._validation import ON_ERROR
 from microtex.backbones import ARCHITECTURES, BLOCK_POOLINGS, CONV_ALGORITHMS, PRECISIONS
 from microtex.cli._types import crop_bottom, image_size, positive
 from microtex.engine.session import DEVICES
-from microtex.features.stream import ENGINES
+from microtex.features.plan import ENGINES
 
 
 def add_parser(subparsers) -> None:

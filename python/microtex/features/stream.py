@@ -1,13 +1,11 @@
 """The texture featurization core: images in, batches through the network, pooled rows out.
 
-:class:`TexturePlan` is a checked configuration (taps, pools, Gram and VLAD
-options, preprocessing, device); :class:`TexturePipeline` runs a plan: it reads
-images on a background thread so that decoding overlaps inference, groups
-images of equal size into batches, runs them through the backbone's ONNX
-Runtime session and pools the activations with the C++ kernels (or takes the
-vectors pooled by heads inside the graph). :class:`~microtex.features.texture.
-TextureFeaturizer` and :func:`~microtex.features.api.featurize` are thin shells
-over it.
+:class:`TexturePipeline` runs a :class:`~microtex.features.plan.TexturePlan`: it
+reads images on a background thread so that decoding overlaps inference, groups
+images of equal size into batches, runs them through the backbone's ONNX Runtime
+session and pools the activations with the C++ kernels (or takes the vectors
+pooled by heads inside the graph). :class:`~microtex.features.texture.TextureFeaturizer`
+and :func:`~microtex.features.api.featurize` are thin shells over it.
 
 The tap ``"raw"`` is the untransformed image (one channel): the same poolings
 without a network, Ling et al.'s raw-image baseline.
@@ -15,201 +13,29 @@ without a network, Ling et al.'s raw-image baseline.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
 import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import numpy as np
 
 from microtex import io as mio
-from microtex._pools import GRAM_LAYOUTS, GRAM_NORMALIZATIONS, GRAPH_POOLS, POOLS, n_pooled_features
-from microtex._validation import (
-    check_choice,
-    check_choices,
-    check_crop_bottom,
-    check_on_error,
-    check_positive_int,
-    check_size,
-)
-from microtex.backbones import (
-    BackboneConfig,
-    Heads,
-    cached_onnx,
-    check_conv_algorithm,
-    check_trunk_options,
-    min_image_side,
-    resolve_conv_algorithm,
-    tap_channels,
-)
+from microtex._pools import GRAPH_POOLS
+from microtex._validation import check_on_error
+from microtex.backbones import Heads, cached_onnx, resolve_conv_algorithm
 from microtex.engine import session as runtime
 from microtex.errors import NoImagesError
 from microtex.features import pooling
+from microtex.features.plan import RAW_TAP, TexturePlan
 from microtex.features.vlad import fit_vlad_dictionary, vlad_encode
 
-__all__ = [
-    "ENGINES",
-    "RAW_TAP",
-    "TexturePipeline",
-    "TexturePlan",
-    "check_tiles",
-    "feature_names",
-    "make_plan",
-]
+__all__ = ["TexturePipeline", "all_paths", "batches", "iter_inputs", "prefetch"]
 
 log = logging.getLogger("microtex.features")
 
-RAW_TAP = "raw"
-#: Where mean/max/Gram pooling runs: C++ kernels on the activations, or heads in the graph.
-ENGINES: tuple[str, ...] = ("auto", "kernels", "graph")
 _VECTORS_PER_IMAGE = 4096  # activation vectors sampled per image and tap for the VLAD fit
-
-
-# ---------------------------------------------------------------- configuration
-@dataclasses.dataclass(frozen=True)
-class TexturePlan:
-    """A checked texture-featurization configuration (see :func:`make_plan`)."""
-
-    taps: tuple[str, ...]  # "raw" first, then CNN taps in forward order
-    pools: tuple[str, ...]
-    config: BackboneConfig | None  # None when only "raw" is tapped
-    gram_normalization: str = "spatial"
-    gram_layout: str = "triu"
-    n_words: int = 32
-    vlad_max_vectors: int = 100_000
-    intra_normalize: bool = True
-    signed_sqrt: bool = True
-    l2_normalize: bool = True
-    image_size: Any = None
-    crop_bottom: Any = None
-    batch_size: int = 8
-    device: str = "auto"
-    engine: str = "auto"
-    conv_algorithm: str = "auto"
-    n_threads: int | None = None
-
-    @property
-    def raw(self) -> bool:
-        return RAW_TAP in self.taps
-
-    @property
-    def cnn_taps(self) -> tuple[str, ...]:
-        return self.config.taps if self.config is not None else ()
-
-    @property
-    def min_side(self) -> int:
-        """Smallest image side the deepest tap still sees one position of."""
-        return min_image_side(self.cnn_taps[-1]) if self.cnn_taps else 1
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return feature_names(self.taps, self.pools, self.gram_layout, self.n_words)
-
-
-def make_plan(
-    *,
-    backbone: str = "vgg19",
-    weights=None,
-    taps="block_first",
-    pool=("mean", "gram"),
-    block_pooling: str = "max",
-    precision: str = "fp32",
-    conv_algorithm: str = "auto",
-    gram_normalization: str = "spatial",
-    gram_layout: str = "triu",
-    n_words: int = 32,
-    vlad_max_vectors: int = 100_000,
-    intra_normalize: bool = True,
-    signed_sqrt: bool = True,
-    l2_normalize: bool = True,
-    image_size=None,
-    crop_bottom=None,
-    batch_size: int = 8,
-    device: str = "auto",
-    engine: str = "auto",
-    n_threads: int | None = None,
-) -> TexturePlan:
-    """Check every option of a texture featurization; ValueError names the first bad one."""
-    pools = check_choices("pool", pool, POOLS)
-    check_choice("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
-    check_choice("gram_layout", gram_layout, GRAM_LAYOUTS)
-    check_choice("engine", engine, ENGINES)
-    if engine == "graph" and "vlad" in pools:
-        raise ValueError(
-            "engine='graph' cannot compute VLAD (fitted state); use engine='kernels' or 'auto'"
-        )
-    check_choice("device", device, runtime.DEVICES)
-    # checked for raw-only plans too, so that they refuse what a CNN plan refuses
-    check_trunk_options(block_pooling, precision)
-    check_conv_algorithm(conv_algorithm, precision, allow_auto=True)
-    items = [t.strip() for t in taps.split(",")] if isinstance(taps, str) else list(taps)
-    items = [t for t in items if t != ""]
-    cnn = [t for t in items if t != RAW_TAP]
-    if not items:
-        raise ValueError("taps must name at least one layer (or 'raw')")
-    config = None
-    if cnn:
-        config = BackboneConfig(
-            arch=backbone,
-            weights=weights,
-            taps=cnn,
-            block_pooling=block_pooling,
-            precision=precision,
-        )
-    return TexturePlan(
-        taps=((RAW_TAP,) if RAW_TAP in items else ()) + (config.taps if config else ()),
-        pools=pools,
-        config=config,
-        gram_normalization=gram_normalization,
-        gram_layout=gram_layout,
-        n_words=check_positive_int("n_words", n_words),
-        vlad_max_vectors=check_positive_int("vlad_max_vectors", vlad_max_vectors),
-        intra_normalize=bool(intra_normalize),
-        signed_sqrt=bool(signed_sqrt),
-        l2_normalize=bool(l2_normalize),
-        image_size=check_size(image_size),
-        crop_bottom=check_crop_bottom(crop_bottom),
-        batch_size=check_positive_int("batch_size", batch_size),
-        device=device,
-        engine=engine,
-        conv_algorithm=conv_algorithm,
-        n_threads=check_positive_int("n_threads", n_threads, allow_none=True),
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def feature_names(taps: tuple, pools: tuple, gram_layout: str, n_words: int) -> tuple[str, ...]:
-    """Column names ``"{tap}/{pool}/{index}"`` (cached: hundreds of thousands of strings)."""
-    names = []
-    for tap in taps:
-        channels = 1 if tap == RAW_TAP else tap_channels(tap)
-        for pool in pools:
-            n = n_pooled_features(pool, channels, layout=gram_layout, n_words=n_words)
-            names.extend(f"{tap}/{pool}/{i}" for i in range(n))
-    return tuple(names)
-
-
-def check_tiles(tile, tile_stride, plan: TexturePlan) -> tuple[int, int] | None:
-    """``(size, stride)`` of the patches to cut, checked against ``plan``, or None."""
-    if tile is None:
-        if tile_stride is not None:
-            raise ValueError(f"tile_stride={tile_stride!r} given without tile")
-        return None
-    what = "a positive number of pixels"
-    size = check_positive_int("tile", tile, what=what)
-    stride = (
-        size if tile_stride is None else check_positive_int("tile_stride", tile_stride, what=what)
-    )
-    if size < plan.min_side:
-        raise ValueError(
-            f"tile={size} is smaller than {plan.min_side} pixels, the least that layer "
-            f"{plan.cnn_taps[-1]} needs"
-        )
-    return size, stride
 
 
 # ---------------------------------------------------------------- inputs
@@ -483,15 +309,9 @@ class TexturePipeline:
         return np.concatenate(parts, axis=1)
 
     def features(
-        self,
-        images,
-        on_error: str = "raise",
-        failures: list | None = None,
-        cropped: dict | None = None,
-        tiles: tuple[int, int] | None = None,
-        overlap: bool | None = None,
+        self, images, *, overlap: bool | None = None, **read
     ) -> Iterator[tuple[list, np.ndarray]]:
-        """``(ids, feature rows)`` per batch; arguments as :meth:`outputs`.
+        """``(ids, feature rows)`` per batch; ``read`` as the keywords of :meth:`outputs`.
 
         With the network on a GPU, pooling of batch i runs on its own thread
         while batch i+1 runs (``overlap``; default: only then). On the CPU it
@@ -500,7 +320,7 @@ class TexturePipeline:
         pooling thread beside it delays inference by about the pooling's
         single-thread time, more than pooling in turn costs.
         """
-        stream = self.outputs(images, on_error, failures, cropped, tiles)
+        stream = self.outputs(images, **read)
         if overlap is None:
             overlap = (
                 bool(self.plan.cnn_taps)

@@ -13,7 +13,8 @@ from sklearn.utils.validation import check_is_fitted
 from microtex import bundle
 from microtex.engine.metadata import parse_session_metadata
 from microtex.errors import BundleError
-from microtex.features.stream import TexturePipeline, check_tiles, make_plan
+from microtex.features.plan import bundle_document, check_tiles, make_plan, params_from_bundle
+from microtex.features.stream import TexturePipeline
 
 __all__ = ["TextureFeaturizer"]
 
@@ -87,31 +88,13 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
     ((4, 2), ['raw/mean/0', 'raw/gram/0'])
     """
 
-    def __init__(
-        self,
-        backbone="vgg19",
-        weights=None,
-        taps="block_first",
-        pool=("mean", "gram"),
-        block_pooling="max",
-        precision="fp32",
-        conv_algorithm="auto",
-        gram_normalization="spatial",
-        gram_layout="triu",
-        n_words=32,
-        vlad_max_vectors=100_000,
-        intra_normalize=True,
-        signed_sqrt=True,
-        l2_normalize=True,
-        image_size=None,
-        crop_bottom=None,
-        batch_size=8,
-        device="auto",
-        engine="auto",
-        n_threads=None,
-        random_state=None,
-        pooling=_DEPRECATED,
-    ):
+    def __init__(self, backbone="vgg19", weights=None, taps="block_first", pool=("mean", "gram"),
+                 block_pooling="max", precision="fp32", conv_algorithm="auto",
+                 gram_normalization="spatial", gram_layout="triu", n_words=32,
+                 vlad_max_vectors=100_000, intra_normalize=True, signed_sqrt=True,
+                 l2_normalize=True, image_size=None, crop_bottom=None, batch_size=8,
+                 device="auto", engine="auto", n_threads=None, random_state=None,
+                 pooling=_DEPRECATED):  # fmt: skip
         self.backbone = backbone
         self.weights = weights
         self.taps = taps
@@ -187,7 +170,9 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "feature_names_out_")
         tiles = check_tiles(tile, tile_stride, self.pipeline_.plan)
-        return self.pipeline_.features(X, on_error, failures, cropped, tiles)
+        return self.pipeline_.features(
+            X, on_error=on_error, failures=failures, cropped=cropped, tiles=tiles
+        )
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """Column names ``"{tap}/{pool}/{index}"``."""
@@ -222,26 +207,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
             files["state.npz"] = bundle.npz_bytes(
                 {f"vlad/{tap}": words for tap, words in self.vlad_dictionaries_.items()}
             )
-        params = {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in self.get_params().items()
-        }
-        params["weights"] = None if self.weights is None else str(self.weights)
-        params.pop("pooling")
-        params["block_pooling"] = self.config_.block_pooling if self.config_ else self.block_pooling
-        config = {
-            "params": params,
-            "backbone": None if self.config_ is None else self.config_.to_dict(),
-            "conv_algorithm": conv_algorithm,  # of backbone.onnx, which the bundle runs as is
-            "taps": list(self.taps_),
-            "pools": list(self.pipeline_.plan.pools),
-            "preprocessing": {
-                "image_size": self.image_size,
-                "crop_bottom": self.crop_bottom,
-                "input": "grayscale float32 in [0, 1], (n, 1, h, w)",
-            },
-            "n_features": int(self.n_features_out_),
-        }
+        config = bundle_document(self.get_params(), self.pipeline_.plan, conv_algorithm)
         return bundle.save_bundle(directory, files, config, kind=BUNDLE_KIND, overwrite=overwrite)
 
     @classmethod
@@ -252,14 +218,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
     @classmethod
     def from_bundle(cls, opened: bundle.Bundle) -> TextureFeaturizer:
         """The featurizer of an opened, verified bundle."""
-        params = dict(opened.config["params"])
-        if "pooling" in params:  # bundles written before block_pooling
-            params["block_pooling"] = params.pop("pooling")
-        for key in ("taps", "pool", "image_size"):
-            if isinstance(params.get(key), list):
-                params[key] = tuple(params[key])
-        # the bundle's graph runs as saved; the kernels pool it (equal to the graph's heads)
-        params["engine"] = "kernels"
+        params = params_from_bundle(opened.config)
         dictionaries = None
         if "state.npz" in opened.files:
             state = bundle.load_npz(opened.file("state.npz"))
