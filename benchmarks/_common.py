@@ -9,6 +9,8 @@ import statistics
 import time
 from pathlib import Path
 
+from microtex._files import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -127,11 +129,7 @@ def paired_ratio(turns: dict, num: str, den: str) -> float:
 
 def write_results(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n")
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -20,7 +20,7 @@ import sys
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     """The backbone and head options shared by the export scripts."""
     from microtex import backbones
-    from microtex._pools import GRAM_LAYOUTS, GRAM_NORMALIZATIONS
+    from microtex.features.pooling import GRAM_LAYOUTS, GRAM_NORMALIZATIONS
 
     parser.add_argument("--arch", default="vgg19", choices=list(backbones.ARCHITECTURES))
     parser.add_argument(
@@ -54,7 +54,7 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         choices=["auto", *backbones.CONV_ALGORITHMS],
         help="3x3 convolutions as exported (direct), or Winograd F(4x4,3x3) from 128 input "
-        "channels (fp32; about 1.5x faster on ONNX Runtime's CPU provider); auto: as "
+        "channels (fp32; faster on ONNX Runtime's CPU provider); auto: as "
         "TextureFeaturizer chooses, winograd for fp32 unless onnxruntime has CUDA",
     )
     parser.add_argument(
@@ -68,21 +68,22 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
 
 def block_pooling(args: argparse.Namespace) -> str:
     """``--block-pooling``, or the deprecated ``--pooling`` (with a note on stderr), or "max"."""
-    if args.deprecated_pooling is not None:
-        print("note: --pooling is deprecated; use --block-pooling", file=sys.stderr)
-        if args.block_pooling is None:
-            return args.deprecated_pooling
-    return args.block_pooling or "max"
+    from microtex._validation import renamed
+
+    if args.deprecated_pooling is None:
+        return args.block_pooling or "max"
+    value, note = renamed(
+        "--pooling", "--block-pooling", args.deprecated_pooling, args.block_pooling, unset=None
+    )
+    print(f"note: {note}", file=sys.stderr)
+    return value
 
 
 def conv_algorithm(args: argparse.Namespace, config, device: str = "auto") -> str:
     """``--conv-algorithm``, with "auto" resolved as TextureFeaturizer(device=device) does."""
-    from microtex import backbones
-    from microtex.engine.session import runs_on_cpu
+    from microtex.features.stream import graph_conv_algorithm
 
-    # the device matters for "auto" only (and resolving it may raise DeviceError)
-    on_cpu = args.conv_algorithm != "auto" or runs_on_cpu(device)
-    return backbones.resolve_conv_algorithm(args.conv_algorithm, config, on_cpu=on_cpu)
+    return graph_conv_algorithm(args.conv_algorithm, config, device)
 
 
 def config_and_heads(args: argparse.Namespace):
@@ -106,13 +107,15 @@ def config_and_heads(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from microtex.engine.export import EXPORTERS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_backbone_arguments(parser)
     parser.add_argument(
         "-o", "--output", default=None, help="ONNX file to write (default: the microtex cache)"
     )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
-    parser.add_argument("--exporter", default="torchscript", choices=["torchscript", "dynamo"])
+    parser.add_argument("--exporter", default="torchscript", choices=EXPORTERS)
     args = parser.parse_args(argv)
 
     from microtex import backbones

@@ -257,3 +257,7 @@ def test_format_1_bundle_is_read_with_the_kind_its_config_named(saved):
     opened = open_bundle(saved)
     assert opened.format_version == 1 and opened.kind == "texture-featurizer"
     assert opened.kind_version == 1
+    del manifest["config"]["kind"]
+    (saved / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format-1 bundle whose config names no kind"):
+        open_bundle(saved)

@@ -12,17 +12,23 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "ON_ERROR",
     "CropBottom",
     "Size",
     "check_choice",
     "check_choices",
     "check_crop_bottom",
+    "check_int",
     "check_non_negative_int",
     "check_on_error",
     "check_positive_int",
     "check_size",
     "is_int",
+    "renamed",
 ]
+
+#: The release that drops the old names of renamed options.
+RENAMED_UNTIL = "0.3"
 
 CropBottom = None | int | Literal["auto"]
 Size = None | int | tuple[int, int]
@@ -58,11 +64,24 @@ def check_positive_int(
     return int(value)
 
 
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``.
+
+    Examples
+    --------
+    >>> check_int("size", 4, minimum=8)
+    Traceback (most recent call last):
+    ...
+    ValueError: size must be an integer >= 8, got 4
+    """
+    if not (is_int(value) and value >= minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_non_negative_int(name: str, value: Any) -> int:
     """``value`` as an int >= 0."""
-    if not (is_int(value) and value >= 0):
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
+    return check_int(name, value, 0)
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
@@ -107,6 +126,26 @@ def check_choices(
     if len(set(parsed)) != len(parsed):
         raise ValueError(f"repeated {name} in {parsed!r}")
     return parsed
+
+
+def renamed(old: str, new: str, old_value: Any, new_value: Any, unset: Any) -> tuple[Any, str]:
+    """The value of an option renamed from ``old`` to ``new``, and the deprecation note to give.
+
+    The old name's value is used when it was given and the new name was left
+    at ``unset``; both given with different values is a ValueError. Callers
+    say the note their own way (a FutureWarning, a line on stderr).
+
+    Examples
+    --------
+    >>> renamed("pooling", "block_pooling", "avg", "max", unset="max")[0]
+    'avg'
+    """
+    if new_value != unset and new_value != old_value:
+        raise ValueError(
+            f"{old}={old_value!r} and {new}={new_value!r} both given; {old} is the deprecated "
+            f"name of {new}: give {new} only"
+        )
+    return old_value, f"{old} is deprecated and will be removed in {RENAMED_UNTIL}; use {new}"
 
 
 def check_crop_bottom(crop_bottom: Any) -> CropBottom:

@@ -302,6 +302,15 @@ def _swap_into_place(staging: pathlib.Path, target: pathlib.Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def _check_types(manifest: dict, path: pathlib.Path, *expected: tuple[str, type]) -> None:
+    for key, kind in expected:
+        if not isinstance(manifest.get(key), kind):
+            raise BundleError(
+                f"manifest {str(path)!r}: {key!r} expected a {kind.__name__}, "
+                f"found {manifest.get(key)!r}"
+            )
+
+
 def _read_manifest(directory: pathlib.Path) -> dict[str, Any]:
     manifest_path = directory / MANIFEST_NAME
     if not directory.is_dir():
@@ -327,17 +336,18 @@ def _read_manifest(directory: pathlib.Path) -> dict[str, Any]:
             f"manifest {str(manifest_path)!r}: format_version expected {FORMAT_VERSION} "
             f"(or {', '.join(map(str, READABLE_VERSIONS[:-1]))}), found {version!r}{newer}"
         )
+    _check_types(
+        manifest, manifest_path, ("config", dict), ("files", dict), ("microtex_version", str)
+    )
     if version == 1:  # no kind yet: the config named the estimator class
-        config = manifest.get("config")
-        named = config.get("kind") if isinstance(config, dict) else None
-        manifest = {**manifest, "kind": _V1_KINDS.get(named, named), "kind_version": 1}
-    for key, expected in (("config", dict), ("files", dict), ("microtex_version", str),
-                          ("kind", str), ("kind_version", int)):
-        if not isinstance(manifest.get(key), expected):
+        named = manifest["config"].get("kind")
+        if not isinstance(named, str):
             raise BundleError(
-                f"manifest {str(manifest_path)!r}: {key!r} expected a {expected.__name__}, "
-                f"found {manifest.get(key)!r}"
+                f"manifest {str(manifest_path)!r}: a format-1 bundle whose config names no "
+                f"kind (config 'kind' is {named!r}); microtex cannot tell what model it holds"
             )
+        manifest = {**manifest, "kind": _V1_KINDS.get(named, named), "kind_version": 1}
+    _check_types(manifest, manifest_path, ("kind", str), ("kind_version", int))
     return manifest
 
 

@@ -29,12 +29,13 @@ marble_dataset
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
+
+from microtex._validation import check_int
 
 __all__ = [
     "DEFAULT_NOISE_SCALE",
@@ -89,18 +90,6 @@ class MarbleDataset(NamedTuple):
 # --------------------------------------------------------------------------- checks
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return number
-
-
 def _check_real(name: str, value, *, positive: bool = False, nonnegative: bool = False) -> float:
     try:
         number = float(value)
@@ -122,7 +111,7 @@ def _check_shape(shape) -> tuple[int, int]:
         dims = (shape, shape)
     if len(dims) != 2:
         raise ValueError(f"shape must be (height, width), got {shape!r}")
-    return _check_int("shape[0]", dims[0], 1), _check_int("shape[1]", dims[1], 1)
+    return check_int("shape[0]", dims[0], 1), check_int("shape[1]", dims[1], 1)
 
 
 # --------------------------------------------------------------------------- noise
@@ -247,8 +236,8 @@ def perlin_noise(
     True
     """
     height, width = _check_shape(shape)
-    base_frequency = _check_int("base_frequency", base_frequency, 1)
-    octaves = _check_int("octaves", octaves, 1)
+    base_frequency = check_int("base_frequency", base_frequency, 1)
+    octaves = check_int("octaves", octaves, 1)
     persistence = _check_real("persistence", persistence, positive=True)
     rng = np.random.default_rng(rng)
 
@@ -353,13 +342,13 @@ def perlin_texture(
     >>> bool(np.allclose(straight[0], straight[-1]))  # vertical stripes
     True
     """
-    size = _check_int("size", size, 8)
+    size = check_int("size", size, 8)
     k = _check_real("k", k, positive=True)
     theta = _check_real("theta", theta)
     amplitude = _check_real("amplitude", amplitude, nonnegative=True)
     noise_scale = _check_real("noise_scale", noise_scale, nonnegative=True)
-    base_frequency = _check_int("base_frequency", base_frequency, 1)
-    octaves = _check_int("octaves", octaves, 1)
+    base_frequency = check_int("base_frequency", base_frequency, 1)
+    octaves = check_int("octaves", octaves, 1)
 
     normal_x, normal_y = math.cos(theta), math.sin(theta)
     coordinate = np.arange(size) / size
@@ -431,8 +420,8 @@ def marble_dataset(
     >>> sorted(params)
     ['amplitude', 'k', 'seed', 'theta']
     """
-    n_per_class = _check_int("n_per_class", n_per_class, 1)
-    size = _check_int("size", size, 8)
+    n_per_class = check_int("n_per_class", n_per_class, 1)
+    size = check_int("size", size, 8)
     if classes is None:
         classes = DEFAULT_MARBLE_CLASSES
     classes = list(classes)

@@ -107,10 +107,10 @@ def test_resolve_conv_algorithm_keeps_a_choice_and_resolves_auto_by_device(
     # the one rule the featurizer and the export scripts share
     # (the device is resolved by the runtime layer, which backbones does not import)
     from microtex.engine import session
+    from microtex.features.stream import graph_conv_algorithm
 
     def resolve(conv_algorithm, device):
-        on_cpu = session.runs_on_cpu(device)
-        return backbones.resolve_conv_algorithm(conv_algorithm, default_config, on_cpu=on_cpu)
+        return graph_conv_algorithm(conv_algorithm, default_config, device)
 
     for providers, auto in (([session.CPU], "winograd"), ([session.CUDA, session.CPU], "direct")):
         monkeypatch.setattr(session, "available_providers", lambda providers=providers: providers)
@@ -118,6 +118,15 @@ def test_resolve_conv_algorithm_keeps_a_choice_and_resolves_auto_by_device(
         assert resolve("auto", "cpu") == "winograd"
         assert resolve("direct", "cpu") == "direct"
         assert resolve("winograd", "auto") == "winograd"
+        assert resolve("direct", "cuda") == "direct"  # the device matters for "auto" only
+
+
+def test_make_config_takes_the_deprecated_pooling_name():
+    with pytest.warns(FutureWarning, match="pooling is deprecated.*use block_pooling"):
+        config = backbones.make_config(taps="relu1_1", pooling="avg")
+    assert config.block_pooling == "avg"
+    with pytest.raises(ValueError, match="pooling='max' and block_pooling='avg' both given"):
+        backbones.make_config(taps="relu1_1", pooling="max", block_pooling="avg")
 
 
 def test_block_pooling_option_and_the_old_pooling_key():

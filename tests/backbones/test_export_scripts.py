@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import runpy
 
 import pytest
@@ -71,7 +72,13 @@ def test_block_pooling_option_and_its_deprecated_alias(tmp_path, capsys):
     assert export["main"](["--taps", "relu2_1", "--block-pooling", "avg", "-o", str(new)]) == 0
     assert "deprecated" not in capsys.readouterr().err
     assert export["main"](["--taps", "relu2_1", "--pooling", "avg", "-o", str(old)]) == 0
-    assert "--pooling is deprecated; use --block-pooling" in capsys.readouterr().err
+    assert "--pooling is deprecated and will be removed in 0.3; use --block-pooling" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(ValueError, match="--pooling='max' and --block-pooling='avg' both given"):
+        export["block_pooling"](
+            argparse.Namespace(deprecated_pooling="max", block_pooling="avg")
+        )
     for path in (new, old):
         assert read_metadata(path)["config"]["block_pooling"] == "avg"
     assert validate["main"](["--taps", "relu2_1", "--pooling", "avg", "--sizes", "19x23"]) == 0

@@ -88,16 +88,17 @@ def write_png(path, image: np.ndarray) -> pathlib.Path:
         ("all", "triu"),
     ],
 )
-def test_golden_feature_names_of_presets(preset, layout):
+def test_golden_feature_names_of_presets(preset, layout, monkeypatch):
     """Per tap C, C(C+1)/2, C² or n_words·C values; names "{tap}/{pool}/{i}" by tap, then pool."""
     pools = ("mean", "max", "gram", "vlad")
-    # the plan names the columns without fitting VLAD words (fit would read images)
-    plan = plan_module.make_plan(taps=preset, pool=pools, gram_layout=layout, n_words=3)
-    names = list(plan.feature_names)
+    # names come from the configuration: fit without reading images for VLAD words
+    monkeypatch.setattr(stream.TexturePipeline, "fit_vlad", lambda self, *args: {})
+    f = TextureFeaturizer(taps=preset, pool=pools, gram_layout=layout, n_words=3).fit(None)
+    names = list(f.get_feature_names_out())
     taps = PRESET_TAPS[preset]
-    assert plan.taps == tuple(taps)
+    assert f.taps_ == tuple(taps)
     total = sum(expected_size(p, channels(t), layout, 3) for t in taps for p in pools)
-    assert len(names) == total
+    assert len(names) == total == f.n_features_out_
     expected = [
         f"{t}/{p}/{i}"
         for t in taps
@@ -121,15 +122,12 @@ def test_golden_feature_names_of_presets(preset, layout):
         ("relu3_1,raw", ("gram", "mean"), {}, 1 + 1 + 32896 + 256),
     ],
 )
-def test_golden_feature_counts(taps, pool, kwargs, n_features):
-    f = TextureFeaturizer(taps=taps, pool=pool, **kwargs)
-    if "vlad" not in pool:
-        f.fit(None)  # no VLAD: fit reads nothing
-        assert f.n_features_out_ == n_features == len(f.get_feature_names_out())
-    else:  # the configuration alone gives the names, before any VLAD fit
-        assert (
-            len(plan_module.make_plan(taps=taps, pool=pool, **kwargs).feature_names) == n_features
-        )
+def test_golden_feature_counts(taps, pool, kwargs, n_features, monkeypatch):
+    # no images: VLAD words are not fitted, the count comes from the configuration alone
+    monkeypatch.setattr(stream.TexturePipeline, "fit_vlad", lambda self, *args: {})
+    f = TextureFeaturizer(taps=taps, pool=pool, **kwargs).fit(None)
+    assert f.n_features_out_ == n_features == len(f.get_feature_names_out())
+    assert len(plan_module.make_plan(taps=taps, pool=pool, **kwargs).feature_names) == n_features
 
 
 def test_names_follow_forward_tap_order_and_given_pool_order():
@@ -693,6 +691,28 @@ def test_bundle_round_trip(tmp_path, vlad_featurizer):
 
 
 @pytest.mark.torch
+def test_bundle_written_by_microtex_0_1_loads(tmp_path, vlad_featurizer):
+    # the manifest layout of the previous release: format 1, no kind (the config named the
+    # class), the block pooling under "pooling"
+    import json
+
+    from microtex import load_bundle
+
+    f, images = vlad_featurizer
+    path = f.save(tmp_path / "bundle")
+    manifest = json.loads((path / "microtex.json").read_text())
+    del manifest["kind"], manifest["kind_version"]
+    manifest["format_version"] = 1
+    params = manifest["config"]["params"]
+    params["pooling"] = params.pop("block_pooling")
+    manifest["config"]["kind"] = "TextureFeaturizer"
+    (path / "microtex.json").write_text(json.dumps(manifest))
+    for g in (TextureFeaturizer.load(path), load_bundle(path)):
+        assert isinstance(g, TextureFeaturizer) and g.get_params()["block_pooling"] == "max"
+        np.testing.assert_array_equal(g.transform(images), f.transform(images))
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("name", ["backbone.onnx", "state.npz"])
 def test_bundle_tampering_is_refused(tmp_path, vlad_featurizer, name):
     f, _ = vlad_featurizer
@@ -790,6 +810,25 @@ def test_featurizer_pickled_before_conv_algorithm_runs_direct():
     old.__setstate__(state)
     assert old.conv_algorithm == "direct" and old.pipeline_.conv_algorithm() == "direct"
     assert old.get_params()["conv_algorithm"] == "direct"
+
+
+def test_featurizer_pickled_in_the_0_1_layout_is_rebuilt(rng):
+    # microtex 0.1's earlier estimator: "pooling" was the block pooling, no conv_algorithm,
+    # fitted state in pools_/raw_/taps_cnn_, no pipeline_
+    images = rng.random((3, 12, 12)).astype(np.float32)
+    f = TextureFeaturizer(taps="raw", pool=("mean", "vlad"), n_words=2, random_state=0)
+    expected = f.fit(images).transform(images)
+    state = f.__getstate__()
+    for key in ("pipeline_", "conv_algorithm", "block_pooling"):
+        del state[key]
+    state.update(pooling="avg", pools_=("mean", "vlad"), raw_=True, taps_cnn_=())
+    old = TextureFeaturizer.__new__(TextureFeaturizer)
+    old.__setstate__(state)
+    params = old.get_params()
+    assert params["block_pooling"] == "avg" and params["pooling"] == "deprecated"
+    assert params["conv_algorithm"] == "direct"
+    assert not hasattr(old, "pools_") and old.pipeline_.plan.pools == ("mean", "vlad")
+    np.testing.assert_array_equal(old.transform(images), expected)
 
 
 def test_raw_bundle_round_trip(tmp_path, rng):

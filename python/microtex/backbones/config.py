@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from microtex._pools import GRAM_LAYOUTS, GRAM_NORMALIZATIONS, GRAPH_POOLS, n_pooled_features
-from microtex._validation import check_choice, check_choices
+from microtex._validation import check_choice, check_choices, renamed
 from microtex.backbones.layers import (
     check_arch,
     conv_shapes,
@@ -50,7 +51,7 @@ BLOCK_POOLINGS: tuple[str, ...] = ("max", "avg")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 #: How an exported graph computes the trunk's 3×3 convolutions: ``"direct"`` as
 #: PyTorch defines them, or ``"winograd"`` (F(4×4, 3×3), :mod:`microtex.engine.winograd`)
-#: for those with >= 128 input channels, about 1.5× faster end to end on ONNX
+#: for those with >= 128 input channels, faster end to end on ONNX
 #: Runtime's CPU provider; float32 only.
 CONV_ALGORITHMS: tuple[str, ...] = winograd.ALGORITHMS
 
@@ -192,8 +193,15 @@ def make_config(
     taps: str | Iterable[str] = "block_first",
     block_pooling: str = "max",
     precision: str = "fp32",
+    pooling: str | None = None,
 ) -> BackboneConfig:
-    """Build a validated :class:`BackboneConfig` (same as calling the class)."""
+    """Build a validated :class:`BackboneConfig` (same as calling the class).
+
+    ``pooling`` is the deprecated name of ``block_pooling`` (a FutureWarning says so).
+    """
+    if pooling is not None:
+        block_pooling, note = renamed("pooling", "block_pooling", pooling, block_pooling, "max")
+        warnings.warn(note, FutureWarning, stacklevel=2)
     return BackboneConfig(
         arch=arch, weights=weights, taps=taps, block_pooling=block_pooling, precision=precision
     )
@@ -257,7 +265,7 @@ class Heads:
     C(C+1)/2 values, off-diagonal entries multiplied by √2).
 
     ``pools`` may be a comma-separated string. VLAD needs a fitted dictionary
-    and is computed outside the graph (:mod:`microtex.features.pooling`).
+    and is computed outside the graph (:mod:`microtex.features.vlad`).
 
     Examples
     --------
@@ -274,7 +282,7 @@ class Heads:
             "in-graph pool",
             self.pools,
             GRAPH_POOLS,
-            hints={"vlad": "(VLAD is fitted state, see microtex.features.pooling)"},
+            hints={"vlad": "(VLAD is fitted state, see microtex.features.vlad)"},
         )
         object.__setattr__(self, "pools", pools)
         check_choice("gram_normalization", self.gram_normalization, GRAM_NORMALIZATIONS)

@@ -262,7 +262,7 @@ def export_onnx(
         ``"direct"`` (default): the convolutions as exported. ``"winograd"``:
         every 3×3 convolution with >= 128 input channels is rewritten as
         Winograd F(4×4, 3×3) in stock ONNX operators (:mod:`microtex.engine.winograd`);
-        about 1.5× faster on ONNX Runtime's CPU provider, outputs within about
+        faster on ONNX Runtime's CPU provider, outputs within about
         1e-5 of the largest value. fp32 only. The rewritten layers are listed
         under ``"winograd_layers"`` in the metadata.
 

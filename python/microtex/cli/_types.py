@@ -1,8 +1,17 @@
-"""argparse value types: they turn text into what the library's checks accept."""
+"""argparse value types: text to the values the library's checks accept, with their messages."""
 
 from __future__ import annotations
 
 import argparse
+
+from microtex._validation import check_crop_bottom, check_positive_int
+
+
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def image_size(text: str):
@@ -20,25 +29,15 @@ def image_size(text: str):
 
 def crop_bottom(text: str):
     """A number of rows >= 0, or ``auto``."""
-    if text == "auto":
-        return "auto"
     try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"crop-bottom must be a number of rows >= 0 or 'auto', got {text!r}"
-        )
-    return value
+        return check_crop_bottom(_number(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive(text: str) -> int:
     """An integer >= 1."""
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        return check_positive_int("value", _number(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from microtex._pools import GRAM_LAYOUTS, GRAM_NORMALIZATIONS, POOLS
-from microtex._validation import ON_ERROR
+from microtex._validation import ON_ERROR, renamed
 from microtex.backbones import ARCHITECTURES, BLOCK_POOLINGS, CONV_ALGORITHMS, PRECISIONS
 from microtex.cli._types import crop_bottom, image_size, positive
 from microtex.engine.session import DEVICES
 from microtex.features.plan import ENGINES
+from microtex.features.pooling import GRAM_LAYOUTS, GRAM_NORMALIZATIONS, POOLS
 
 
 def add_parser(subparsers) -> None:
@@ -125,13 +125,12 @@ def run(args) -> int:
         check_writable(args.output)
     except (ValueError, ImportError) as exc:
         raise type(exc)(f"output {args.output!r}: {exc}") from None
-    block_pooling = args.block_pooling
+    block_pooling = args.block_pooling or "max"
     if args.old_pooling is not None:
-        print(
-            "microtex: --pooling is deprecated and will be removed in 0.3; use --block-pooling",
-            file=sys.stderr,
+        block_pooling, note = renamed(
+            "--pooling", "--block-pooling", args.old_pooling, args.block_pooling, unset=None
         )
-        block_pooling = block_pooling or args.old_pooling
+        print(f"microtex: warning: {note}", file=sys.stderr)
     if args.save_bundle:
         target = pathlib.Path(args.save_bundle)
         if target.exists() and not is_bundle(target):
@@ -139,22 +138,14 @@ def run(args) -> int:
                 f"--save-bundle {str(target)!r} exists and is not a microtex bundle; "
                 "choose a new folder"
             )
+    # the options named as the featurizer's parameters pass through as they are
+    same = ("backbone", "weights", "pool", "precision", "conv_algorithm", "gram_normalization",
+            "gram_layout", "n_words", "image_size", "crop_bottom", "batch_size", "device",
+            "engine")  # fmt: skip
     featurizer = TextureFeaturizer(
-        backbone=args.backbone,
-        weights=args.weights,
+        **{name: getattr(args, name) for name in same},
         taps="raw" if args.raw else args.taps,
-        pool=args.pool,
-        block_pooling=block_pooling or "max",
-        precision=args.precision,
-        conv_algorithm=args.conv_algorithm,
-        gram_normalization=args.gram_normalization,
-        gram_layout=args.gram_layout,
-        n_words=args.n_words,
-        image_size=args.image_size,
-        crop_bottom=args.crop_bottom,
-        batch_size=args.batch_size,
-        device=args.device,
-        engine=args.engine,
+        block_pooling=block_pooling,
         n_threads=args.threads,
         random_state=args.seed,
     )

@@ -121,20 +121,15 @@ def _export_to_bytes(
     parameter names) and infers the outputs'.
     """
     torch = require_torch("ONNX export")
+    names = {"input_names": list(input_names), "output_names": list(output_names)}
     with _quiet_exporter(), torch.no_grad():
         if exporter == "torchscript":
             buffer = io.BytesIO()
             torch.onnx.export(
-                module,
-                example_inputs,
-                buffer,
-                dynamo=False,
-                input_names=list(input_names),
-                output_names=list(output_names),
+                module, example_inputs, buffer, dynamo=False, **names, opset_version=opset,
                 dynamic_axes={name: dict(axes) for name, axes in dynamic_axes.items()},
-                opset_version=opset,
                 do_constant_folding=True,
-            )
+            )  # fmt: skip
             return buffer.getvalue()
         try:
             import onnxscript  # noqa: F401
@@ -150,16 +145,9 @@ def _export_to_bytes(
             for axes in (dynamic_axes.get(name, {}) for name in input_names)
         )
         program = torch.onnx.export(
-            module,
-            example_inputs,
-            None,
-            dynamo=True,
-            input_names=list(input_names),
-            output_names=list(output_names),
-            dynamic_shapes=dynamic_shapes,
-            opset_version=opset,
-            verbose=False,
-        )
+            module, example_inputs, None, dynamo=True, **names, opset_version=opset,
+            dynamic_shapes=dynamic_shapes, verbose=False,
+        )  # fmt: skip
         return program.model_proto.SerializeToString()
 
 

@@ -88,10 +88,8 @@ def default_threads() -> int:
         try:
             value = int(env)
         except ValueError:
-            raise ValueError(f"MICROTEX_NUM_THREADS must be an integer, got {env!r}") from None
-        if value < 1:
-            raise ValueError(f"MICROTEX_NUM_THREADS must be >= 1, got {value}")
-        return value
+            value = env
+        return check_positive_int("MICROTEX_NUM_THREADS", value)
     if _CPUS is None or _CPUS[0] != os.getpid():
         try:
             count = len(os.sched_getaffinity(0))

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 from typing import Any
 
-from microtex._pools import GRAM_LAYOUTS, GRAM_NORMALIZATIONS, POOLS, n_pooled_features
+from microtex._pools import GRAM_LAYOUTS, GRAM_NORMALIZATIONS, GRAPH_POOLS, POOLS, n_pooled_features
 from microtex._validation import (
     check_choice,
     check_choices,
@@ -113,7 +113,7 @@ def make_plan(
     check_choice("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
     check_choice("gram_layout", gram_layout, GRAM_LAYOUTS)
     check_choice("engine", engine, ENGINES)
-    if engine == "graph" and "vlad" in pools:
+    if engine == "graph" and not set(pools) <= set(GRAPH_POOLS):
         raise ValueError(
             "engine='graph' cannot compute VLAD (fitted state); use engine='kernels' or 'auto'"
         )

@@ -26,11 +26,15 @@ from microtex._validation import check_choice
 from microtex.engine.session import check_threads, default_threads
 
 __all__ = [
+    "FLOATS",
     "GRAM_LAYOUTS",
     "GRAM_NORMALIZATIONS",
     "POOLS",
+    "check_activations",
+    "check_finite",
     "default_threads",
     "gram",
+    "kernels",
     "max_pool",
     "mean_pool",
     "n_pooled_features",
@@ -88,26 +92,21 @@ def mean_pool(acts, *, n_threads: int | None = None) -> np.ndarray:
     """Mean of each channel over all positions: ``(n_samples, n_channels)``.
 
     ``acts`` is ``(n_samples, n_channels, height, width)``, float32 or float64,
-    any strides; ``n_threads`` defaults to :func:`default_threads`.
+    any strides (every pooling here takes it so); ``n_threads`` defaults to
+    :func:`default_threads`.
 
     Examples
     --------
     >>> import numpy as np
-    >>> mean_pool(np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2))
-    array([[1.5, 5.5]], dtype=float32)
+    >>> acts = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
+    >>> mean_pool(acts), max_pool(acts)
+    (array([[1.5, 5.5]], dtype=float32), array([[3., 7.]], dtype=float32))
     """
     return _mean_max(acts, "mean", n_threads)
 
 
 def max_pool(acts, *, n_threads: int | None = None) -> np.ndarray:
-    """Maximum of each channel over all positions; arguments as :func:`mean_pool`.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> max_pool(np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2))
-    array([[3., 7.]], dtype=float32)
-    """
+    """Maximum of each channel over all positions; arguments and example as :func:`mean_pool`."""
     return _mean_max(acts, "max", n_threads)
 
 
@@ -126,12 +125,10 @@ def gram(
     *,
     n_threads: int | None = None,
 ) -> np.ndarray:
-    """Gram matrices ``F @ F.T`` of each sample, flattened.
+    """Gram matrices ``F @ F.T`` of each sample, flattened; ``acts`` as in :func:`mean_pool`.
 
     Parameters
     ----------
-    acts : ndarray, shape (n_samples, n_channels, height, width)
-        float32 or float64 activations, any strides.
     normalization : {"spatial", "sum", "lubbers"}
         ``"sum"``: G as is (Ling et al.); ``"spatial"``: G / M (Gatys); ``"lubbers"``:
         G / (2 n_channels M), so that plain Euclidean distances are Lubbers' d_ij.
@@ -139,7 +136,7 @@ def gram(
         ``"full"``: ``n_channels**2`` values row-major; ``"triu"``: upper triangle
         row-major, off-diagonal entries multiplied by sqrt(2).
     n_threads : int, optional
-        Threads to use (default :func:`default_threads`).
+        Threads (default :func:`default_threads`).
 
     Returns
     -------

@@ -31,7 +31,14 @@ from microtex.features import pooling
 from microtex.features.plan import RAW_TAP, TexturePlan
 from microtex.features.vlad import fit_vlad_dictionary, vlad_encode
 
-__all__ = ["TexturePipeline", "all_paths", "batches", "iter_inputs", "prefetch"]
+__all__ = [
+    "TexturePipeline",
+    "all_paths",
+    "batches",
+    "graph_conv_algorithm",
+    "iter_inputs",
+    "prefetch",
+]
 
 log = logging.getLogger("microtex.features")
 
@@ -144,6 +151,17 @@ def prefetch(generator, depth: int = 2):
 
 
 # ---------------------------------------------------------------- running
+def graph_conv_algorithm(conv_algorithm: str, config, device: str = "auto") -> str:
+    """``conv_algorithm``, or for ``"auto"`` the one a graph run on ``device`` should use.
+
+    The one rule the featurizer and ``export/export_backbone.py`` share: Winograd
+    for an fp32 graph on the CPU (:func:`microtex.backbones.auto_conv_algorithm`).
+    """
+    # the device matters only for "auto" (and resolving it may raise DeviceError)
+    on_cpu = conv_algorithm != "auto" or runtime.runs_on_cpu(device)
+    return resolve_conv_algorithm(conv_algorithm, config, on_cpu=on_cpu)
+
+
 class TexturePipeline:
     """A plan with its fitted VLAD words and its ONNX Runtime sessions.
 
@@ -171,21 +189,21 @@ class TexturePipeline:
     def __getstate__(self):
         return {**self.__dict__, "sessions": {}}  # sessions are rebuilt on demand
 
+    def needs_fit(self) -> bool:
+        """Whether a pooling needs fitted state (VLAD words), which no graph can compute."""
+        return any(pool not in GRAPH_POOLS for pool in self.plan.pools)
+
     def engine(self) -> str:
         """``"kernels"`` or ``"graph"``: where mean/max/Gram pooling runs."""
         if self.plan.engine != "auto":
             return self.plan.engine
-        if "vlad" in self.plan.pools or self.onnx_path is not None:
+        if self.needs_fit() or self.onnx_path is not None:
             return "kernels"
         return "kernels" if runtime.runs_on_cpu(self.plan.device) else "graph"
 
     def conv_algorithm(self) -> str:
         """The graph's convolution algorithm: the plan's, or for ``"auto"`` the device's."""
-        return resolve_conv_algorithm(
-            self.plan.conv_algorithm,
-            self.plan.config,
-            on_cpu=runtime.runs_on_cpu(self.plan.device),
-        )
+        return graph_conv_algorithm(self.plan.conv_algorithm, self.plan.config, self.plan.device)
 
     def session(self, heads: bool = False) -> runtime.Session:
         """The (cached) session over the activations graph, or the pooling-heads graph."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import warnings
 
@@ -11,6 +10,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from microtex import bundle
+from microtex._validation import renamed
 from microtex.engine.metadata import parse_session_metadata
 from microtex.errors import BundleError
 from microtex.features.plan import bundle_document, check_tiles, make_plan, params_from_bundle
@@ -124,13 +124,10 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         params.pop("random_state")
         old = params.pop("pooling")
         if old != _DEPRECATED:
-            warnings.warn(
-                "TextureFeaturizer(pooling=...) is deprecated and will be removed in "
-                "0.3; use block_pooling=...",
-                FutureWarning,
-                stacklevel=3,
+            params["block_pooling"], note = renamed(
+                "pooling", "block_pooling", old, params["block_pooling"], unset="max"
             )
-            params["block_pooling"] = old
+            warnings.warn(note, FutureWarning, stacklevel=3)
         plan = make_plan(**params)
         self.pipeline_ = TexturePipeline(plan, dictionaries, onnx_path)
         self.taps_, self.config_ = plan.taps, plan.config
@@ -148,8 +145,8 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         patches (see :func:`microtex.featurize`).
         """
         self._build()
-        if "vlad" in self.pipeline_.plan.pools:
-            tiles = check_tiles(tile, tile_stride, self.pipeline_.plan)
+        tiles = check_tiles(tile, tile_stride, self.pipeline_.plan)
+        if self.pipeline_.needs_fit():
             self.pipeline_.fit_vlad(X, self.random_state, on_error, failures, tiles)
         return self
 
@@ -188,12 +185,22 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         return tags
 
     def __setstate__(self, state):
-        if "conv_algorithm" not in state:  # pickled before it existed: a direct graph
-            state = {**state, "conv_algorithm": "direct"}
-            if "pipeline_" in state:
-                plan = dataclasses.replace(state["pipeline_"].plan, conv_algorithm="direct")
-                state["pipeline_"].plan = plan
+        # pickles of microtex 0.1's earlier layout: no block_pooling, maybe no
+        # conv_algorithm (those graphs were direct), fitted state in other attributes
+        state = dict(state)
+        legacy = "conv_algorithm" not in state or "block_pooling" not in state
+        if "block_pooling" not in state:
+            state["block_pooling"], state["pooling"] = state.pop("pooling", "max"), _DEPRECATED
+        state.setdefault("conv_algorithm", "direct")
+        onnx_path = state.pop("_bundle_onnx", {}).get("acts")
+        for key in ("pools_", "raw_", "taps_cnn_", "_sessions"):
+            state.pop(key, None)
+        pipeline = state.get("pipeline_")
         super().__setstate__(state)
+        if "feature_names_out_" in state and (legacy or pipeline is None):
+            if pipeline is not None:
+                onnx_path = pipeline.onnx_path
+            self._build(state.get("vlad_dictionaries_"), onnx_path)
 
     def save(self, directory, *, overwrite: bool = False) -> pathlib.Path:
         """Save as a bundle: the ONNX graph, the VLAD words, a manifest with checksums."""

@@ -63,10 +63,11 @@ def vlad_encode(
 ) -> np.ndarray:
     """VLAD encoding of each sample with a fitted dictionary (hard assignment).
 
+    ``acts`` is ``(n_samples, n_channels, height, width)`` as for every pooling
+    (:func:`microtex.features.pooling.mean_pool`).
+
     Parameters
     ----------
-    acts : ndarray, shape (n_samples, n_channels, height, width)
-        float32 or float64 activations, any strides.
     dictionary : ndarray, shape (n_words, n_channels)
         Visual words, e.g. from :func:`fit_vlad_dictionary`.
     intra_normalize, signed_sqrt, l2_normalize : bool

@@ -44,7 +44,7 @@ from PIL import Image
 
 from microtex.errors import ImageReadError
 
-__all__ = ["as_float_image"]
+__all__ = ["as_float_image", "decode_file"]
 
 logger = logging.getLogger("microtex.io")
 
@@ -249,7 +249,7 @@ def _decode_tiff(path: Path) -> tuple[np.ndarray, dict]:
     }
 
 
-def _decode(path: Path) -> tuple[np.ndarray, dict]:
+def decode_file(path: Path) -> tuple[np.ndarray, dict]:
     """Decode ``path`` to float32 gray; every failure becomes ImageReadError."""
     try:
         stat = path.stat()

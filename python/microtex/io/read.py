@@ -13,7 +13,7 @@ import numpy as np
 
 from microtex._validation import CropBottom, Size, check_crop_bottom, check_on_error, check_size
 from microtex.errors import ImageReadError
-from microtex.io.decode import _decode
+from microtex.io.decode import decode_file
 from microtex.io.preprocess import prepare_image
 
 __all__ = [
@@ -91,7 +91,7 @@ class ImageBatch(NamedTuple):
 
 def _read(path: PathLike, crop_bottom: CropBottom, size: Size) -> tuple[np.ndarray, ImageInfo]:
     path = Path(path)
-    gray, meta = _decode(path)
+    gray, meta = decode_file(path)
     original_shape = gray.shape
     gray, rows = prepare_image(gray, crop_bottom=crop_bottom, size=size, name=str(path))
     info = ImageInfo(
