@@ -13,7 +13,7 @@ Examples
 --------
 python export/validate_onnx.py
 python export/validate_onnx.py --taps block_last --heads mean,max,gram --sizes 67x45,224x224
-python export/validate_onnx.py --images ../shared/data/metaldam/some.png
+python export/validate_onnx.py --images micrographs/some.png
 python export/validate_onnx.py --device cuda --precision fp16 --heads mean,gram
 python export/validate_onnx.py --conv-algorithm winograd --heads mean,gram
 """

@@ -1,4 +1,4 @@
-"""What a pooling is called and how long its descriptor is (DESIGN.md §4).
+"""What a pooling is called and how long its descriptor is.
 
 Shared by the C++ kernels' wrappers (:mod:`microtex.features.pooling`), the
 pooling heads inside exported graphs (:mod:`microtex.backbones`) and the

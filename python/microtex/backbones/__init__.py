@@ -1,7 +1,5 @@
 """VGG backbones: layer names, tap presets, configuration, weights, the torch graph and its export.
 
-DESIGN.md §3 (backbones) and the in-graph part of §4 (pooling heads).
-
 * :mod:`~microtex.backbones.layers`: architectures, layer names, presets, taps.
 * :mod:`~microtex.backbones.config`: :class:`BackboneConfig`, :class:`Heads`,
   output names and sizes, the trunk and convolution-algorithm options.

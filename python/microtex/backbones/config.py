@@ -1,7 +1,6 @@
 """What backbone graph to build: configuration, pooling heads, output names and options.
 
-DESIGN.md §3 (backbones) and the in-graph part of §4 (pooling heads). Nothing
-here imports PyTorch, ONNX or ONNX Runtime.
+Nothing here imports PyTorch, ONNX or ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ BLOCK_POOLINGS: tuple[str, ...] = ("max", "avg")
 #: Arithmetic of the convolutions. ``"fp16"`` is meant for CUDA: the image is
 #: normalized in float32, the 3x3 convolutions and the poolings between blocks
 #: run in float16, and every tap is cast back to float32 before it leaves the
-#: graph or enters a pooling head (Gram, mean and max stay float32, DESIGN §4).
+#: graph or enters a pooling head (Gram, mean and max stay float32).
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 #: How an exported graph computes the trunk's 3×3 convolutions: ``"direct"`` as
 #: PyTorch defines them, or ``"winograd"`` (F(4×4, 3×3), :mod:`microtex.engine.winograd`)
@@ -255,7 +254,7 @@ def resolve_conv_algorithm(conv_algorithm: str, config: BackboneConfig, *, on_cp
 
 @dataclasses.dataclass(frozen=True)
 class Heads:
-    """Pooling heads computed inside the exported graph (DESIGN §4).
+    """Pooling heads computed inside the exported graph.
 
     Outputs are named ``"{tap}/{pool}"``, each ``(n, n_features)``: ``mean``
     and ``max`` over the H·W positions (C values); ``gram`` G = F Fᵀ with F the

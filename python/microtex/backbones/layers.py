@@ -1,4 +1,4 @@
-"""VGG layer names, tap presets, channels and the forward plan (DESIGN.md §3).
+"""VGG layer names, tap presets, channels and the forward plan.
 
 Layer names are ``conv{block}_{i}`` (convolution output, before the ReLU) and
 ``relu{block}_{i}`` (after the ReLU); a 2×2 stride-2 pooling sits between

@@ -1,4 +1,4 @@
-"""The VGG backbone as a PyTorch module, and its ONNX export and cache (DESIGN.md §3, §4).
+"""The VGG backbone as a PyTorch module, and its ONNX export and cache.
 
 Input of every graph: ``"image"``, a float32 batch ``(n, 1, height, width)``
 in [0, 1]; it is replicated to three channels and normalized inside the graph

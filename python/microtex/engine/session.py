@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions: execution providers, device resolution and threads (DESIGN.md §2).
+"""ONNX Runtime sessions: execution providers, device resolution and threads.
 
 Every network microtex runs at inference time goes through :class:`Session`,
 whatever the model: it feeds named inputs, checked against the shapes the ONNX

@@ -1,4 +1,4 @@
-"""Mean, max and Gram pooling of CNN activations (DESIGN.md §4); VLAD is in :mod:`.vlad`.
+"""Mean, max and Gram pooling of CNN activations; VLAD is in :mod:`.vlad`.
 
 Every function takes a batch of activations ``(n_samples, n_channels, height,
 width)`` in float32 or float64 — any memory layout, no copy is made — and

@@ -1,4 +1,4 @@
-"""VLAD: a fitted dictionary of activation vectors and the encoding against it (DESIGN.md §4).
+"""VLAD: a fitted dictionary of activation vectors and the encoding against it.
 
 Each column of ``F`` (one activation vector per position) is assigned to its
 nearest dictionary word ``c_k``; ``v_k = sum_{j -> k} (F[:, j] - c_k)``; then

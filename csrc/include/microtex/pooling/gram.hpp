@@ -1,4 +1,4 @@
-// Gram pooling (DESIGN.md §4): G = F F^T per sample (F is c x h*w), float
+// Gram pooling: G = F F^T per sample (F is c x h*w), float
 // tiles accumulated in double; normalization sum | spatial (/M) | lubbers
 // (/(2 c M)); layout full (c*c) or triu (c(c+1)/2, off-diagonal * sqrt 2).
 // Outputs go to a caller-owned, C-contiguous (n, n_features) buffer.

@@ -1,4 +1,4 @@
-// Mean and max pooling (DESIGN.md §4): per channel over the h*w positions,
+// Mean and max pooling: per channel over the h*w positions,
 // the sum accumulated in double. Outputs go to caller-owned, C-contiguous
 // (n, c) buffers. Header-only; no Python headers.
 #pragma once

@@ -1,4 +1,4 @@
-// VLAD pooling (DESIGN.md §4): hard nearest-word assignment,
+// VLAD pooling: hard nearest-word assignment,
 // v_k = sum (x - c_k); optional intra-normalization, signed square root,
 // global L2. Outputs go to a caller-owned, C-contiguous (n, K*c) buffer.
 // Header-only; no Python headers.
