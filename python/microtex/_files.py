@@ -12,11 +12,13 @@ import contextlib
 import hashlib
 import os
 import pathlib
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
 
 __all__ = [
+    "atomic_directory",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -102,6 +104,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _sibling_directory(path: pathlib.Path, suffix: str) -> pathlib.Path:
+    return pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Iterator[pathlib.Path]:
+    """A fresh temporary sibling directory to fill; it becomes ``path`` when the block succeeds.
+
+    With ``replace`` an existing directory at ``path`` is swapped out (and put
+    back if the swap fails). If the block raises, the temporary directory is
+    removed and ``path`` is left as it was.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = _sibling_directory(path, ".tmp")
+    try:
+        yield staging
+        os.chmod(staging, 0o755)  # mkdtemp makes 0700
+        if not replace:
+            os.rename(staging, path)
+            return
+        backup = _sibling_directory(path, ".old")
+        backup.rmdir()
+        os.rename(path, backup)
+        try:
+            os.rename(staging, path)
+        except BaseException:
+            os.rename(backup, path)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:

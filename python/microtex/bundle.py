@@ -30,7 +30,6 @@ import os
 import pathlib
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -78,15 +77,19 @@ _V1_KINDS = {"TextureFeaturizer": "texture-featurizer"}
 _KIND_NAME = re.compile(r"[a-z][a-z0-9-]*")
 
 
+def _check_kind(name: object) -> str:
+    if not isinstance(name, str) or not _KIND_NAME.fullmatch(name):
+        raise ValueError(f"bundle kind must be lower-case words joined by '-', not {name!r}")
+    return name
+
+
 def register_kind(name: str, loader: Callable[[Bundle], Any], *, version: int = 1) -> None:
     """Make :func:`load_bundle` build bundles of kind ``name`` with ``loader(bundle)``.
 
     ``version`` is the kind's own layout version: a bundle written with a
     newer one is refused rather than misread.
     """
-    if not isinstance(name, str) or not _KIND_NAME.fullmatch(name):
-        raise ValueError(f"bundle kind must be lower-case words joined by '-', not {name!r}")
-    _KINDS[name] = _Kind(loader, int(version))
+    _KINDS[_check_kind(name)] = _Kind(loader, int(version))
 
 
 def kinds() -> tuple[str, ...]:
@@ -232,8 +235,7 @@ def save_bundle(
     """
     from microtex import __version__
 
-    if not isinstance(kind, str) or not _KIND_NAME.fullmatch(kind):
-        raise ValueError(f"bundle kind must be lower-case words joined by '-', not {kind!r}")
+    _check_kind(kind)
     target = pathlib.Path(directory).absolute()
     names = {_check_name(name): source for name, source in files.items()}
     try:
@@ -259,11 +261,7 @@ def save_bundle(
         else:
             replace_existing = True  # an empty directory
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(
-        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    )
-    try:
+    with _files.atomic_directory(target, replace=replace_existing) as staging:
         checksums = {
             name: _write_source(source, staging / name) for name, source in sorted(names.items())
         }
@@ -276,30 +274,7 @@ def save_bundle(
             "files": checksums,
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.chmod(staging, 0o755)  # mkdtemp makes 0700
-        if replace_existing:
-            _swap_into_place(staging, target)
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
-
-
-def _swap_into_place(staging: pathlib.Path, target: pathlib.Path) -> None:
-    """Replace directory ``target`` by ``staging``, restoring ``target`` if that fails."""
-    backup = pathlib.Path(
-        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
-    )
-    backup.rmdir()
-    os.rename(target, backup)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        os.rename(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def _check_types(manifest: dict, path: pathlib.Path, *expected: tuple[str, type]) -> None:
