@@ -6,9 +6,10 @@ import argparse
 import runpy
 
 import pytest
-from _vgg_helpers import EXPORT_DIR
 
 from microtex.engine.metadata import read_metadata
+
+from _vgg_helpers import EXPORT_DIR
 
 
 @pytest.mark.torch

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from _vgg_helpers import VGG16_LAYERS, VGG19_LAYERS
 
 from microtex import backbones
 from microtex.errors import UnknownLayerError
+
+from _vgg_helpers import VGG16_LAYERS, VGG19_LAYERS
 
 
 def test_layer_names_golden():

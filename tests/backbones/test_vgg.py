@@ -11,6 +11,12 @@ import pathlib
 
 import numpy as np
 import pytest
+
+from microtex import backbones
+from microtex.backbones import BackboneConfig, Heads, vgg
+from microtex.engine import export as engine_export
+from microtex.engine.metadata import read_metadata
+
 from _vgg_helpers import (
     build_module,
     fake_vgg16_state,
@@ -20,11 +26,6 @@ from _vgg_helpers import (
     run_both,
     save_state,
 )
-
-from microtex import backbones
-from microtex.backbones import BackboneConfig, Heads, vgg
-from microtex.engine import export as engine_export
-from microtex.engine.metadata import read_metadata
 
 
 def test_reference_pool_golden():

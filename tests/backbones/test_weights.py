@@ -9,6 +9,12 @@ import socket
 
 import numpy as np
 import pytest
+
+from microtex import backbones
+from microtex.backbones import BackboneConfig
+from microtex.backbones.weights import IMAGENET_MEAN, IMAGENET_STD
+from microtex.errors import WeightsError
+
 from _vgg_helpers import (
     CAFFE_MEAN_BGR,
     TORCHVISION_VGG16_CONVS,
@@ -18,11 +24,6 @@ from _vgg_helpers import (
     fake_vgg16_state,
     save_state,
 )
-
-from microtex import backbones
-from microtex.backbones import BackboneConfig
-from microtex.backbones.weights import IMAGENET_MEAN, IMAGENET_STD
-from microtex.errors import WeightsError
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ Definitions, with ``F`` the ``n_channels x M`` activation matrix of one sample
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from microtex._pools import GRAM_LAYOUTS, GRAM_NORMALIZATIONS, POOLS, n_pooled_features
@@ -43,6 +45,7 @@ __all__ = [
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+@functools.cache
 def kernels():
     """The compiled extension ``microtex._kernels`` (imported on first use)."""
     from microtex import _kernels
