@@ -44,6 +44,13 @@ def machine() -> dict:
         info["microtex_simd"] = _kernels.simd_level()
     except ImportError:
         pass
+    # NumPy's BLAS kernel: OPENBLAS_CORETYPE (set on some machines for old OpenBLAS
+    # builds) can hold a current OpenBLAS to a slower kernel than the CPU supports
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    info["numpy_blas"] = [f"{i.get('internal_api')} {i.get('architecture')}" for i in blas]
+    info["openblas_coretype_env"] = os.environ.get("OPENBLAS_CORETYPE")
     return info
 
 
