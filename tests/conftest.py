@@ -60,6 +60,18 @@ def shallow_onnx(shallow_config):
     return cached_onnx(shallow_config)
 
 
+@pytest.fixture
+def broken_exporter(monkeypatch):
+    """Every ONNX export fails inside the exporter with ``RuntimeError("exporter exploded")``."""
+    pytest.importorskip("torch")
+    from microtex.engine import export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(export, "_export_to_bytes", broken)
+
+
 def _smooth_field(shape, random_state=0, passes=4):
     """A smooth random texture in [0, 1], float32, of ``shape`` (..., height, width)."""
     rng = np.random.default_rng(random_state)

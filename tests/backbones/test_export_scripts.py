@@ -12,11 +12,16 @@ from microtex.engine.metadata import read_metadata
 from _vgg_helpers import EXPORT_DIR
 
 
+def scripts() -> tuple[dict, dict]:
+    """The namespaces of export_backbone.py and validate_onnx.py."""
+    return tuple(runpy.run_path(str(EXPORT_DIR / name))
+                 for name in ("export_backbone.py", "validate_onnx.py"))  # fmt: skip
+
+
 @pytest.mark.torch
 def test_export_scripts(tmp_path, capsys):
     pytest.importorskip("torch")
-    export = runpy.run_path(str(EXPORT_DIR / "export_backbone.py"))
-    validate = runpy.run_path(str(EXPORT_DIR / "validate_onnx.py"))
+    export, validate = scripts()
     out = tmp_path / "relu1_1.onnx"
     assert export["main"](["--taps", "relu1_1", "--heads", "mean,gram", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -52,8 +57,7 @@ def test_export_scripts(tmp_path, capsys):
 @pytest.mark.torch
 def test_export_script_writes_a_winograd_graph(tmp_path, capsys):
     pytest.importorskip("torch")
-    export = runpy.run_path(str(EXPORT_DIR / "export_backbone.py"))
-    validate = runpy.run_path(str(EXPORT_DIR / "validate_onnx.py"))
+    export, validate = scripts()
     out = tmp_path / "w.onnx"
     arguments = ["--taps", "relu3_1", "--conv-algorithm", "winograd"]
     assert export["main"]([*arguments, "-o", str(out)]) == 0
@@ -67,8 +71,7 @@ def test_export_script_writes_a_winograd_graph(tmp_path, capsys):
 @pytest.mark.torch
 def test_block_pooling_option_and_its_deprecated_alias(tmp_path, capsys):
     pytest.importorskip("torch")
-    export = runpy.run_path(str(EXPORT_DIR / "export_backbone.py"))
-    validate = runpy.run_path(str(EXPORT_DIR / "validate_onnx.py"))
+    export, validate = scripts()
     new, old = tmp_path / "new.onnx", tmp_path / "old.onnx"
     assert export["main"](["--taps", "relu2_1", "--block-pooling", "avg", "-o", str(new)]) == 0
     assert "deprecated" not in capsys.readouterr().err

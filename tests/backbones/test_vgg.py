@@ -14,7 +14,6 @@ import pytest
 
 from microtex import backbones
 from microtex.backbones import BackboneConfig, Heads, vgg
-from microtex.engine import export as engine_export
 from microtex.engine.metadata import read_metadata
 
 from _vgg_helpers import (
@@ -241,13 +240,7 @@ def test_onnx_metadata(default_config, default_onnx):
 
 
 @pytest.mark.torch
-def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
-    pytest.importorskip("torch")
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("exporter exploded")
-
-    monkeypatch.setattr(engine_export, "_export_to_bytes", broken)
+def test_failed_export_leaves_nothing(tmp_path, broken_exporter):
     with pytest.raises(RuntimeError, match="exploded"):
         backbones.export_onnx(BackboneConfig(taps="relu1_1"), tmp_path / "out.onnx")
     assert list(tmp_path.iterdir()) == []

@@ -83,18 +83,8 @@ def test_featurize_taps_and_pools_to_csv_and_parquet(
         pytest.importorskip("pyarrow")
     output = tmp_path / f"features{suffix}"
     code, out, err = run(
-        capsys,
-        "featurize",
-        image_dir,
-        "-o",
-        output,
-        "--taps",
-        "relu1_1",
-        "--pool",
-        "mean,max",
-        "--no-progress",
-        "--threads",
-        "1",
+        capsys, "featurize", image_dir, "-o", output, "--taps", "relu1_1", "--pool", "mean,max",
+        "--no-progress", "--threads", "1"
     )
     assert code == 0, err
     table = FeatureTable.read(output)
@@ -198,16 +188,8 @@ def test_featurize_image_size(tmp_path, capsys, size, expected_max):
     save_png(tmp_path / "dot.png", image)
     output = tmp_path / "f.csv"
     code, _, err = run(
-        capsys,
-        "featurize",
-        tmp_path / "dot.png",
-        "-o",
-        output,
-        "--raw",
-        "--pool",
-        "max",
-        "--image-size",
-        size,
+        capsys, "featurize", tmp_path / "dot.png", "-o", output, "--raw", "--pool", "max",
+        "--image-size", size
     )
     assert code == 0, err
     np.testing.assert_allclose(FeatureTable.read(output).features, [[expected_max]], rtol=1e-6)
@@ -221,16 +203,8 @@ def test_featurize_crop_bottom(tmp_path, capsys):
     for crop in ("0", "3", "4"):
         output = tmp_path / f"crop{crop}.npz"
         code, _, err = run(
-            capsys,
-            "featurize",
-            tmp_path / "banded.png",
-            "-o",
-            output,
-            "--raw",
-            "--pool",
-            "max,mean",
-            "--crop-bottom",
-            crop,
+            capsys, "featurize", tmp_path / "banded.png", "-o", output, "--raw", "--pool",
+            "max,mean", "--crop-bottom", crop
         )
         assert code == 0, err
         results[crop] = FeatureTable.read(output).features[0]
@@ -254,14 +228,8 @@ def test_featurize_auto_crop_is_reported(tmp_path, capsys, verbose):
     expected = np.round(body * 255).mean() / 255
     np.testing.assert_allclose(table.features[:, 0], [expected, expected], rtol=1e-6)
     code, _, err = run(
-        capsys,
-        "featurize",
-        tmp_path / "b_plain.png",
-        "-o",
-        output,
-        "--raw",
-        "--crop-bottom",
-        "auto",
+        capsys, "featurize", tmp_path / "b_plain.png", "-o", output, "--raw", "--crop-bottom",
+        "auto"
     )
     assert code == 0 and "auto-crop: no bottom info band found in 1 images" in err
 
@@ -269,18 +237,8 @@ def test_featurize_auto_crop_is_reported(tmp_path, capsys, verbose):
 def test_featurize_tiles(image_dir, tmp_path, capsys):
     output = tmp_path / "tiles.npz"
     code, out, err = run(
-        capsys,
-        "featurize",
-        image_dir,
-        "-o",
-        output,
-        "--raw",
-        "--pool",
-        "mean",
-        "--tile",
-        "16",
-        "--tile-stride",
-        "12",
+        capsys, "featurize", image_dir, "-o", output, "--raw", "--pool", "mean", "--tile", "16",
+        "--tile-stride", "12"
     )
     assert code == 0, err
     # 40x40 images, 16-pixel tiles every 12 pixels: origins 0, 12, 24 on each axis
@@ -326,21 +284,8 @@ def test_featurize_save_bundle_with_vlad(cnn_relu1, image_dir, tmp_path, capsys)
     output = tmp_path / "f.npz"
     bundle = tmp_path / "model"
     code, _, err = run(
-        capsys,
-        "featurize",
-        image_dir,
-        "-o",
-        output,
-        "--taps",
-        "relu1_1",
-        "--pool",
-        "mean,vlad",
-        "--n-words",
-        "3",
-        "--seed",
-        "5",
-        "--save-bundle",
-        bundle,
+        capsys, "featurize", image_dir, "-o", output, "--taps", "relu1_1", "--pool", "mean,vlad",
+        "--n-words", "3", "--seed", "5", "--save-bundle", bundle
     )
     assert code == 0, err
     assert "bad.png" in err  # skipped while fitting VLAD words too
@@ -380,14 +325,8 @@ def test_featurize_all_inputs_bad(tmp_path, capsys):
     (tmp_path / "y.png").write_bytes(b"")
     output = tmp_path / "f.npz"
     code, out, err = run(
-        capsys,
-        "featurize",
-        tmp_path / "x.png",
-        tmp_path / "y.png",
-        tmp_path / "z.png",
-        "-o",
-        output,
-        "--raw",
+        capsys, "featurize", tmp_path / "x.png", tmp_path / "y.png", tmp_path / "z.png", "-o",
+        output, "--raw"
     )
     assert code == 1
     for name in ("x.png", "y.png", "z.png"):
@@ -516,34 +455,16 @@ def test_deprecated_pooling_option_still_works_and_says_so(cnn_files, tmp_path, 
     for option in ("--pooling", "--block-pooling"):
         output = tmp_path / f"{option.strip('-')}.npz"
         code, _, err = run(
-            capsys,
-            "featurize",
-            *cnn_files,
-            "-o",
-            output,
-            "--taps",
-            "relu2_1",
-            "--pool",
-            "mean",
-            option,
-            "avg",
-            "--no-progress",
+            capsys, "featurize", *cnn_files, "-o", output, "--taps", "relu2_1", "--pool", "mean",
+            option, "avg", "--no-progress"
         )
         assert code == 0, err
         assert ("--pooling is deprecated" in err) == (option == "--pooling")
         outputs[option] = FeatureTable.read(output).features
     np.testing.assert_array_equal(outputs["--pooling"], outputs["--block-pooling"])
     code, _, err = run(
-        capsys,
-        "featurize",
-        *cnn_files,
-        "-o",
-        tmp_path / "max.npz",
-        "--taps",
-        "relu2_1",
-        "--pool",
-        "mean",
-        "--no-progress",
+        capsys, "featurize", *cnn_files, "-o", tmp_path / "max.npz", "--taps", "relu2_1",
+        "--pool", "mean", "--no-progress"
     )
     assert (
         np.abs(FeatureTable.read(tmp_path / "max.npz").features - outputs["--pooling"]).max() > 1e-3

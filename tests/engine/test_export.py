@@ -113,13 +113,7 @@ def test_export_options_are_checked_before_any_work():
 
 
 @pytest.mark.torch
-def test_failed_export_raises_and_writes_nothing(tmp_path, monkeypatch):
-    pytest.importorskip("torch")
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("exporter exploded")
-
-    monkeypatch.setattr(export, "_export_to_bytes", broken)
+def test_failed_export_raises_and_writes_nothing(tmp_path, broken_exporter):
     with pytest.raises(RuntimeError, match="exploded"):
         export_two_in_two_out()
     assert list(tmp_path.iterdir()) == []

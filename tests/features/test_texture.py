@@ -879,20 +879,15 @@ def test_sklearn_estimator_checks():
     """
     from sklearn.utils import estimator_checks as checks
 
+    applicable = (
+        "no_attributes_set_in_init", "parameters_default_constructible", "get_params_invariance",
+        "set_params", "dont_overwrite_parameters", "estimator_cloneable", "estimator_repr",
+        "mixin_order", "valid_tag_types", "estimator_tags_renamed",
+        "do_not_raise_errors_in_init_or_set_params", "estimators_overwrite_params",
+    )  # fmt: skip
     for estimator in (TextureFeaturizer(), TextureFeaturizer(taps="raw", pool="mean,max")):
-        name = type(estimator).__name__
-        checks.check_no_attributes_set_in_init(name, estimator)
-        checks.check_parameters_default_constructible(name, estimator)
-        checks.check_get_params_invariance(name, estimator)
-        checks.check_set_params(name, estimator)
-        checks.check_dont_overwrite_parameters(name, estimator)
-        checks.check_estimator_cloneable(name, estimator)
-        checks.check_estimator_repr(name, estimator)
-        checks.check_mixin_order(name, estimator)
-        checks.check_valid_tag_types(name, estimator)
-        checks.check_estimator_tags_renamed(name, estimator)
-        checks.check_do_not_raise_errors_in_init_or_set_params(name, estimator)
-        checks.check_estimators_overwrite_params(name, estimator)
+        for check in applicable:
+            getattr(checks, f"check_{check}")(type(estimator).__name__, estimator)
 
 
 def test_pickle_round_trip(rng):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +11,9 @@ from PIL import Image, ImageFile
 from microtex import io
 from microtex.errors import ImageReadError
 
+from _io_helpers import save, valid_bytes
+
 tifffile = pytest.importorskip("tifffile")
-
-
-def _save(array: np.ndarray, path: Path, **kwargs) -> Path:
-    Image.fromarray(array).save(path, **kwargs)
-    return path
 
 
 # --------------------------------------------------------------------------- values
@@ -26,7 +22,7 @@ def _save(array: np.ndarray, path: Path, **kwargs) -> Path:
 def test_gray_png_exact_value(tmp_path):
     array = np.full((5, 7), 51, np.uint8)
     array[0, 0], array[1, 1] = 0, 255
-    image = io.read_image(_save(array, tmp_path / "gray.png"))
+    image = io.read_image(save(array, tmp_path / "gray.png"))
     assert image.dtype == np.float32 and image.shape == (5, 7)
     assert image.flags.c_contiguous
     assert image[2, 2] == np.float32(0.2)
@@ -40,7 +36,7 @@ def test_16bit_exact_values(tmp_path, suffix):
     if suffix == ".tif":
         tifffile.imwrite(path, array)
     else:
-        _save(array, path)  # Pillow writes mode I;16 as a 16-bit PNG
+        save(array, path)  # Pillow writes mode I;16 as a 16-bit PNG
     image, info = io.read_image_with_info(path)
     np.testing.assert_allclose(image, array / 65535.0, rtol=1e-7, atol=0)
     assert image[0, 2] == 1.0
@@ -60,7 +56,7 @@ def test_rgb_becomes_luminance(tmp_path, suffix):
     if suffix == ".tif":
         tifffile.imwrite(path, array, photometric="rgb")
     else:
-        _save(array, path)
+        save(array, path)
     image = io.read_image(path)
     np.testing.assert_allclose(image[:, 0], [0.299, 0.587, 0.114], rtol=1e-6)
     np.testing.assert_allclose(image[:, 3], 1.0, rtol=1e-6)
@@ -69,8 +65,8 @@ def test_rgb_becomes_luminance(tmp_path, suffix):
 def test_grayscale_saved_as_rgb_equals_gray(tmp_path):
     gray = (np.arange(64, dtype=np.uint8) * 4).reshape(8, 8)
     rgb = np.repeat(gray[..., None], 3, axis=2)
-    from_gray = io.read_image(_save(gray, tmp_path / "g.png"))
-    from_rgb = io.read_image(_save(rgb, tmp_path / "rgb.png"))
+    from_gray = io.read_image(save(gray, tmp_path / "g.png"))
+    from_rgb = io.read_image(save(rgb, tmp_path / "rgb.png"))
     np.testing.assert_array_equal(from_rgb, from_gray)
 
 
@@ -93,14 +89,14 @@ def test_rgba_and_la_ignore_alpha(tmp_path):
     alpha = rng.integers(0, 256, (6, 5, 1), dtype=np.uint8)
     rgba = np.concatenate([rgb, alpha], axis=2)
     np.testing.assert_array_equal(
-        io.read_image(_save(rgba, tmp_path / "rgba.png")),
-        io.read_image(_save(rgb, tmp_path / "rgb.png")),
+        io.read_image(save(rgba, tmp_path / "rgba.png")),
+        io.read_image(save(rgb, tmp_path / "rgb.png")),
     )
     gray = rgb[..., 0]
     la = Image.merge("LA", [Image.fromarray(gray), Image.fromarray(alpha[..., 0])])
     la.save(tmp_path / "la.png")
     np.testing.assert_array_equal(
-        io.read_image(tmp_path / "la.png"), io.read_image(_save(gray, tmp_path / "l.png"))
+        io.read_image(tmp_path / "la.png"), io.read_image(save(gray, tmp_path / "l.png"))
     )
 
 
@@ -118,7 +114,7 @@ def test_palette_matches_rgb_equivalent(tmp_path, transparency):
     rgb_equivalent = palette[index]
     image, info = io.read_image_with_info(tmp_path / "p.png")
     assert info.mode == "P"
-    np.testing.assert_array_equal(image, io.read_image(_save(rgb_equivalent, tmp_path / "e.png")))
+    np.testing.assert_array_equal(image, io.read_image(save(rgb_equivalent, tmp_path / "e.png")))
 
 
 def test_palette_tiff(tmp_path):
@@ -168,7 +164,7 @@ def test_float_tiff_kept_or_min_max_scaled(tmp_path):
 def test_lzw_tiff_falls_back_to_pillow(tmp_path):
     # tifffile needs the optional imagecodecs package for LZW; Pillow decodes it.
     array = (np.arange(48, dtype=np.uint16) * 1365).reshape(6, 8)
-    path = _save(array, tmp_path / "lzw16.tif", compression="tiff_lzw")
+    path = save(array, tmp_path / "lzw16.tif", compression="tiff_lzw")
     image, info = io.read_image_with_info(path)
     np.testing.assert_allclose(image, array / 65535.0, rtol=1e-7)
     assert info.format == "TIFF" and info.bit_depth == 16
@@ -176,33 +172,21 @@ def test_lzw_tiff_falls_back_to_pillow(tmp_path):
 
 def test_jpeg_and_bmp(tmp_path):
     array = np.full((16, 16), 128, np.uint8)
-    image, info = io.read_image_with_info(_save(array, tmp_path / "a.jpg", quality=95))
+    image, info = io.read_image_with_info(save(array, tmp_path / "a.jpg", quality=95))
     np.testing.assert_allclose(image, 128 / 255, atol=2 / 255)
     assert info.format == "JPEG"
     np.testing.assert_array_equal(
-        io.read_image(_save(array, tmp_path / "a.bmp")), np.float32(128) / np.float32(255)
+        io.read_image(save(array, tmp_path / "a.bmp")), np.float32(128) / np.float32(255)
     )
 
 
 def test_format_recognized_by_content_not_name(tmp_path):
-    path = _save(np.full((3, 3), 51, np.uint8), tmp_path / "really_a_png.tif", format="PNG")
+    path = save(np.full((3, 3), 51, np.uint8), tmp_path / "really_a_png.tif", format="PNG")
     image, info = io.read_image_with_info(path)
     assert info.format == "PNG" and image[0, 0] == np.float32(0.2)
 
 
 # --------------------------------------------------------------------------- errors
-
-
-def _valid_png(tmp_path) -> bytes:
-    rng = np.random.default_rng(0)
-    path = _save(rng.integers(0, 256, (64, 64), dtype=np.uint8), tmp_path / "valid.png")
-    return path.read_bytes()
-
-
-def _valid_jpeg(tmp_path) -> bytes:
-    rng = np.random.default_rng(0)
-    path = _save(rng.integers(0, 256, (64, 64), dtype=np.uint8), tmp_path / "valid.jpg")
-    return path.read_bytes()
 
 
 def _valid_tiff(tmp_path) -> bytes:
@@ -213,8 +197,8 @@ def _valid_tiff(tmp_path) -> bytes:
 @pytest.mark.parametrize(
     ("name", "make"),
     [
-        ("truncated.png", lambda t: _valid_png(t)[: len(_valid_png(t)) // 2]),
-        ("truncated.jpg", lambda t: _valid_jpeg(t)[: len(_valid_jpeg(t)) // 2]),
+        ("truncated.png", lambda t: valid_bytes(t, ".png")[: len(valid_bytes(t, ".png")) // 2]),
+        ("truncated.jpg", lambda t: valid_bytes(t, ".jpg")[: len(valid_bytes(t, ".jpg")) // 2]),
         ("truncated.tif", lambda t: _valid_tiff(t)[: len(_valid_tiff(t)) // 2]),
         ("text.png", lambda t: b"this is a text file, not an image\n"),
         ("empty.png", lambda t: b""),
@@ -236,13 +220,13 @@ def test_unreadable_files_raise_image_read_error(tmp_path, name, make):
 def test_directory_and_unsupported_format(tmp_path):
     with pytest.raises(ImageReadError, match="directory"):
         io.read_image(tmp_path)
-    _save(np.zeros((4, 4), np.uint8), tmp_path / "a.gif")
+    save(np.zeros((4, 4), np.uint8), tmp_path / "a.gif")
     with pytest.raises(ImageReadError, match="GIF"):
         io.read_image(tmp_path / "a.gif")
 
 
 def test_large_image_warning_is_logged_and_bomb_is_an_error(tmp_path, monkeypatch, caplog):
-    path = _save(np.zeros((20, 20), np.uint8), tmp_path / "big.png")
+    path = save(np.zeros((20, 20), np.uint8), tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 400 px: warning, not error
     with caplog.at_level(logging.DEBUG, logger="microtex.io"):
         assert io.read_image(path).shape == (20, 20)

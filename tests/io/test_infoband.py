@@ -7,23 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from microtex import io
 
+from _io_helpers import save, texture
+
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-RNG_SEED = 20240611
-
-
-def _save(array: np.ndarray, path: Path, **kwargs) -> Path:
-    Image.fromarray(array).save(path, **kwargs)
-    return path
-
-
-def _texture(shape=(64, 80), seed=RNG_SEED) -> np.ndarray:
-    """Random mid-gray texture in [0.15, 0.85], float32."""
-    rng = np.random.default_rng(seed)
-    return rng.uniform(0.15, 0.85, size=shape).astype(np.float32)
 
 
 def _with_band(body: np.ndarray, rows: int, colour: float, text: float) -> np.ndarray:
@@ -42,9 +31,9 @@ def _with_band(body: np.ndarray, rows: int, colour: float, text: float) -> np.nd
 
 @pytest.mark.parametrize(("colour", "text"), [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)])
 def test_auto_crop_finds_synthetic_band(tmp_path, caplog, colour, text):
-    body = _texture((100, 120))
+    body = texture((100, 120))
     array = _with_band(body, 14, colour, text)
-    path = _save((array * 255).round().astype(np.uint8), tmp_path / "band.png")
+    path = save((array * 255).round().astype(np.uint8), tmp_path / "band.png")
     with caplog.at_level(logging.INFO, logger="microtex.io"):
         image, info = io.read_image_with_info(path, crop_bottom="auto")
     assert info.rows_cropped == 14
@@ -63,7 +52,7 @@ def test_auto_crop_band_on_dark_texture():
 
 
 def test_auto_crop_after_downsampling_within_a_row():
-    array = _with_band(_texture((300, 400)), 40, 1.0, 0.0)
+    array = _with_band(texture((300, 400)), 40, 1.0, 0.0)
     small = io.resize_image(array, (113, 150))  # band -> 40 * 113 / 340 = 13.3 rows
     assert abs(io.detect_info_band(small) - 40 * 113 / 340) <= 1.5
 
@@ -74,9 +63,9 @@ def test_auto_crop_leaves_band_free_images_alone(tmp_path, caplog):
     marble = 0.5 + 0.5 * np.cos(2 * np.pi * (xx + 6 * np.sin(yy / 9.0)) / 16.0)
     binary = (np.cos(xx / 3.0) * np.cos(yy / 4.0) > 0).astype(np.float32)
     gradient = np.clip(yy / 127.0 + rng.normal(0, 0.05, yy.shape), 0, 1)
-    for array in (_texture((128, 128)), marble, binary, gradient, np.full((50, 50), 0.3)):
+    for array in (texture((128, 128)), marble, binary, gradient, np.full((50, 50), 0.3)):
         assert io.detect_info_band(array) == 0
-    path = _save((marble * 255).astype(np.uint8), tmp_path / "marble.png")
+    path = save((marble * 255).astype(np.uint8), tmp_path / "marble.png")
     with caplog.at_level(logging.INFO, logger="microtex.io"):
         image, info = io.read_image_with_info(path, crop_bottom="auto")
     assert info.rows_cropped == 0 and image.shape == (128, 128)

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from microtex import io
 
-RNG_SEED = 20240611
-
-
-def _save(array: np.ndarray, path: Path, **kwargs) -> Path:
-    Image.fromarray(array).save(path, **kwargs)
-    return path
-
-
-def _texture(shape=(64, 80), seed=RNG_SEED) -> np.ndarray:
-    """Random mid-gray texture in [0.15, 0.85], float32."""
-    rng = np.random.default_rng(seed)
-    return rng.uniform(0.15, 0.85, size=shape).astype(np.float32)
-
+from _io_helpers import save, texture
 
 # --------------------------------------------------------------------------- resize
 
@@ -39,7 +24,7 @@ def _texture(shape=(64, 80), seed=RNG_SEED) -> np.ndarray:
     ],
 )
 def test_resize_shapes(tmp_path, shape, size, expected):
-    path = _save(np.zeros(shape, np.uint8), tmp_path / "z.png")
+    path = save(np.zeros(shape, np.uint8), tmp_path / "z.png")
     image = io.read_image(path, size=size)
     assert image.shape == expected and image.dtype == np.float32 and image.flags.c_contiguous
 
@@ -61,7 +46,7 @@ def test_resize_checkerboard_averages_to_half():
 
 
 def test_resize_upsampling_stays_in_range():
-    image = io.resize_image(_texture((10, 12)), (37, 41))
+    image = io.resize_image(texture((10, 12)), (37, 41))
     assert image.shape == (37, 41)
     assert image.min() >= 0.15 - 1e-6 and image.max() <= 0.85 + 1e-6
 
@@ -71,7 +56,7 @@ def test_resize_upsampling_stays_in_range():
 
 def test_crop_bottom_int(tmp_path):
     array = (np.arange(20 * 6, dtype=np.uint8)).reshape(20, 6)
-    path = _save(array, tmp_path / "ramp.png")
+    path = save(array, tmp_path / "ramp.png")
     image, info = io.read_image_with_info(path, crop_bottom=5)
     np.testing.assert_array_equal(image, array[:15] / np.float32(255))
     assert info.rows_cropped == 5 and info.original_shape == (20, 6)

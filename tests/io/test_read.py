@@ -7,27 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from microtex import io
 from microtex.errors import ImageReadError
 
+from _io_helpers import save, valid_bytes
+
 tifffile = pytest.importorskip("tifffile")
 
 
-def _save(array: np.ndarray, path: Path, **kwargs) -> Path:
-    Image.fromarray(array).save(path, **kwargs)
-    return path
-
-
-def _valid_png(tmp_path) -> bytes:
-    rng = np.random.default_rng(0)
-    path = _save(rng.integers(0, 256, (64, 64), dtype=np.uint8), tmp_path / "valid.png")
-    return path.read_bytes()
-
-
 def test_image_info(tmp_path):
-    path = _save(np.zeros((40, 30, 3), np.uint8), tmp_path / "rgb.png")
+    path = save(np.zeros((40, 30, 3), np.uint8), tmp_path / "rgb.png")
     image, info = io.read_image_with_info(path, crop_bottom=4, size=(9, 6))
     assert info == io.ImageInfo(
         path=str(path),
@@ -47,14 +37,14 @@ def test_image_info(tmp_path):
 
 @pytest.mark.parametrize("value", [-1, 1.5, "top", "AUTO", True, 20, 25])
 def test_bad_crop_bottom(tmp_path, value):
-    path = _save(np.zeros((20, 6), np.uint8), tmp_path / "z.png")
+    path = save(np.zeros((20, 6), np.uint8), tmp_path / "z.png")
     with pytest.raises(ValueError, match=str(value)):
         io.read_image(path, crop_bottom=value)
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.5, "big", (10,), (0, 5), (4, 5, 6), True])
 def test_bad_size(tmp_path, value):
-    path = _save(np.zeros((20, 6), np.uint8), tmp_path / "z.png")
+    path = save(np.zeros((20, 6), np.uint8), tmp_path / "z.png")
     with pytest.raises(ValueError, match="size") as caught:
         io.read_image(path, size=value)
     assert repr(value) in str(caught.value)
@@ -66,8 +56,8 @@ def test_bad_size(tmp_path, value):
 def _folder(tmp_path) -> Path:
     folder = tmp_path / "images"
     folder.mkdir()
-    _save(np.full((8, 10), 51, np.uint8), folder / "b.PNG")
-    _save(np.full((8, 10), 102, np.uint8), folder / "a.png")
+    save(np.full((8, 10), 51, np.uint8), folder / "b.PNG")
+    save(np.full((8, 10), 102, np.uint8), folder / "a.png")
     tifffile.imwrite(folder / "c.TIFF", np.full((8, 10), 65535, np.uint16))
     (folder / "notes.txt").write_text("not an image")
     (folder / ".hidden.png").write_bytes(b"junk")
@@ -94,7 +84,7 @@ def test_expand_paths(tmp_path):
 def test_iter_images_skip_reports_bad_file(tmp_path, caplog):
     folder = _folder(tmp_path)
     bad = folder / "ab_truncated.png"
-    bad.write_bytes(_valid_png(tmp_path)[:100])
+    bad.write_bytes(valid_bytes(tmp_path, ".png")[:100])
     failures: list[io.ReadFailure] = []
     with caplog.at_level(logging.WARNING, logger="microtex.io"):
         results = list(io.iter_images(folder, on_error="skip", failures=failures))
@@ -139,7 +129,7 @@ def test_read_images_stacks(tmp_path):
 
 def test_read_images_shape_mismatch_and_resize(tmp_path):
     folder = _folder(tmp_path)
-    _save(np.zeros((9, 10), np.uint8), folder / "d.png")
+    save(np.zeros((9, 10), np.uint8), folder / "d.png")
     (folder / "e.png").write_bytes(b"")
     with pytest.raises(ValueError, match=r"d\.png.*size="):
         io.read_images(folder, on_error="skip")
