@@ -114,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     from microtex.engine.session import CUDA, Session, available_providers
     from microtex.errors import DeviceError
 
-    config, heads = config_and_heads(args)
+    try:
+        config, heads = config_and_heads(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.tolerance is None:
         args.tolerance = 5e-3 if config.precision == "fp16" else 1e-4
     names = backbones.output_names(config, heads)

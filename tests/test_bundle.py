@@ -248,6 +248,21 @@ def test_bad_kind_names_are_refused(tmp_path, kind):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_name_that_is_another_files_folder_is_refused(tmp_path):
+    with pytest.raises(BundleError, match="'state' is also the folder of another file"):
+        save_bundle(tmp_path / "model", {"state": b"x", "state/vlad.npz": b"y"}, {}, kind=KIND)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwriting_a_link_to_a_bundle_replaces_the_link_and_leaves_no_debris(tmp_path, saved):
+    link = tmp_path / "link"
+    link.symlink_to(saved, target_is_directory=True)
+    save_bundle(link, {"a.txt": b"new"}, {"new": True}, kind=KIND, overwrite=True)
+    assert open_bundle(link).config == {"new": True} and not link.is_symlink()
+    assert open_bundle(saved).config == CONFIG  # what the link pointed to is left as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "model", "src"]
+
+
 def test_format_1_bundle_is_read_with_the_kind_its_config_named(saved):
     manifest = manifest_of(saved)
     del manifest["kind"], manifest["kind_version"]

@@ -10,7 +10,7 @@ import pytest
 
 import microtex
 
-DEPRECATED = {"microtex.featurizer", "microtex.pooling"}  # they warn on import
+DEPRECATED = {"microtex.featurizer", "microtex.pooling", "microtex.runtime"}  # they warn
 MODULES = sorted(
     info.name
     for info in pkgutil.walk_packages(microtex.__path__, "microtex.")

@@ -58,17 +58,35 @@ def test_compiled_module_stub_matches_its_functions():
     assert stubbed == compiled == {"gram", "mean_max_pool", "simd_level", "vlad"}
 
 
-@pytest.mark.parametrize("module", ["microtex.featurizer", "microtex.pooling"])
+def test_subpackages_are_attributes_imported_on_first_use():
+    code = (
+        "import sys, microtex\n"
+        "assert 'microtex.io' not in sys.modules\n"
+        "assert microtex.io.read_image is microtex.read_image\n"
+        "assert microtex.engine.__name__ == 'microtex.engine' and 'torch' not in sys.modules\n"
+        "assert 'microtex.featurizer' not in sys.modules\n"
+    )
+    result = run_python("-c", code)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("module", ["microtex.featurizer", "microtex.pooling", "microtex.runtime"])
 def test_deprecated_0_1_modules_warn_and_still_work(module, monkeypatch):
     monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.delitem(vars(microtex), module.split(".")[1], raising=False)
     with pytest.warns(FutureWarning, match=f"{module} is deprecated and will be removed in 0.3"):
-        old = importlib.import_module(module)
+        old = getattr(microtex, module.split(".")[1])  # as 0.1's lazy attribute reached it
+    assert old is importlib.import_module(module)
     images = np.random.default_rng(0).random((2, 12, 12)).astype(np.float32)
     if module == "microtex.featurizer":
         table = old.featurize(images, taps="raw", pool="mean")
         assert isinstance(table, old.FeatureTable)
         assert old.TextureFeaturizer is microtex.TextureFeaturizer
         np.testing.assert_allclose(table.features[:, 0], images.reshape(2, -1).mean(1), rtol=1e-6)
+    elif module == "microtex.runtime":
+        from microtex.engine import session
+
+        assert old.Session is session.Session and old.resolve_device("cpu") == [session.CPU]
     else:
         acts = images[:, None]
         words = old.fit_vlad_dictionary(acts, n_words=2, random_state=0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> the module that owns it
 _PUBLIC = {
@@ -34,12 +34,23 @@ _PUBLIC = {
 __all__ = ["__version__", *_PUBLIC]
 
 
+# subpackages reachable as attributes (``microtex.io.read_image``), imported on first use;
+# featurizer, pooling and runtime are 0.1's module names, deprecated until 0.3
+_SUBMODULES = frozenset(
+    {"backbones", "bundle", "demo", "engine", "errors", "features", "io", "report", "synth",
+     "featurizer", "pooling", "runtime"}
+)  # fmt: skip
+
+
 def __getattr__(name: str):
     if name in _PUBLIC:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'microtex' has no attribute {name!r}")
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"microtex.{name}")
+    else:
+        raise AttributeError(f"module 'microtex' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__():

@@ -135,7 +135,10 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Itera
         except BaseException:
             os.rename(backup, path)
             raise
-        shutil.rmtree(backup, ignore_errors=True)
+        if backup.is_symlink():  # path was a link to a directory: drop the link only
+            backup.unlink()
+        else:
+            shutil.rmtree(backup, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -7,7 +7,7 @@ fitted state (``.npz``: VLAD words, scaler, ...) and a manifest::
       "format_version": 2,
       "kind": "texture-featurizer",          # what model it holds (see register_kind)
       "kind_version": 1,
-      "microtex_version": "0.1.0",
+      "microtex_version": "0.2.0",
       "config": {...},                       # the model's own document
       "files": {"backbone.onnx": "<sha256>", "state.npz": "<sha256>"}
     }
@@ -238,6 +238,9 @@ def save_bundle(
     _check_kind(kind)
     target = pathlib.Path(directory).absolute()
     names = {_check_name(name): source for name, source in files.items()}
+    folders = {str(parent) for name in names for parent in pathlib.PurePosixPath(name).parents}
+    if clash := sorted(folders & set(names)):
+        raise BundleError(f"bundle file {clash[0]!r} is also the folder of another file")
     try:
         config_json = json.loads(json.dumps(dict(config), allow_nan=False))
     except (TypeError, ValueError) as exc:
@@ -353,6 +356,13 @@ def open_bundle(
         raise BundleError(
             f"bundle {str(root)!r} holds a {manifest['kind']!r}, not a {kind!r}"
         )
+    registered = _kind(manifest["kind"])
+    if registered is not None and manifest["kind_version"] > registered.version:
+        raise BundleError(
+            f"bundle {str(root)!r}: {manifest['kind']!r} layout version "
+            f"{manifest['kind_version']} is newer than this microtex reads ({registered.version}); "
+            f"it was written by microtex {manifest['microtex_version']!r}"
+        )
     paths: dict[str, pathlib.Path] = {}
     for name, expected in manifest["files"].items():
         _check_name(name)
@@ -395,12 +405,6 @@ def load_bundle(directory: str | os.PathLike) -> Any:
         raise BundleError(
             f"bundle {str(opened.path)!r} holds an unknown kind {opened.kind!r}; "
             f"this microtex loads {list(kinds())}"
-        )
-    if opened.kind_version > kind.version:
-        raise BundleError(
-            f"bundle {str(opened.path)!r}: {opened.kind!r} layout version "
-            f"{opened.kind_version} is newer than this microtex reads ({kind.version}); "
-            f"it was written by microtex {opened.microtex_version!r}"
         )
     return kind.loader(opened)
 

@@ -8,10 +8,11 @@ also ``microtex.<name>``.
 import warnings
 
 from microtex.features.api import featurize
+from microtex.features.plan import RAW_TAP
 from microtex.features.texture import TextureFeaturizer
 from microtex.io.table import FeatureTable
 
-__all__ = ["FeatureTable", "TextureFeaturizer", "featurize"]
+__all__ = ["RAW_TAP", "FeatureTable", "TextureFeaturizer", "featurize"]
 
 warnings.warn(
     "microtex.featurizer is deprecated and will be removed in 0.3; use microtex.featurize, "

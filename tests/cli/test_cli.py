@@ -447,6 +447,12 @@ def test_save_bundle_into_a_non_bundle_folder_fails_before_writing(tmp_path, cap
     assert "occupied" in err and "not a microtex bundle" in err
     assert not output.exists()
     assert (occupied / "notes.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is as good as a new one
+    code = main(["featurize", str(tmp_path / "a.png"), "-o", str(output), "--raw",
+                 "--save-bundle", str(empty), "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert TextureFeaturizer.load(empty).taps_ == ("raw",)
 
 
 @pytest.mark.torch

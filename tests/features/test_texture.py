@@ -698,7 +698,8 @@ def test_bundle_written_by_microtex_0_1_loads(tmp_path, vlad_featurizer):
 
     from microtex import load_bundle
 
-    f, images = vlad_featurizer
+    _, images = vlad_featurizer
+    f = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram"), block_pooling="avg").fit(None)
     path = f.save(tmp_path / "bundle")
     manifest = json.loads((path / "microtex.json").read_text())
     del manifest["kind"], manifest["kind_version"]
@@ -708,8 +709,36 @@ def test_bundle_written_by_microtex_0_1_loads(tmp_path, vlad_featurizer):
     manifest["config"]["kind"] = "TextureFeaturizer"
     (path / "microtex.json").write_text(json.dumps(manifest))
     for g in (TextureFeaturizer.load(path), load_bundle(path)):
-        assert isinstance(g, TextureFeaturizer) and g.get_params()["block_pooling"] == "max"
+        assert isinstance(g, TextureFeaturizer) and g.get_params()["block_pooling"] == "avg"
         np.testing.assert_array_equal(g.transform(images), f.transform(images))
+    default = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram")).fit(None).transform(images)
+    assert np.abs(default - f.transform(images)).max() > 1e-3  # avg pooling made a difference
+
+
+@pytest.mark.torch
+def test_a_bundle_saves_the_fitted_model_not_later_parameters(tmp_path, vlad_featurizer):
+    f, images = vlad_featurizer
+    g = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram")).fit(None)
+    before = g.transform(images)
+    g.set_params(gram_normalization="lubbers", image_size=(12, 12))  # not fitted yet
+    loaded = TextureFeaturizer.load(g.save(tmp_path / "bundle"))
+    assert loaded.get_params()["gram_normalization"] == "spatial"
+    np.testing.assert_array_equal(loaded.transform(images), before)
+
+
+@pytest.mark.torch
+def test_a_newer_layout_of_the_kind_is_refused_by_every_loader(tmp_path, cnn):
+    import json
+
+    from microtex import load_bundle
+
+    path = TextureFeaturizer(taps="relu1_1", pool="mean").fit(None).save(tmp_path / "bundle")
+    manifest = json.loads((path / "microtex.json").read_text())
+    manifest["kind_version"] = 99
+    (path / "microtex.json").write_text(json.dumps(manifest))
+    for load in (TextureFeaturizer.load, load_bundle):
+        with pytest.raises(BundleError, match="layout version 99 is newer than this microtex"):
+            load(path)
 
 
 @pytest.mark.torch
@@ -812,6 +841,20 @@ def test_featurizer_pickled_before_conv_algorithm_runs_direct():
     assert old.get_params()["conv_algorithm"] == "direct"
 
 
+@pytest.mark.torch
+def test_cnn_featurizer_pickled_in_the_0_1_layout_keeps_its_block_pooling(cnn, image_batch):
+    f = TextureFeaturizer(taps=SHALLOW, pool=("mean", "gram"), block_pooling="avg").fit(None)
+    expected = f.transform(image_batch)
+    state = f.__getstate__()
+    del state["pipeline_"], state["params_"]
+    state["pooling"] = state.pop("block_pooling")  # 0.1 named the block pooling "pooling"
+    state.update(pools_=("mean", "gram"), raw_=False, taps_cnn_=SHALLOW)
+    old = TextureFeaturizer.__new__(TextureFeaturizer)
+    old.__setstate__(state)
+    assert old.get_params()["block_pooling"] == "avg" and old.config_.block_pooling == "avg"
+    np.testing.assert_array_equal(old.transform(image_batch), expected)
+
+
 def test_featurizer_pickled_in_the_0_1_layout_is_rebuilt(rng):
     # microtex 0.1's earlier estimator: "pooling" was the block pooling, no conv_algorithm,
     # fitted state in pools_/raw_/taps_cnn_, no pipeline_
@@ -819,7 +862,7 @@ def test_featurizer_pickled_in_the_0_1_layout_is_rebuilt(rng):
     f = TextureFeaturizer(taps="raw", pool=("mean", "vlad"), n_words=2, random_state=0)
     expected = f.fit(images).transform(images)
     state = f.__getstate__()
-    for key in ("pipeline_", "conv_algorithm", "block_pooling"):
+    for key in ("pipeline_", "params_", "conv_algorithm", "block_pooling"):
         del state[key]
     state.update(pooling="avg", pools_=("mean", "vlad"), raw_=True, taps_cnn_=())
     old = TextureFeaturizer.__new__(TextureFeaturizer)

@@ -133,7 +133,8 @@ def run(args) -> int:
         print(f"microtex: warning: {note}", file=sys.stderr)
     if args.save_bundle:
         target = pathlib.Path(args.save_bundle)
-        if target.exists() and not is_bundle(target):
+        occupied = target.exists() and not (target.is_dir() and not any(target.iterdir()))
+        if occupied and not is_bundle(target):
             raise ValueError(
                 f"--save-bundle {str(target)!r} exists and is not a microtex bundle; "
                 "choose a new folder"

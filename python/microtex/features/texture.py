@@ -39,7 +39,8 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
     pool : str or sequence of {"mean", "max", "gram", "vlad"}
         Poolings applied to every tap, concatenated.
     block_pooling : {"max", "avg"}
-        The pooling between VGG blocks (``pooling`` is its deprecated name).
+        The pooling between VGG blocks. ``pooling`` is its deprecated name (until
+        0.3): it applies when ``block_pooling`` is left at ``"max"``.
     precision : {"fp32", "fp16"}
         The convolutions' arithmetic; taps are float32 again before any pooling.
         fp16 is for CUDA: on the CPU it is slower (a warning says so).
@@ -69,6 +70,8 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
+    params_ : dict
+        The parameters of the last fit (a bundle saves these).
     taps_ : tuple of str
         Resolved taps, ``"raw"`` first, then forward order.
     config_ : BackboneConfig or None
@@ -121,14 +124,14 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
     def _build(self, dictionaries=None, onnx_path=None):
         """Set every fitted attribute from the parameters (and fitted VLAD words)."""
         params = self.get_params()
-        params.pop("random_state")
         old = params.pop("pooling")
         if old != _DEPRECATED:
             params["block_pooling"], note = renamed(
                 "pooling", "block_pooling", old, params["block_pooling"], unset="max"
             )
             warnings.warn(note, FutureWarning, stacklevel=3)
-        plan = make_plan(**params)
+        self.params_ = params  # what this fit used; a bundle saves these, not later set_params
+        plan = make_plan(**{key: value for key, value in params.items() if key != "random_state"})
         self.pipeline_ = TexturePipeline(plan, dictionaries, onnx_path)
         self.taps_, self.config_ = plan.taps, plan.config
         self.vlad_dictionaries_ = self.pipeline_.dictionaries
@@ -214,7 +217,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
             files["state.npz"] = bundle.npz_bytes(
                 {f"vlad/{tap}": words for tap, words in self.vlad_dictionaries_.items()}
             )
-        config = bundle_document(self.get_params(), self.pipeline_.plan, conv_algorithm)
+        config = bundle_document(self.params_, self.pipeline_.plan, conv_algorithm)
         return bundle.save_bundle(directory, files, config, kind=BUNDLE_KIND, overwrite=overwrite)
 
     @classmethod
