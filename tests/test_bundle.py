@@ -276,3 +276,17 @@ def test_format_1_bundle_is_read_with_the_kind_its_config_named(saved):
     (saved / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="format-1 bundle whose config names no kind"):
         open_bundle(saved)
+
+
+def test_an_edit_in_place_that_keeps_size_and_mtime_is_still_caught(saved):
+    # the checksum cache must not trust (path, size, mtime): a user can set mtime back
+    import os
+
+    open_bundle(saved)  # hashes every file once
+    target = saved / "notes.txt"
+    stat = target.stat()
+    target.write_bytes(b"HELLO")  # same size
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    with pytest.raises(BundleError, match="checksum mismatch for 'notes.txt'"):
+        open_bundle(saved)

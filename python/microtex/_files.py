@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS: dict[tuple, str] = {}
 _DIGESTS_LOCK = threading.Lock()
 
 
@@ -54,15 +54,20 @@ def sha256_bytes(data: bytes) -> str:
 def sha256_file(path: str | os.PathLike, *, memoize: bool = True) -> str:
     """Hex sha256 of a file's bytes.
 
-    With ``memoize`` the result is remembered per (resolved path, size,
-    modification time in ns), so a large weight file is hashed once per
-    process unless it changes.
+    With ``memoize`` the result is remembered per file identity and state
+    (resolved path, device, inode, size, modification and change times in
+    ns), so a large weight file is hashed once per process unless it changes.
+    The change time is part of it because a user can set the modification
+    time back after editing a file in place, but not the change time.
     """
     path = pathlib.Path(path)
     key = None
     if memoize:
         stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        key = (
+            str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns,
+            stat.st_ctime_ns,
+        )  # fmt: skip
         with _DIGESTS_LOCK:
             if key in _DIGESTS:
                 return _DIGESTS[key]
