@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "cache_dir",
+    "check_can_write",
     "sha256_bytes",
     "sha256_file",
 ]
@@ -109,6 +110,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_can_write(path: str | os.PathLike) -> pathlib.Path:
+    """``path`` if a file can be created or replaced there; else an OSError naming it.
+
+    Checked before work whose result goes there: ``path`` must not be a
+    folder, its nearest existing ancestor must be a folder, and that folder
+    writable.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {str(path)!r}: it is a folder; name a file in it")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(
+            f"cannot write {str(path)!r}: {str(ancestor)!r} is a file, not a folder"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {str(path)!r}: folder {str(ancestor)!r} is read-only")
+    return path
 
 
 def _sibling_directory(path: pathlib.Path, suffix: str) -> pathlib.Path:

@@ -257,6 +257,36 @@ def test_featurize_tiles(image_dir, tmp_path, capsys):
     assert code == 2 and "tile=4 is smaller than 8 pixels" in err
 
 
+@pytest.mark.parametrize("case", ["folder", "under-a-file", "read-only"])
+def test_an_output_that_cannot_be_written_fails_before_any_work(
+    image_dir, tmp_path, capsys, monkeypatch, case
+):
+    import os
+
+    import microtex.features.api
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("featurized before checking the output")
+
+    monkeypatch.setattr(microtex.features.api, "featurize", no_work)
+    monkeypatch.setattr(TextureFeaturizer, "fit", no_work)
+    output = {"folder": tmp_path / "out.npz", "under-a-file": tmp_path / "file" / "f.npz",
+              "read-only": tmp_path / "locked" / "f.npz"}[case]  # fmt: skip
+    if case == "folder":
+        output.mkdir()
+    elif case == "under-a-file":
+        output.parent.write_text("not a folder")
+    else:
+        output.parent.mkdir()
+        real = os.access  # root may write anywhere: make this folder read-only for it too
+        monkeypatch.setattr(os, "access", lambda p, mode: p != output.parent and real(p, mode))
+    code, _, err = run(capsys, "featurize", image_dir, "-o", output, "--raw")
+    assert code == 2 and err.startswith("microtex: error:")
+    assert str(output) in err and ".tmp" not in err
+    assert {"folder": "it is a folder", "under-a-file": "is a file, not a folder",
+            "read-only": "is read-only"}[case] in err  # fmt: skip
+
+
 def test_featurize_parquet_without_pyarrow_fails_before_any_work(
     image_dir, tmp_path, capsys, monkeypatch
 ):

@@ -13,7 +13,7 @@ import pathlib
 
 import numpy as np
 
-from microtex._files import atomic_path
+from microtex._files import atomic_path, check_can_write
 
 __all__ = ["TABLE_SUFFIXES", "FeatureTable", "check_writable"]
 
@@ -41,6 +41,8 @@ def check_writable(path) -> str:
     ImportError
         If the suffix is ``.parquet`` and pyarrow is not installed (the message
         names the ``microtex[parquet]`` extra).
+    OSError
+        If ``path`` is a folder, lies under a file, or in a read-only folder.
 
     Examples
     --------
@@ -65,6 +67,7 @@ def check_writable(path) -> str:
             raise ImportError(
                 "writing .parquet needs pyarrow: pip install 'microtex[parquet]'"
             ) from None
+    check_can_write(path)
     return suffix
 
 
