@@ -185,15 +185,21 @@ def test_wrong_architecture_and_unreadable_files(tmp_path):
         backbones.load_weights(BackboneConfig(arch="vgg16", weights=not_a_dict))
 
 
-def test_weights_digest_is_memoized_per_mtime_and_size(tmp_path):
+def test_weights_digest_is_memoized_until_the_file_changes(tmp_path, monkeypatch):
+    from microtex import _files
+
     path = tmp_path / "w.pth"
     path.write_bytes(b"a" * 1000)
     config = BackboneConfig(arch="vgg16", weights=path)
     first = backbones.weights_digest(config)
     assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: reads.append(a[0]) or real_open(*a, **k))
+    assert backbones.weights_digest(config) == first and reads == []  # the memo answers
+    monkeypatch.undo()
     stat = path.stat()
-    path.write_bytes(b"b" * 1000)  # same size, mtime restored: the memo answers
+    path.write_bytes(b"b" * 1000)  # same size, mtime restored: still seen (change time moved)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert backbones.weights_digest(config) == first
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert backbones.weights_digest(config) == hashlib.sha256(b"b" * 1000).hexdigest()
+    assert len([key for key in _files._DIGESTS if key[0] == str(path.resolve())]) == 2
