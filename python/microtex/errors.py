@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "MicrotexError",
     "ImageReadError",
+    "ImageTooSmallError",
     "UnknownLayerError",
     "WeightsError",
     "BundleError",
@@ -24,6 +25,13 @@ class ImageReadError(MicrotexError, OSError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot read image {self.path!r}: {reason}")
+
+
+class ImageTooSmallError(MicrotexError, ValueError):
+    """An image too small for what was asked of it (e.g. a crop of all its rows).
+
+    A batch reports it for that file and goes on, like an unreadable file.
+    """
 
 
 class UnknownLayerError(MicrotexError, ValueError):

@@ -510,3 +510,14 @@ def test_deprecated_pooling_option_still_works_and_says_so(cnn_files, tmp_path, 
 @pytest.fixture
 def cnn_files(shallow_onnx, image_dir):
     return good_files(image_dir)
+
+
+def test_one_image_too_short_for_crop_bottom_is_skipped_not_the_run(image_dir, tmp_path, capsys):
+    save_png(image_dir / "d_short.png", np.zeros((12, 40)))
+    output = tmp_path / "f.npz"
+    code, out, err = run(capsys, "featurize", image_dir, "-o", output, "--raw",
+                         "--crop-bottom", "20", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert "d_short.png: crop_bottom=20 must be smaller than the image height 12" in err
+    ids = FeatureTable.read(output).ids
+    assert [pathlib.Path(i).name for i in ids] == ["a.png", "b.png", "c.png"]

@@ -140,3 +140,15 @@ def test_read_images_shape_mismatch_and_resize(tmp_path):
         io.read_images(folder, size=(4, 5))
     empty = io.read_images([folder / "e.png"], size=(4, 5), on_error="skip")
     assert empty.images.shape == (0, 4, 5) and len(empty.failures) == 1
+
+
+def test_an_image_too_short_for_the_crop_is_skipped_and_reported(tmp_path):
+    short = save(np.zeros((6, 20), np.uint8), tmp_path / "a_short.png")
+    tall = save(np.full((40, 20), 128, np.uint8), tmp_path / "b_tall.png")
+    failures = []
+    read = list(io.iter_images(tmp_path, crop_bottom=10, on_error="skip", failures=failures))
+    assert [p for p, _, _ in read] == [tall] and read[0][1].shape == (30, 20)
+    assert [f.path for f in failures] == [short]
+    assert "crop_bottom=10 must be smaller than the image height 6" in failures[0].reason
+    with pytest.raises(ValueError, match="crop_bottom=10 must be smaller"):
+        list(io.iter_images(tmp_path, crop_bottom=10, on_error="raise"))

@@ -14,6 +14,7 @@ from microtex._validation import (
     check_positive_int,
     check_size,
 )
+from microtex.errors import ImageTooSmallError
 from microtex.io.decode import as_float_image
 from microtex.io.infoband import detect_info_band
 
@@ -192,7 +193,7 @@ def prepare_image(image, *, crop_bottom: CropBottom = None, size: Size = None, n
     elif crop_bottom is not None:
         rows = crop_bottom
         if rows >= height:
-            raise ValueError(
+            raise ImageTooSmallError(
                 f"crop_bottom={rows} must be smaller than the image height {height} of {name}"
             )
     if rows:

@@ -12,7 +12,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from microtex._validation import CropBottom, Size, check_crop_bottom, check_on_error, check_size
-from microtex.errors import ImageReadError
+from microtex.errors import ImageReadError, ImageTooSmallError
 from microtex.io.decode import decode_file
 from microtex.io.preprocess import prepare_image
 
@@ -249,8 +249,8 @@ def iter_images(
         ``"raise"``: an unreadable file raises `ImageReadError` naming it.
         ``"skip"``: it is logged as a warning (path and reason) on the
         ``"microtex.io"`` logger, appended to ``failures`` and left out.
-        Invalid options (e.g. ``crop_bottom`` too large for an image) raise in
-        both modes.
+        A file too small for the options (``crop_bottom`` not smaller than its
+        height) is skipped the same way; invalid options raise in both modes.
     failures : list, optional
         A list that receives a `ReadFailure` for every skipped file.
 
@@ -285,12 +285,13 @@ def _iter_files(files, crop_bottom, size, on_error, failures):
     for path in files:
         try:
             image, info = _read(path, crop_bottom, size)
-        except ImageReadError as exc:
+        except (ImageReadError, ImageTooSmallError) as exc:
             if on_error == "raise":
                 raise
-            logger.warning("skipping %s: %s", path, exc.reason)
+            reason = getattr(exc, "reason", str(exc))
+            logger.warning("skipping %s: %s", path, reason)
             if failures is not None:
-                failures.append(ReadFailure(path, exc.reason))
+                failures.append(ReadFailure(path, reason))
             continue
         yield path, image, info
 
