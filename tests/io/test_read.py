@@ -152,3 +152,13 @@ def test_an_image_too_short_for_the_crop_is_skipped_and_reported(tmp_path):
     assert "crop_bottom=10 must be smaller than the image height 6" in failures[0].reason
     with pytest.raises(ValueError, match="crop_bottom=10 must be smaller"):
         list(io.iter_images(tmp_path, crop_bottom=10, on_error="raise"))
+
+
+def test_a_broken_link_in_a_folder_is_reported_not_skipped_silently(tmp_path):
+    good = save(np.zeros((8, 8), np.uint8), tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    assert io.expand_paths(tmp_path) == [good, tmp_path / "b.png"]
+    failures = []
+    read = [p for p, _, _ in io.iter_images(tmp_path, on_error="skip", failures=failures)]
+    assert read == [good]
+    assert [f.path for f in failures] == [tmp_path / "b.png"] and "no such file" in failures[0].reason

@@ -178,8 +178,9 @@ def expand_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
 
     A directory contributes its image files (extensions in `IMAGE_EXTENSIONS`,
     any case; not recursive; hidden files, whose names start with ``"."``, are
-    left out), sorted by file name. Any other path is kept as given, whatever its
-    extension, even if it does not exist: reading it decides.
+    left out), sorted by file name; a link among them is kept even when it is
+    broken, so that reading reports it. Any other path is kept as given, whatever
+    its extension, even if it does not exist: reading it decides.
 
     Parameters
     ----------
@@ -211,7 +212,8 @@ def expand_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
                     for child in path.iterdir()
                     if child.suffix.lower() in IMAGE_EXTENSIONS
                     and not child.name.startswith(".")
-                    and child.is_file()
+                    # a broken link is kept, so that reading reports it
+                    and (child.is_file() or child.is_symlink())
                 ),
                 key=lambda child: child.name,
             )
