@@ -161,4 +161,5 @@ def test_a_broken_link_in_a_folder_is_reported_not_skipped_silently(tmp_path):
     failures = []
     read = [p for p, _, _ in io.iter_images(tmp_path, on_error="skip", failures=failures)]
     assert read == [good]
-    assert [f.path for f in failures] == [tmp_path / "b.png"] and "no such file" in failures[0].reason
+    assert [f.path for f in failures] == [tmp_path / "b.png"]
+    assert "no such file" in failures[0].reason
