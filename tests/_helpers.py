@@ -27,3 +27,40 @@ def reference_gram(acts, normalization: str = "spatial", layout: str = "triu") -
         return G.reshape(n, c * c)
     rows, cols = np.triu_indices(c)
     return G[:, rows, cols] * np.where(rows == cols, 1.0, np.sqrt(2.0))
+
+
+# Positions of the convolutions in torchvision's vgg16().features.
+TORCHVISION_VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+VGG16_CONV_SHAPES = (
+    (64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
+    (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512),
+)  # fmt: skip
+
+
+def fake_vgg16_state(seed=0):
+    """A torchvision-format VGG16 state dict with the real shapes, stored compactly.
+
+    Each weight is a random per-output-channel value broadcast (stride 0) over
+    the other axes, so the saved file is a few kB while every key still has its
+    true shape and a distinct value.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for index, (out_channels, in_channels) in zip(
+        TORCHVISION_VGG16_CONVS, VGG16_CONV_SHAPES, strict=True
+    ):
+        per_output = torch.randn(out_channels, 1, 1, 1, generator=generator) * 0.05
+        state[f"features.{index}.weight"] = per_output.expand(out_channels, in_channels, 3, 3)
+        state[f"features.{index}.bias"] = torch.randn(out_channels, generator=generator) * 0.1
+    state["classifier.0.weight"] = torch.zeros(4, 7)  # ignored
+    state["classifier.0.bias"] = torch.zeros(4)
+    return state
+
+
+def save_state(state, path):
+    import torch
+
+    torch.save(state, path)
+    return path

@@ -8,7 +8,13 @@ import numpy as np
 
 from microtex import backbones
 
-from _helpers import reference_gram
+from _helpers import (  # noqa: F401  (shared with the CLI tests)
+    TORCHVISION_VGG16_CONVS,
+    VGG16_CONV_SHAPES,
+    fake_vgg16_state,
+    reference_gram,
+    save_state,
+)
 
 EXPORT_DIR = pathlib.Path(__file__).resolve().parents[2] / "export"
 
@@ -25,12 +31,6 @@ VGG19_LAYERS = (
     "conv3_1", "relu3_1", "conv3_2", "relu3_2", "conv3_3", "relu3_3", "conv3_4", "relu3_4",
     "conv4_1", "relu4_1", "conv4_2", "relu4_2", "conv4_3", "relu4_3", "conv4_4", "relu4_4",
     "conv5_1", "relu5_1", "conv5_2", "relu5_2", "conv5_3", "relu5_3", "conv5_4", "relu5_4",
-)  # fmt: skip
-# Positions of the convolutions in torchvision's vgg16().features.
-TORCHVISION_VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-VGG16_CONV_SHAPES = (
-    (64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
-    (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512),
 )  # fmt: skip
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -83,32 +83,3 @@ def build_module(config, heads=None):
     if key not in _MODULES:
         _MODULES[key] = backbones.build_torch_module(config, heads)
     return _MODULES[key]
-
-
-def fake_vgg16_state(seed=0):
-    """A torchvision-format VGG16 state dict with the real shapes, stored compactly.
-
-    Each weight is a random per-output-channel value broadcast (stride 0) over
-    the other axes, so the saved file is a few kB while every key still has its
-    true shape and a distinct value.
-    """
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for index, (out_channels, in_channels) in zip(
-        TORCHVISION_VGG16_CONVS, VGG16_CONV_SHAPES, strict=True
-    ):
-        per_output = torch.randn(out_channels, 1, 1, 1, generator=generator) * 0.05
-        state[f"features.{index}.weight"] = per_output.expand(out_channels, in_channels, 3, 3)
-        state[f"features.{index}.bias"] = torch.randn(out_channels, generator=generator) * 0.1
-    state["classifier.0.weight"] = torch.zeros(4, 7)  # ignored
-    state["classifier.0.bias"] = torch.zeros(4)
-    return state
-
-
-def save_state(state, path):
-    import torch
-
-    torch.save(state, path)
-    return path

@@ -14,6 +14,7 @@ import microtex
 from microtex import synth
 from microtex.cli import main
 from microtex.demo import leave_one_out_1nn
+from microtex.features.api import featurize
 from microtex.features.texture import TextureFeaturizer
 from microtex.io import FeatureTable
 
@@ -521,3 +522,53 @@ def test_one_image_too_short_for_crop_bottom_is_skipped_not_the_run(image_dir, t
     assert "d_short.png: crop_bottom=20 must be smaller than the image height 12" in err
     ids = FeatureTable.read(output).ids
     assert [pathlib.Path(i).name for i in ids] == ["a.png", "b.png", "c.png"]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    ("argv", "params"),
+    [
+        (["--gram-normalization", "lubbers"], {"gram_normalization": "lubbers"}),
+        (["--gram-layout", "full"], {"gram_layout": "full"}),
+        (["--block-pooling", "avg"], {"block_pooling": "avg"}),
+        (["--image-size", "20x24"], {"image_size": (20, 24)}),
+        (["--pool", "mean,vlad", "--n-words", "3", "--seed", "4"],
+         {"pool": "mean,vlad", "n_words": 3, "random_state": 4}),
+        (["--backbone", "vgg16", "--weights", "VGG16"], {"backbone": "vgg16", "weights": "VGG16"}),
+    ],
+)
+def test_each_cli_option_has_the_effect_of_the_api_option(cnn, image_dir, tmp_path, capsys, argv,
+                                                          params):  # fmt: skip
+    # an option the CLI ignored would give the default's features, not the API option's
+    from _helpers import fake_vgg16_state, save_state
+
+    weights = save_state(fake_vgg16_state(), tmp_path / "vgg16.pth")
+    argv = [str(weights) if a == "VGG16" else a for a in argv]
+    params = {k: str(weights) if v == "VGG16" else v for k, v in params.items()}
+    base = {"taps": "relu1_1,relu2_1", "pool": "mean,gram", "device": "cpu"}
+    output = tmp_path / "f.npz"
+    code, _, err = run(capsys, "featurize", *good_files(image_dir), "-o", output, "--taps",
+                       base["taps"], "--pool", base["pool"], "--device", "cpu", *argv,
+                       "--no-progress")  # fmt: skip
+    assert code == 0, err
+    cli = FeatureTable.read(output)
+    api = featurize(good_files(image_dir), **{"random_state": 0, **base, **params})
+    default = featurize(good_files(image_dir), **base)
+    assert list(cli.columns) == api.columns
+    np.testing.assert_allclose(cli.features, api.features, rtol=1e-5, atol=1e-7)
+    differs = cli.features.shape != default.features.shape or not np.allclose(
+        cli.features, default.features, rtol=1e-3
+    )
+    assert differs, "the option changed nothing"
+
+
+def test_the_engine_option_reaches_the_featurizer(image_dir, tmp_path, capsys):
+    # graph and kernels give the same numbers (tested in features); only the graph refuses VLAD
+    code, _, err = run(capsys, "featurize", image_dir, "-o", tmp_path / "f.npz", "--taps",
+                       "relu1_1", "--pool", "mean,vlad", "--engine", "graph")  # fmt: skip
+    assert code == 2 and "engine='graph' cannot compute VLAD" in err
+
+
+@pytest.fixture
+def cnn(shallow_onnx):
+    return shallow_onnx
