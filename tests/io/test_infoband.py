@@ -92,3 +92,14 @@ def test_auto_crop_on_real_micrographs():
         image, info = io.read_image_with_info(path, crop_bottom="auto")
         assert info.rows_cropped == 0, path
         assert image.shape == info.original_shape
+
+
+@pytest.mark.parametrize(("lines", "expected"), [(0, 14), (1, 14), (2, 0), (3, 0)])
+def test_band_like_rows_in_the_body_above_decide_at_the_20_percent_rule(lines, expected):
+    # the 8 body rows just above the band are compared with it: one band-like row
+    # among them (12.5 %) still allows the crop, two (25 %) are more than 20 %
+    body = texture((100, 120))
+    band_top = body.shape[0]
+    for row in range(band_top - 8, band_top - 8 + lines):  # far enough not to join the band
+        body[row] = 0.0  # a black line: band-like
+    assert io.detect_info_band(_with_band(body, 14, 1.0, 0.0)) == expected
