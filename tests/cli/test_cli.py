@@ -572,3 +572,12 @@ def test_the_engine_option_reaches_the_featurizer(image_dir, tmp_path, capsys):
 @pytest.fixture
 def cnn(shallow_onnx):
     return shallow_onnx
+
+
+def test_a_skipped_file_is_reported_once(image_dir, tmp_path):
+    # a real process: in-process runs under pytest log to pytest's handlers, not stderr
+    result = run_python("-m", "microtex.cli", "featurize", str(image_dir), "-o",
+                        str(tmp_path / "f.npz"), "--raw", "--no-progress")  # fmt: skip
+    err = result.stderr
+    assert result.returncode == 0 and err.count("bad.png") == 1, err
+    assert err.startswith("microtex: skipped") and "not a PNG, JPEG, TIFF or BMP" in err

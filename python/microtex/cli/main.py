@@ -35,10 +35,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run ``microtex`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = _parser().parse_args(argv)
+    ours = not logging.getLogger().handlers  # basicConfig leaves a caller's set-up alone
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="microtex: %(levelname)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers if ours else ():
+        # each command reports the files it skipped itself
+        handler.addFilter(lambda record: not getattr(record, "skipped_file", False))
     from microtex.errors import MicrotexError
 
     try:

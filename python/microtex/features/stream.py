@@ -256,7 +256,7 @@ class TexturePipeline:
         def too_small(image_id: str, message: str) -> bool:
             if on_error == "skip" and not image_id.startswith("array["):
                 failures.append(mio.ReadFailure(image_id, message))
-                log.warning("skipping %s: %s", image_id, message)
+                log.warning("skipping %s: %s", image_id, message, extra={"skipped_file": True})
                 return True
             raise ValueError(f"{image_id}: {message}")
 

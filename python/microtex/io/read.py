@@ -291,7 +291,8 @@ def _iter_files(files, crop_bottom, size, on_error, failures):
             if on_error == "raise":
                 raise
             reason = getattr(exc, "reason", str(exc))
-            logger.warning("skipping %s: %s", path, reason)
+            # marked: the caller gets it in ``failures`` too, and may report it itself
+            logger.warning("skipping %s: %s", path, reason, extra={"skipped_file": True})
             if failures is not None:
                 failures.append(ReadFailure(path, reason))
             continue
