@@ -113,8 +113,11 @@ def test_bad_format_version(saved, version):
 
 
 def test_missing_or_corrupt_manifest(tmp_path, saved):
-    with pytest.raises(BundleError, match="not a directory"):
+    with pytest.raises(BundleError, match="no bundle at .*nowhere.*: no such folder"):
         open_bundle(tmp_path / "nowhere")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(BundleError, match="no bundle at .*a-file.*: it is a file, not a folder"):
+        open_bundle(tmp_path / "a-file")
     (saved / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(BundleError, match="corrupt"):
         open_bundle(saved)

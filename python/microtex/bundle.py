@@ -292,7 +292,8 @@ def _check_types(manifest: dict, path: pathlib.Path, *expected: tuple[str, type]
 def _read_manifest(directory: pathlib.Path) -> dict[str, Any]:
     manifest_path = directory / MANIFEST_NAME
     if not directory.is_dir():
-        raise BundleError(f"bundle {str(directory)!r} is not a directory")
+        why = "it is a file, not a folder" if directory.exists() else "no such folder"
+        raise BundleError(f"no bundle at {str(directory)!r}: {why}")
     if not manifest_path.is_file():
         raise BundleError(f"bundle {str(directory)!r} has no manifest {MANIFEST_NAME!r}")
     try:

@@ -1075,3 +1075,22 @@ def test_images_are_decoded_ahead_on_a_background_thread(tmp_path, monkeypatch):
     second_pooled = events.index(("pooled", str(tmp_path / "2.png")))
     decoded_before_second = sum(kind == "decoded" for kind, _ in events[:second_pooled])
     assert first_pooled >= 2 and decoded_before_second == 6  # all three batches read ahead
+
+
+@pytest.mark.parametrize(
+    ("images", "shown"),
+    [(None, "NoneType None"), (np.float32(0.5), "float32"), (b"a.png", "bytes b'a.png'"),
+     ({"a": np.zeros((8, 8))}, "dict"), (3, "int 3")],
+)  # fmt: skip
+def test_what_is_not_images_is_named(images, shown):
+    with pytest.raises(TypeError, match="images must be an array .* got " + re.escape(shown)):
+        featurize(images, taps="raw", pool="mean")
+
+
+def test_a_misspelled_path_raises_naming_it_instead_of_an_empty_table(tmp_path):
+    from microtex.errors import NoImagesError
+
+    with pytest.raises(NoImagesError, match="no image could be featurized.*micrographz") as info:
+        featurize(tmp_path / "micrographz", taps="raw", pool="mean")
+    assert [f.path for f in info.value.failures] == [tmp_path / "micrographz"]
+    assert featurize([], taps="raw", pool="mean").features.shape == (0, 1)  # nothing asked

@@ -151,19 +151,19 @@ def run(args) -> int:
         random_state=args.seed,
     )
     tiles = {"tile": args.tile, "tile_stride": args.tile_stride}
-    try:  # reads images only to fit VLAD words, skipping unreadable ones
+    try:  # fit reads images only to fit VLAD words, skipping unreadable ones
         featurizer.fit(args.images, on_error=args.on_error, **tiles)
+        table = featurize(
+            args.images,
+            featurizer=featurizer,
+            on_error=args.on_error,
+            progress=not args.no_progress and sys.stderr.isatty(),
+            **tiles,
+        )
     except NoImagesError as exc:
         _report_failures(exc.failures)
         print("microtex: error: no image could be featurized", file=sys.stderr)
         return 1
-    table = featurize(
-        args.images,
-        featurizer=featurizer,
-        on_error=args.on_error,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        **tiles,
-    )
     _report_failures(table.failures)
     # with tiles a row is a patch, its id the image's followed by @row,col
     n_images = len({i.rsplit("@", 1)[0] for i in table.ids}) if args.tile else len(table.ids)

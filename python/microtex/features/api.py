@@ -8,6 +8,7 @@ import numpy as np
 
 from microtex import io as mio
 from microtex._validation import check_on_error
+from microtex.errors import NoImagesError
 from microtex.features.stream import all_paths
 from microtex.features.texture import TextureFeaturizer
 from microtex.io.table import FeatureTable
@@ -45,8 +46,8 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
     Raises
     ------
     microtex.errors.NoImagesError
-        VLAD words were to be fitted but no image could be read; its
-        ``failures`` lists the files skipped.
+        Images were given but none could be featurized (all were skipped);
+        its ``failures`` lists the files and why.
 
     Examples
     --------
@@ -89,6 +90,11 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
     finally:
         if bar is not None:
             bar.close()
+    if not rows and failures:
+        raise NoImagesError(
+            f"no image could be featurized; {len(failures)} skipped, the first "
+            f"{str(failures[0].path)!r}: {failures[0].reason}", failures=failures
+        )
     features = (np.concatenate(rows, axis=0) if rows
                 else np.zeros((0, featurizer.n_features_out_), dtype=np.float32))
     return FeatureTable(features, list(featurizer.get_feature_names_out()), ids, failures,

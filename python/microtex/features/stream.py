@@ -57,6 +57,11 @@ def all_paths(images) -> bool:
     )
 
 
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def iter_inputs(
     images, crop_bottom, size, on_error: str, failures: list, cropped: dict | None = None
 ) -> Iterator[tuple[str, np.ndarray]]:
@@ -64,6 +69,17 @@ def iter_inputs(
 
     Rows cropped from an image's bottom go to ``cropped[id]`` (when given).
     """
+    if (
+        images is None
+        or isinstance(images, (bytes, bytearray, dict, set))
+        or (isinstance(images, np.ndarray) and images.ndim == 0)
+        or not (_is_path(images) or isinstance(images, Iterable))
+    ):
+        raise TypeError(
+            "images must be an array (n, height, width), a list of 2-D arrays, or paths "
+            f"(str or os.PathLike) of files and folders; got {type(images).__name__} "
+            f"{_shown(images)}"
+        )
     if _is_path(images):
         images = [images]
     if isinstance(images, np.ndarray) and images.ndim in (3, 4):
