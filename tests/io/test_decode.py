@@ -264,3 +264,21 @@ def test_as_float_image_errors():
     for dtype in (np.complex64, object, np.int64):
         with pytest.raises(TypeError, match=np.dtype(dtype).name):
             io.as_float_image(np.zeros((2, 2), dtype))
+
+
+def test_the_decompression_bomb_rule_holds_for_tiff_too(tmp_path, monkeypatch, caplog):
+    # tifffile has no pixel limit of its own: the header is checked before decoding
+    import tifffile
+
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, np.zeros((20, 20), np.uint16))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 400 px: warning, not error
+    with caplog.at_level(logging.DEBUG, logger="microtex.io"):
+        assert io.read_image(path).shape == (20, 20)
+    assert any("DecompressionBomb" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # over twice the limit: error
+    decoded = []
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: decoded.append(1))
+    with pytest.raises(ImageReadError, match=r"big.tif.*400 pixels.*limit of 100"):
+        io.read_image(path)
+    assert decoded == []  # refused from the header

@@ -181,6 +181,27 @@ def _decode_pillow(path: Path) -> tuple[np.ndarray, dict]:
     return gray, {"format": fmt, "mode": mode, "bit_depth": bits, "n_frames": n_frames}
 
 
+def _check_pixel_count(path, pixels: int) -> None:
+    """Pillow's decompression-bomb rule, for decoders that do not apply it (tifffile).
+
+    Checked from the header, before anything is decoded: above
+    ``PIL.Image.MAX_IMAGE_PIXELS`` a DecompressionBombWarning (logged), above
+    twice that an ImageReadError.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if not limit or pixels <= limit:
+        return
+    message = (
+        f"Image size ({pixels} pixels) exceeds limit of {limit} pixels, could be "
+        "decompression bomb DOS attack."
+    )
+    if pixels > 2 * limit:
+        raise ImageReadError(
+            path, f"DecompressionBombError: {message} (PIL.Image.MAX_IMAGE_PIXELS sets the limit)"
+        )
+    warnings.warn(message, Image.DecompressionBombWarning, stacklevel=2)
+
+
 def _decode_tiff(path: Path) -> tuple[np.ndarray, dict]:
     import tifffile
 
@@ -190,6 +211,7 @@ def _decode_tiff(path: Path) -> tuple[np.ndarray, dict]:
         if n_frames == 0:
             raise ImageReadError(path, "TIFF file has no readable page (truncated or corrupt)")
         page = tif.pages[0]
+        _check_pixel_count(path, int(page.imagewidth) * int(page.imagelength))
         photometric = page.photometric
         if photometric not in (
             photometric_kind.MINISBLACK,
