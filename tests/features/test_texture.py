@@ -742,6 +742,34 @@ def test_a_newer_layout_of_the_kind_is_refused_by_every_loader(tmp_path, cnn):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("damage", ["unknown parameter", "bad value", "no onnx", "truncated onnx"])
+def test_a_broken_bundle_is_refused_at_load_naming_what(tmp_path, cnn, damage):
+    import hashlib
+    import json
+
+    path = TextureFeaturizer(taps="relu1_1", pool="mean").fit(None).save(tmp_path / "bundle")
+    manifest = json.loads((path / "microtex.json").read_text())
+    params = manifest["config"]["params"]
+    if damage == "unknown parameter":
+        params["n_wordz"] = 3
+    elif damage == "bad value":
+        params["gram_layout"] = "diagonal"
+    elif damage == "no onnx":
+        del manifest["files"]["backbone.onnx"]
+    else:  # cut short, with a manifest that agrees: only ONNX Runtime can tell
+        onnx = path / "backbone.onnx"
+        onnx.write_bytes(onnx.read_bytes()[:5000])
+        manifest["files"]["backbone.onnx"] = hashlib.sha256(onnx.read_bytes()).hexdigest()
+    (path / "microtex.json").write_text(json.dumps(manifest))
+    expected = {"unknown parameter": "unusable parameters.*n_wordz",
+                "bad value": "unusable parameters.*'diagonal'",
+                "no onnx": "has no backbone.onnx",
+                "truncated onnx": "cannot open backbone.onnx"}[damage]  # fmt: skip
+    with pytest.raises(BundleError, match=expected):
+        TextureFeaturizer.load(path)
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("name", ["backbone.onnx", "state.npz"])
 def test_bundle_tampering_is_refused(tmp_path, vlad_featurizer, name):
     f, _ = vlad_featurizer

@@ -227,19 +227,30 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
 
     @classmethod
     def from_bundle(cls, opened: bundle.Bundle) -> TextureFeaturizer:
-        """The featurizer of an opened, verified bundle."""
-        params = params_from_bundle(opened.config)
+        """The featurizer of an opened, verified bundle; any problem is a BundleError, now."""
+        where = f"bundle {str(opened.path)!r}"
         dictionaries = None
         if "state.npz" in opened.files:
             state = bundle.load_npz(opened.file("state.npz"))
             dictionaries = {key.split("/", 1)[1]: words for key, words in state.items()}
         onnx_path = opened.files.get("backbone.onnx")
-        featurizer = cls(**params)._build(dictionaries, onnx_path)
+        try:
+            featurizer = cls(**params_from_bundle(opened.config))._build(dictionaries, onnx_path)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{where} has unusable parameters: {exc}") from None
         if featurizer.n_features_out_ != opened.config.get("n_features"):
             raise BundleError(
-                f"bundle {str(opened.path)!r} promises {opened.config.get('n_features')} features "
+                f"{where} promises {opened.config.get('n_features')} features "
                 f"but its configuration gives {featurizer.n_features_out_}"
             )
+        if featurizer.config_ is not None:
+            if onnx_path is None:  # never fall back to another graph than the one saved
+                taps = featurizer.config_.taps
+                raise BundleError(f"{where} taps {taps} but has no backbone.onnx")
+            try:  # a graph ONNX Runtime cannot open fails now, not at the first transform
+                featurizer.pipeline_.session()
+            except Exception as exc:  # noqa: BLE001  (ONNX Runtime's own exception types)
+                raise BundleError(f"{where}: cannot open backbone.onnx: {exc}") from None
         return featurizer
 
 
