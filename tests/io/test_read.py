@@ -163,3 +163,16 @@ def test_a_broken_link_in_a_folder_is_reported_not_skipped_silently(tmp_path):
     assert read == [good]
     assert [f.path for f in failures] == [tmp_path / "b.png"]
     assert "no such file" in failures[0].reason
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".csv", ".parquet"])
+def test_file_names_that_are_not_utf8_survive_every_table_format(tmp_path, suffix):
+    import os
+
+    from microtex.io import FeatureTable
+
+    name = os.fsdecode(b"caf\xe9-\xff.png")  # Latin-1 bytes, as old SEM software writes them
+    table = FeatureTable(np.ones((2, 1), np.float32), ["raw/mean/0"], [name, "plain.png"])
+    back = FeatureTable.read(table.write(tmp_path / f"f{suffix}"))
+    assert [str(i) for i in back.ids] == [name, "plain.png"]
+    assert os.fsencode(str(back.ids[0])) == b"caf\xe9-\xff.png"

@@ -9,6 +9,7 @@ says whether a path can be written before any work is done.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 
 import numpy as np
@@ -71,6 +72,14 @@ def check_writable(path) -> str:
     return suffix
 
 
+def _parquet_ids(pa, ids: list):
+    """The id column: text, or the file names' bytes when one is not UTF-8 (read back alike)."""
+    try:
+        return pa.array(ids, type=pa.string())
+    except UnicodeEncodeError:
+        return pa.array([os.fsencode(i) for i in ids], type=pa.binary())
+
+
 @dataclasses.dataclass
 class FeatureTable:
     """Features of a set of images: one row per image, named columns.
@@ -126,7 +135,8 @@ class FeatureTable:
                         ids=np.array(self.ids, dtype=str),
                     )
             elif suffix == ".csv":
-                with open(tmp, "w", encoding="utf-8", newline="") as f:
+                # ids are file names: ones that are not UTF-8 keep their bytes
+                with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
                     f.write(",".join(["image", *self.columns]) + "\n")
                     for image_id, row in zip(self.ids, self.features):
                         quoted = '"' + image_id.replace('"', '""') + '"'
@@ -135,7 +145,7 @@ class FeatureTable:
                 import pyarrow as pa
                 import pyarrow.parquet as pq
 
-                arrays = [pa.array(self.ids)] + [
+                arrays = [_parquet_ids(pa, self.ids)] + [
                     pa.array(self.features[:, j]) for j in range(self.features.shape[1])
                 ]
                 pq.write_table(pa.Table.from_arrays(arrays, names=["image", *self.columns]), tmp)
@@ -152,7 +162,7 @@ class FeatureTable:
         if suffix == ".csv":
             import csv
 
-            with open(path, encoding="utf-8", newline="") as f:
+            with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
                 rows = list(csv.reader(f))
             header, body = rows[0], rows[1:]
             features = np.array([[float(v) for v in r[1:]] for r in body], dtype=np.float32)
@@ -165,5 +175,6 @@ class FeatureTable:
             table = pq.read_table(path)
             names = table.column_names
             features = np.stack([table.column(n).to_numpy() for n in names[1:]], axis=1)
-            return cls(features.astype(np.float32), names[1:], table.column(0).to_pylist())
+            ids = [i if isinstance(i, str) else os.fsdecode(i) for i in table.column(0).to_pylist()]
+            return cls(features.astype(np.float32), names[1:], ids)
         raise ValueError(f"unsupported feature file type {path.suffix!r} for {str(path)!r}")
