@@ -9,6 +9,7 @@ No third-party imports.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import pathlib
@@ -24,6 +25,7 @@ __all__ = [
     "atomic_write_text",
     "cache_dir",
     "check_can_write",
+    "remove_stale_temporaries",
     "sha256_bytes",
     "sha256_file",
 ]
@@ -101,7 +103,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = pathlib.Path(name)
     try:
@@ -134,8 +137,53 @@ def check_can_write(path: str | os.PathLike) -> pathlib.Path:
     return path
 
 
+def _temporary_prefix(path: pathlib.Path) -> str:
+    # the writer's pid is in the name, so a later run can tell a dead process's leftovers
+    return f".{path.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[pathlib.Path]:
+    """Remove what writes of ``path`` left behind when their process was killed (kill -9).
+
+    Temporaries are named ``.{name}.{pid}.{random}.tmp`` (or ``.old``); those of
+    a process that no longer runs are removed, files and folders alike. An
+    ``.old`` folder is the previous version a replace had moved aside: if
+    ``path`` is missing (the process died between the two renames) it is put
+    back instead.
+    """
+    path = pathlib.Path(path)
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        parts = candidate.name[len(path.name) + 2 :].split(".")
+        if len(parts) != 3 or parts[2] not in ("tmp", "old") or not parts[0].isdigit():
+            continue
+        if _alive(int(parts[0])):
+            continue
+        if parts[2] == "old" and not os.path.lexists(path):
+            os.rename(candidate, path)
+            continue
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
+
+
 def _sibling_directory(path: pathlib.Path, suffix: str) -> pathlib.Path:
-    return pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
+    return pathlib.Path(
+        tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=suffix, dir=path.parent)
+    )
 
 
 @contextlib.contextmanager
@@ -148,6 +196,7 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Itera
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     staging = _sibling_directory(path, ".tmp")
     try:
         yield staging

@@ -581,3 +581,20 @@ def test_a_skipped_file_is_reported_once(image_dir, tmp_path):
     err = result.stderr
     assert result.returncode == 0 and err.count("bad.png") == 1, err
     assert err.startswith("microtex: skipped") and "not a PNG, JPEG, TIFF or BMP" in err
+
+
+def test_sigterm_during_the_table_write_leaves_nothing_and_exits_130(image_dir, tmp_path, capsys,
+                                                                     monkeypatch):  # fmt: skip
+    import signal
+
+    def killed_midway(handle, **arrays):
+        handle.write(b"PK partial")
+        signal.raise_signal(signal.SIGTERM)  # what a batch scheduler sends
+
+    monkeypatch.setattr(np, "savez", killed_midway)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "featurize", image_dir, "-o", out / "f.npz", "--raw",
+                       "--no-progress")  # fmt: skip
+    assert code == 130 and "interrupted" in err
+    assert list(out.iterdir()) == []  # no half-written table, no hidden temporary
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back as it was

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 from microtex.cli import demo, featurize
 
@@ -32,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     """Run ``microtex`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = _parser().parse_args(argv)
@@ -45,14 +51,21 @@ def main(argv=None) -> int:
         handler.addFilter(lambda record: not getattr(record, "skipped_file", False))
     from microtex.errors import MicrotexError
 
+    # batch schedulers stop a job with SIGTERM: unwind as for Ctrl-C, so that
+    # temporary files are removed on the way out
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
         return COMMANDS[args.command].run(args)
     except (MicrotexError, ValueError, TypeError, OSError, ImportError) as exc:
         print(f"microtex: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # pragma: no cover
+    except KeyboardInterrupt:
         print("microtex: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
