@@ -50,6 +50,7 @@ CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "cudnn_conv_use_max_works
 
 
 _CPUS: tuple[int, int] | None = None  # (pid, CPUs it may use)
+_SAID = {"no cuda": False}
 
 # ONNX Runtime's element type names -> NumPy dtypes inputs are converted to.
 _ORT_DTYPES = {
@@ -129,7 +130,8 @@ def resolve_device(device: str = "auto") -> list:
             f"(available: {available_providers()}); install onnxruntime-gpu instead of onnxruntime"
         )
     if device == "cpu" or (device == "auto" and not have_cuda):
-        if device == "auto":
+        if device == "auto" and not _SAID["no cuda"]:  # once a process, not per session
+            _SAID["no cuda"] = True
             log.info("no CUDA execution provider in onnxruntime; running on the CPU")
         return [CPU]
     return [(CUDA, dict(CUDA_OPTIONS)), CPU]
