@@ -282,3 +282,18 @@ def test_the_decompression_bomb_rule_holds_for_tiff_too(tmp_path, monkeypatch, c
     with pytest.raises(ImageReadError, match=r"big.tif.*400 pixels.*limit of 100"):
         io.read_image(path)
     assert decoded == []  # refused from the header
+
+
+@pytest.mark.parametrize(("orientation", "upright"), [
+    (1, lambda a: a), (3, lambda a: np.rot90(a, 2)), (6, lambda a: np.rot90(a, -1)),
+    (8, lambda a: np.rot90(a, 1)), (2, lambda a: a[:, ::-1]),
+])  # fmt: skip
+def test_exif_orientation_is_applied_and_recorded(tmp_path, orientation, upright):
+    stored = np.arange(6 * 10, dtype=np.uint8).reshape(6, 10) * 4  # distinct values, not square
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "tilted.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    image, info = io.read_image_with_info(path)
+    np.testing.assert_array_equal(image, upright(stored).astype(np.float32) / 255)
+    assert info.exif_orientation == orientation and info.original_shape == image.shape

@@ -20,8 +20,10 @@ C-contiguous:
 Decoding uses Pillow for PNG, JPEG and BMP and `tifffile` for TIFF (first page
 of a multi-page file). A TIFF that tifffile cannot decode without the optional
 ``imagecodecs`` package (e.g. LZW or JPEG compression) is decoded by Pillow
-instead; Pillow reduces 16-bit colour to 8 bits per channel. EXIF orientation
-tags are not applied: pixels are returned as stored.
+instead; Pillow reduces 16-bit colour to 8 bits per channel. An EXIF
+orientation tag (files Pillow decodes) is applied, so that the image is the
+right way up as a viewer shows it (orientation matters for anisotropic
+textures); the tag is recorded in ``ImageInfo.exif_orientation``.
 
 A file that cannot be decoded raises `microtex.errors.ImageReadError`, never a
 decoder's own exception. ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left False
@@ -40,7 +42,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from microtex.errors import ImageReadError
 
@@ -53,6 +55,7 @@ _PILLOW_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "BMP": "BMP", "T
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # ITU-R 601-2 luma weights, as in Pillow's "L" conversion.
 _LUMA = (0.299, 0.587, 0.114)
+_EXIF_ORIENTATION = 0x0112  # 1 as stored; 2-8 mirrored and/or rotated
 
 
 def as_float_image(array) -> np.ndarray:
@@ -177,8 +180,11 @@ def _decode_pillow(path: Path) -> tuple[np.ndarray, dict]:
         n_frames = int(getattr(im, "n_frames", 1))
         im.load()  # decode everything now: a truncated file fails here
         mode = im.mode
-        gray, bits = _pillow_to_gray(im, fmt, path)
-    return gray, {"format": fmt, "mode": mode, "bit_depth": bits, "n_frames": n_frames}
+        orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+        upright = ImageOps.exif_transpose(im) if orientation in range(2, 9) else im
+        gray, bits = _pillow_to_gray(upright, fmt, path)
+    meta = {"format": fmt, "mode": mode, "bit_depth": bits, "n_frames": n_frames}
+    return gray, {**meta, "exif_orientation": orientation}
 
 
 def _check_pixel_count(path, pixels: int) -> None:

@@ -60,6 +60,8 @@ class ImageInfo:
         Rows removed at the bottom (by an int ``crop_bottom`` or by auto-crop).
     shape : tuple of int
         ``(height, width)`` of the returned image.
+    exif_orientation : int
+        The file's EXIF orientation tag (1: as stored; 2-8 were applied).
     """
 
     path: str
@@ -70,6 +72,7 @@ class ImageInfo:
     original_shape: tuple[int, int]
     rows_cropped: int
     shape: tuple[int, int]
+    exif_orientation: int = 1
 
 
 @dataclass(frozen=True)
