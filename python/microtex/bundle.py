@@ -43,6 +43,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "Bundle",
+    "check_target",
     "is_bundle",
     "kinds",
     "load_bundle",
@@ -165,6 +166,32 @@ def is_bundle(directory: str | os.PathLike) -> bool:
     return (pathlib.Path(directory) / MANIFEST_NAME).is_file()
 
 
+def check_target(directory: str | os.PathLike, overwrite: bool = False) -> bool:
+    """Whether saving a bundle to ``directory`` replaces something there; raise if it may not.
+
+    A new path or an empty folder is fine, an existing bundle only with
+    ``overwrite``; anything else is a FileExistsError naming the path. Callers
+    that do long work before saving check first.
+    """
+    target = pathlib.Path(directory)
+    if not (target.exists() or target.is_symlink()):
+        return False
+    if not target.is_dir():
+        raise FileExistsError(f"{str(target)!r} exists and is not a directory")
+    if is_bundle(target):
+        if not overwrite:
+            raise FileExistsError(
+                f"bundle {str(target)!r} already exists; pass overwrite=True to replace it"
+            )
+        return True
+    if any(target.iterdir()):
+        raise FileExistsError(
+            f"{str(target)!r} exists and is not a microtex bundle (no {MANIFEST_NAME}); "
+            "refusing to overwrite it"
+        )
+    return True  # an empty directory
+
+
 def _write_source(source: FileSource, destination: pathlib.Path) -> str:
     """Copy a path or write bytes to ``destination``; return its sha256."""
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -246,25 +273,7 @@ def save_bundle(
     except (TypeError, ValueError) as exc:
         raise TypeError(f"bundle config must be JSON-serializable: {exc}") from None
 
-    replace_existing = False
-    if target.exists() or target.is_symlink():
-        if not target.is_dir():
-            raise FileExistsError(f"{str(target)!r} exists and is not a directory")
-        if is_bundle(target):
-            if not overwrite:
-                raise FileExistsError(
-                    f"bundle {str(target)!r} already exists; pass overwrite=True to replace it"
-                )
-            replace_existing = True
-        elif any(target.iterdir()):
-            raise FileExistsError(
-                f"{str(target)!r} exists and is not a microtex bundle (no {MANIFEST_NAME}); "
-                "refusing to overwrite it"
-            )
-        else:
-            replace_existing = True  # an empty directory
-
-    with _files.atomic_directory(target, replace=replace_existing) as staging:
+    with _files.atomic_directory(target, replace=check_target(target, overwrite)) as staging:
         checksums = {
             name: _write_source(source, staging / name) for name, source in sorted(names.items())
         }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
 from microtex._validation import ON_ERROR, renamed
@@ -115,7 +114,7 @@ def _report_failures(failures) -> None:
 
 
 def run(args) -> int:
-    from microtex.bundle import is_bundle
+    from microtex.bundle import check_target
     from microtex.errors import NoImagesError
     from microtex.features.api import featurize
     from microtex.features.texture import TextureFeaturizer
@@ -131,14 +130,8 @@ def run(args) -> int:
             "--pooling", "--block-pooling", args.old_pooling, args.block_pooling, unset=None
         )
         print(f"microtex: warning: {note}", file=sys.stderr)
-    if args.save_bundle:
-        target = pathlib.Path(args.save_bundle)
-        occupied = target.exists() and not (target.is_dir() and not any(target.iterdir()))
-        if occupied and not is_bundle(target):
-            raise ValueError(
-                f"--save-bundle {str(target)!r} exists and is not a microtex bundle; "
-                "choose a new folder"
-            )
+    if args.save_bundle:  # before the work, not after it
+        check_target(args.save_bundle, overwrite=True)
     # the options named as the featurizer's parameters pass through as they are
     same = ("backbone", "weights", "pool", "precision", "conv_algorithm", "gram_normalization",
             "gram_layout", "n_words", "image_size", "crop_bottom", "batch_size", "device",

@@ -188,14 +188,15 @@ def check_tiles(tile, tile_stride, plan: TexturePlan) -> tuple[int, int] | None:
 
 
 def bundle_document(params: dict[str, Any], plan: TexturePlan, conv_algorithm: str | None) -> dict:
-    """The manifest ``config`` of a texture-featurizer bundle (JSON-able)."""
+    """The manifest ``config`` of a texture-featurizer bundle (JSON-able).
+
+    ``params`` are the fitted featurizer's (``params_``: the deprecated
+    ``pooling`` already resolved into ``block_pooling``).
+    """
     params = {
         key: list(value) if isinstance(value, tuple) else value for key, value in params.items()
     }
-    params.pop("pooling", None)  # the deprecated name; the plan holds the value used
     params["weights"] = None if params["weights"] is None else str(params["weights"])
-    if plan.config is not None:
-        params["block_pooling"] = plan.config.block_pooling
     return {
         "params": params,
         "backbone": None if plan.config is None else plan.config.to_dict(),

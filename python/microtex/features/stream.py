@@ -26,7 +26,7 @@ from microtex._pools import GRAPH_POOLS
 from microtex._validation import check_on_error
 from microtex.backbones import Heads, cached_onnx, resolve_conv_algorithm
 from microtex.engine import session as runtime
-from microtex.errors import NoImagesError
+from microtex.errors import ImageTooSmallError, NoImagesError
 from microtex.features import pooling
 from microtex.features.plan import RAW_TAP, TexturePlan
 from microtex.features.vlad import fit_vlad_dictionary, vlad_encode
@@ -274,7 +274,7 @@ class TexturePipeline:
                 failures.append(mio.ReadFailure(image_id, message))
                 log.warning("skipping %s: %s", image_id, message, extra={"skipped_file": True})
                 return True
-            raise ValueError(f"{image_id}: {message}")
+            raise ImageTooSmallError(f"{image_id}: {message}")
 
         def checked():
             for image_id, image in iter_inputs(
