@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "MAX_IMAGE_SIDE",
     "ON_ERROR",
     "CropBottom",
     "Size",
@@ -29,6 +30,9 @@ __all__ = [
 
 #: The release that drops the old names of renamed options.
 RENAMED_UNTIL = "0.3"
+
+#: Largest side a resize may ask for: beyond any micrograph, and far beyond what fits.
+MAX_IMAGE_SIDE = 65_535
 
 CropBottom = None | int | Literal["auto"]
 Size = None | int | tuple[int, int]
@@ -160,21 +164,25 @@ def check_crop_bottom(crop_bottom: Any) -> CropBottom:
 
 
 def check_size(size: Any) -> Size:
-    """None, a short side (int >= 1) or a ``(height, width)`` pair of them."""
+    """None, a short side or a ``(height, width)`` pair, each from 1 to `MAX_IMAGE_SIDE`."""
     if size is None:
         return None
     if is_int(size) and size > 0:
-        return int(size)
-    if (
+        sides = (int(size),)
+    elif (
         isinstance(size, (tuple, list))
         and len(size) == 2
         and all(is_int(n) and n > 0 for n in size)
     ):
-        return (int(size[0]), int(size[1]))
-    raise ValueError(
-        "size must be None, a positive int (short side) or a (height, width) pair of "
-        f"positive ints, got {size!r}"
-    )
+        sides = (int(size[0]), int(size[1]))
+    else:
+        raise ValueError(
+            "size must be None, a positive int (short side) or a (height, width) pair of "
+            f"positive ints, got {size!r}"
+        )
+    if max(sides) > MAX_IMAGE_SIDE:
+        raise ValueError(f"size {size!r} is too large: sides are at most {MAX_IMAGE_SIDE} pixels")
+    return sides[0] if len(sides) == 1 else sides
 
 
 def check_on_error(on_error: Any) -> str:

@@ -6,6 +6,7 @@ __all__ = [
     "MicrotexError",
     "ImageReadError",
     "ImageTooSmallError",
+    "ImageTooLargeError",
     "UnknownLayerError",
     "WeightsError",
     "BundleError",
@@ -32,6 +33,10 @@ class ImageTooSmallError(MicrotexError, ValueError):
 
     A batch reports it for that file and goes on, like an unreadable file.
     """
+
+
+class ImageTooLargeError(MicrotexError, ValueError):
+    """An image too large for the memory a job may use (``max_pixels``), or out of memory."""
 
 
 class UnknownLayerError(MicrotexError, ValueError):

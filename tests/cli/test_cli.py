@@ -394,6 +394,9 @@ def test_featurize_on_error_raise(image_dir, tmp_path, capsys):
         ["--precision", "fp64"],
         ["--conv-algorithm", "fft"],
         ["--pool"],
+        ["--max-pixels", "0"],
+        ["--max-pixels", "many"],
+        ["--image-size", "100000"],
     ],
 )
 def test_featurize_bad_arguments_exit_2(tmp_path, capsys, argv):
@@ -560,6 +563,22 @@ def test_each_cli_option_has_the_effect_of_the_api_option(cnn, image_dir, tmp_pa
         cli.features, default.features, rtol=1e-3
     )
     assert differs, "the option changed nothing"
+
+
+@pytest.mark.torch
+def test_max_pixels_skips_the_images_that_do_not_fit(cnn, image_dir, tmp_path, capsys):
+    output = tmp_path / "f.npz"
+    argv = ["featurize", *good_files(image_dir), "-o", output, "--taps", "relu1_1,relu2_1",
+            "--pool", "mean", "--device", "cpu", "--no-progress"]  # fmt: skip
+    code, _, err = run(capsys, *argv, "--max-pixels", "1599")  # the images are 40x40
+    assert code == 1 and not output.exists()
+    assert err.count("is larger than max_pixels=1,599") == 3, err
+    assert "pass image_size (--image-size)" in err and "tile (--tile)" in err
+    code, out, err = run(capsys, *argv, "--max-pixels", "1600")
+    assert code == 0 and "featurized 3 images (0 skipped)" in out, err
+    code, _, err = run(capsys, *argv, "--max-pixels", "1000", "--image-size", "40")
+    assert code == 2
+    assert "image_size=40 makes every image at least 1,600 pixels, more than max_pixels" in err
 
 
 def test_the_engine_option_reaches_the_featurizer(image_dir, tmp_path, capsys):

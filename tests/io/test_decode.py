@@ -297,3 +297,82 @@ def test_exif_orientation_is_applied_and_recorded(tmp_path, orientation, upright
     image, info = io.read_image_with_info(path)
     np.testing.assert_array_equal(image, upright(stored).astype(np.float32) / 255)
     assert info.exif_orientation == orientation and info.original_shape == image.shape
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_the_byte_limit_holds_for_every_decoder_before_decoding(tmp_path, monkeypatch):
+    import tifffile
+
+    from microtex.io import decode
+
+    rgba16 = tmp_path / "rgba16.tif"  # 20 x 20 x 4 samples x 2 bytes = 3200 bytes
+    tifffile.imwrite(rgba16, np.zeros((20, 20, 4), np.uint16), photometric="rgb",
+                     extrasamples=["unassalpha"])  # fmt: skip
+    rgba8 = save(np.zeros((20, 20, 4), np.uint8), tmp_path / "rgba8.png")  # 1600 bytes
+    gray = save(np.zeros((20, 20), np.uint8), tmp_path / "gray.png")  # 400 bytes
+    monkeypatch.setattr(decode, "MAX_DECODED_BYTES", 1000)
+    decoded = []
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: decoded.append(1))
+    with pytest.raises(ImageReadError, match=r"rgba16.tif.*20x20 pixels would take 3,200 bytes, "
+                                             r"more than the limit of 1,000"):  # fmt: skip
+        io.read_image(rgba16)
+    assert decoded == []  # refused from the header
+    with pytest.raises(ImageReadError, match=r"rgba8.png.*1,600 bytes"):
+        io.read_image(rgba8)
+    assert io.read_image(gray).shape == (20, 20)
+
+
+def test_out_of_memory_while_decoding_is_that_files_read_error(tmp_path, monkeypatch):
+    from microtex.io import decode
+
+    good = save(np.zeros((8, 8), np.uint8), tmp_path / "a.png")
+    big = save(np.zeros((9, 9), np.uint8), tmp_path / "b.png")
+    real = decode._pillow_to_gray
+
+    def starved(im, *args):
+        if im.size == (9, 9):
+            raise MemoryError
+        return real(im, *args)
+
+    monkeypatch.setattr(decode, "_pillow_to_gray", starved)
+    with pytest.raises(ImageReadError, match=r"b.png': out of memory while decoding"):
+        io.read_image(big)
+    batch = io.read_images([big, good], on_error="skip")
+    assert [p.name for p in batch.paths] == ["a.png"]
+    assert batch.failures[0].reason == "out of memory while decoding the image"
+
+
+# --------------------------------------------------------------------------- float policy
+
+
+def test_float_data_is_treated_alike_as_an_array_and_as_a_file(tmp_path, caplog, monkeypatch):
+    # one policy: in [0, 1] kept, otherwise min-max scaled, with a warning, in every path
+    import tifffile
+
+    from microtex.io import decode
+
+    monkeypatch.setitem(decode._SAID, "scaled", False)
+    data = np.random.default_rng(3).uniform(-3.0, 40.0, (24, 32)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", data)
+    with caplog.at_level(logging.INFO, logger="microtex.io"):
+        from_array = io.as_float_image(data)
+        from_file, info = io.read_image_with_info(tmp_path / "f.tif")
+    np.testing.assert_array_equal(from_array, from_file)
+    assert from_array.min() == 0.0 and from_array.max() == 1.0
+    assert info.scaled_from == (float(data.min()), float(data.max()))
+    levels = [r.levelname for r in caplog.records if "min-max scaled" in r.getMessage()]
+    assert levels == ["WARNING", "INFO"]  # said once loudly, then for -v
+    assert "f.tif: values in [-2.9" in caplog.text
+    # featurizing the array and the file gives the same rows
+    from microtex import featurize
+
+    rows = featurize(data[None], taps="raw", pool="mean,max,gram").features
+    np.testing.assert_array_equal(
+        rows, featurize(tmp_path / "f.tif", taps="raw", pool="mean,max,gram").features
+    )
+    inside = np.float64([[0.0, 0.5], [0.25, 1.0]])
+    assert io.as_float_image(inside).tolist() == inside.tolist()
+    assert io.read_image_with_info(save(np.zeros((2, 2), np.uint8), tmp_path / "z.png"))[
+        1].scaled_from is None  # fmt: skip

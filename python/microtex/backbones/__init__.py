@@ -26,6 +26,7 @@ from microtex.backbones.config import (
     feature_sizes,
     make_config,
     output_names,
+    peak_bytes_per_pixel,
     resolve_conv_algorithm,
     winograd_layers,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "make_config",
     "min_image_side",
     "output_names",
+    "peak_bytes_per_pixel",
     "resolve_conv_algorithm",
     "resolve_taps",
     "tap_block",

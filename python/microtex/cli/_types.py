@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from microtex._validation import check_crop_bottom, check_positive_int
+from microtex._validation import check_crop_bottom, check_positive_int, check_size
 
 
 def _number(text: str):
@@ -19,18 +19,33 @@ def image_size(text: str):
     try:
         if "x" in text.lower():
             height, width = text.lower().split("x")
-            return (int(height), int(width))
-        return int(text)
+            size = (int(height), int(width))
+        else:
+            size = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"image size must be N (short side) or HxW, got {text!r}"
         ) from None
+    try:
+        return check_size(size)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def crop_bottom(text: str):
     """A number of rows >= 0, or ``auto``."""
     try:
         return check_crop_bottom(_number(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def max_pixels(text: str):
+    """A number of pixels >= 1, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return check_positive_int("max pixels", _number(text), what="a positive integer or 'auto'")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

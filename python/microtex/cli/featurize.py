@@ -6,7 +6,7 @@ import sys
 
 from microtex._validation import ON_ERROR, renamed
 from microtex.backbones import ARCHITECTURES, BLOCK_POOLINGS, CONV_ALGORITHMS, PRECISIONS
-from microtex.cli._types import crop_bottom, image_size, positive
+from microtex.cli._types import crop_bottom, image_size, max_pixels, positive
 from microtex.engine.session import DEVICES
 from microtex.features.plan import ENGINES
 from microtex.features.pooling import GRAM_LAYOUTS, GRAM_NORMALIZATIONS, POOLS
@@ -80,6 +80,13 @@ def add_parser(subparsers) -> None:
         help="step between tiles (default: --tile, no overlap)",
     )
     f.add_argument("--batch-size", type=positive, default=8)
+    f.add_argument(
+        "--max-pixels",
+        type=max_pixels,
+        default="auto",
+        help="most pixels in one network input; larger images are skipped "
+        "(default auto: what half of this machine's memory holds)",
+    )
     f.add_argument("--device", default="auto", choices=DEVICES)
     f.add_argument("--engine", default="auto", choices=ENGINES)
     f.add_argument("--threads", type=positive, default=None, help="CPU threads (default: all)")
@@ -135,7 +142,7 @@ def run(args) -> int:
     # the options named as the featurizer's parameters pass through as they are
     same = ("backbone", "weights", "pool", "precision", "conv_algorithm", "gram_normalization",
             "gram_layout", "n_words", "image_size", "crop_bottom", "batch_size", "device",
-            "engine")  # fmt: skip
+            "engine", "max_pixels")  # fmt: skip
     featurizer = TextureFeaturizer(
         **{name: getattr(args, name) for name in same},
         taps="raw" if args.raw else args.taps,

@@ -195,6 +195,10 @@ class Session:
         if device == "auto" and providers[0] != CPU and CUDA not in self.providers:
             log.warning("CUDA provider present but not usable; running on the CPU")
         self.device = "cuda" if CUDA in self.providers else "cpu"
+        # a failed run (e.g. out of memory) raises with ONNX Runtime's message;
+        # printing it to stderr as well would repeat it outside microtex's report
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
         self._inputs = {i.name: i for i in self._session.get_inputs()}
         self.input_names = tuple(self._inputs)
         self.input_name = self.input_names[0]
@@ -245,7 +249,7 @@ class Session:
                 )
             feed = {self.input_name: self._checked(self.input_name, inputs)}
         names = list(self.output_names if outputs is None else outputs)
-        values = self._session.run(names, feed)
+        values = self._session.run(names, feed, self._run_options)
         return dict(zip(names, values, strict=True))
 
     def _checked(self, name: str, value) -> np.ndarray:

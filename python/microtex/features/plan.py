@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any
 
 from microtex._pools import GRAM_LAYOUTS, GRAM_NORMALIZATIONS, GRAPH_POOLS, POOLS, n_pooled_features
@@ -25,8 +26,10 @@ from microtex.backbones import (
     check_conv_algorithm,
     check_trunk_options,
     min_image_side,
+    peak_bytes_per_pixel,
     tap_channels,
 )
+from microtex.engine.memory import format_bytes, machine_memory, memory_budget
 from microtex.engine.session import DEVICES
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     "make_plan",
     "params_from_bundle",
 ]
+
+log = logging.getLogger("microtex.features")
 
 RAW_TAP = "raw"
 #: Where mean/max/Gram pooling runs: C++ kernels on the activations, or heads in the graph.
@@ -66,6 +71,7 @@ class TexturePlan:
     engine: str = "auto"
     conv_algorithm: str = "auto"
     n_threads: int | None = None
+    max_pixels: int | None = None  # per network input; None when no network runs
 
     @property
     def raw(self) -> bool:
@@ -83,6 +89,65 @@ class TexturePlan:
     @property
     def feature_names(self) -> tuple[str, ...]:
         return feature_names(self.taps, self.pools, self.gram_layout, self.n_words)
+
+    def peak_bytes(self, pixels: int) -> int:
+        """Estimated peak memory of one network input of ``pixels`` (all images of a batch)."""
+        if self.config is None:
+            return 0
+        return pixels * peak_bytes_per_pixel(self.config, self.conv_algorithm)
+
+    def too_large(self, height: int, width: int) -> str | None:
+        """Why one ``height`` x ``width`` image cannot go through the network, or None."""
+        pixels = height * width
+        if self.max_pixels is None or pixels <= self.max_pixels:
+            return None
+        return (
+            f"image {height}x{width} ({pixels:,} pixels) is larger than max_pixels="
+            f"{self.max_pixels:,} (the network would need about "
+            f"{format_bytes(self.peak_bytes(pixels))}); pass image_size (--image-size) "
+            "to resize it or tile (--tile) to cut it into patches, or raise max_pixels "
+            "(--max-pixels)"
+        )
+
+
+def resolve_max_pixels(max_pixels, config: BackboneConfig | None, conv_algorithm: str):
+    """``max_pixels`` as an int (None without a network); ``"auto"`` fits `memory_budget`."""
+    if max_pixels == "auto":
+        if config is None:
+            return None
+        per_pixel = peak_bytes_per_pixel(config, conv_algorithm)
+        return max(1, memory_budget() // per_pixel)
+    max_pixels = check_positive_int(
+        "max_pixels", max_pixels, what="a positive number of pixels or 'auto'"
+    )
+    if config is not None:
+        need = max_pixels * peak_bytes_per_pixel(config, conv_algorithm)
+        if need > memory_budget():
+            log.warning(
+                "max_pixels=%s lets one network input take about %s, more than half of "
+                "this machine's %s; a large image may run out of memory",
+                f"{max_pixels:,}", format_bytes(need), format_bytes(machine_memory()),
+            )
+    return max_pixels
+
+
+def _check_image_size(image_size, max_pixels: int | None):
+    """``image_size`` checked (sides, and pixels against ``max_pixels``) before any work."""
+    try:
+        image_size = check_size(image_size)
+    except ValueError as exc:
+        raise ValueError(f"image_size: {exc}") from None
+    if image_size is None:
+        return None
+    sides = (image_size, image_size) if isinstance(image_size, int) else image_size
+    least = sides[0] * sides[1]  # an int sets the short side: no image is smaller
+    if max_pixels is not None and least > max_pixels:
+        raise ValueError(
+            f"image_size={image_size!r} makes every image at least {least:,} pixels, more "
+            f"than max_pixels={max_pixels:,}; use a smaller image_size (--image-size), tile "
+            "the images (--tile), or raise max_pixels (--max-pixels)"
+        )
+    return image_size
 
 
 def make_plan(
@@ -107,8 +172,16 @@ def make_plan(
     device: str = "auto",
     engine: str = "auto",
     n_threads: int | None = None,
+    max_pixels="auto",
 ) -> TexturePlan:
-    """Check every option of a texture featurization; ValueError names the first bad one."""
+    """Check every option of a texture featurization; ValueError names the first bad one.
+
+    ``max_pixels`` bounds the pixels of one network input (all images of a
+    batch together): batches of large images are made smaller to fit, and an
+    image larger on its own is reported, not run. ``"auto"`` fits the network's
+    estimated peak memory (:func:`microtex.backbones.peak_bytes_per_pixel`) in
+    half of the machine's memory (:func:`microtex.engine.memory.memory_budget`).
+    """
     pools = check_choices("pool", pool, POOLS)
     check_choice("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
     check_choice("gram_layout", gram_layout, GRAM_LAYOUTS)
@@ -135,6 +208,7 @@ def make_plan(
             block_pooling=block_pooling,
             precision=precision,
         )
+    max_pixels = resolve_max_pixels(max_pixels, config, conv_algorithm)
     return TexturePlan(
         taps=((RAW_TAP,) if RAW_TAP in items else ()) + (config.taps if config else ()),
         pools=pools,
@@ -146,13 +220,14 @@ def make_plan(
         intra_normalize=bool(intra_normalize),
         signed_sqrt=bool(signed_sqrt),
         l2_normalize=bool(l2_normalize),
-        image_size=check_size(image_size),
+        image_size=_check_image_size(image_size, max_pixels),
         crop_bottom=check_crop_bottom(crop_bottom),
         batch_size=check_positive_int("batch_size", batch_size),
         device=device,
         engine=engine,
         conv_algorithm=conv_algorithm,
         n_threads=check_positive_int("n_threads", n_threads, allow_none=True),
+        max_pixels=max_pixels,
     )
 
 
@@ -183,6 +258,11 @@ def check_tiles(tile, tile_stride, plan: TexturePlan) -> tuple[int, int] | None:
         raise ValueError(
             f"tile={size} is smaller than {plan.min_side} pixels, the least that layer "
             f"{plan.cnn_taps[-1]} needs"
+        )
+    if plan.max_pixels is not None and size * size > plan.max_pixels:
+        raise ValueError(
+            f"tile={size} makes {size * size:,} pixels per patch, more than max_pixels="
+            f"{plan.max_pixels:,}; use a smaller tile or raise max_pixels (--max-pixels)"
         )
     return size, stride
 

@@ -26,7 +26,8 @@ from microtex._pools import GRAPH_POOLS
 from microtex._validation import check_on_error
 from microtex.backbones import Heads, cached_onnx, resolve_conv_algorithm
 from microtex.engine import session as runtime
-from microtex.errors import ImageTooSmallError, NoImagesError
+from microtex.engine.memory import format_bytes, is_out_of_memory
+from microtex.errors import ImageTooLargeError, ImageTooSmallError, NoImagesError
 from microtex.features import pooling
 from microtex.features.plan import RAW_TAP, TexturePlan
 from microtex.features.vlad import fit_vlad_dictionary, vlad_encode
@@ -108,7 +109,7 @@ def iter_inputs(
         if _is_path(x):
             raise TypeError("mix of paths and arrays in one input; pass one kind")
         image, rows = mio.prepare_image(
-            mio.as_float_image(np.asarray(x)),
+            mio.as_float_image(np.asarray(x), f"array[{i}]"),
             crop_bottom=crop_bottom,
             size=size,
             name=f"array[{i}]",
@@ -118,11 +119,20 @@ def iter_inputs(
         yield f"array[{i}]", image
 
 
-def batches(items: Iterable[tuple[str, np.ndarray]], batch_size: int):
-    """Group consecutive images of equal shape into ``(ids, (n, 1, h, w))`` batches."""
+def batches(
+    items: Iterable[tuple[str, np.ndarray]], batch_size: int, max_pixels: int | None = None
+):
+    """Group consecutive images of equal shape into ``(ids, (n, 1, h, w))`` batches.
+
+    A batch holds at most ``batch_size`` images and, when ``max_pixels`` is
+    given, at most ``max_pixels`` pixels (but always one image).
+    """
     ids, images = [], []
     for image_id, image in items:
-        if images and (image.shape != images[0].shape or len(images) == batch_size):
+        full = len(images) == batch_size or (
+            max_pixels is not None and (len(images) + 1) * image.size > max_pixels
+        )
+        if images and (image.shape != images[0].shape or full):
             yield ids, np.stack(images)[:, None]
             ids, images = [], []
         ids.append(image_id)
@@ -262,19 +272,21 @@ class TexturePipeline:
         With ``tiles=(size, stride)`` every image is cut into square patches
         (:func:`microtex.io.tile`, after cropping and resizing), each
         featurized as an image of its own with the id ``"{id}@{row},{column}"``.
-        Images too small for a tile or for the deepest tap are reported in
-        ``failures`` and skipped (``on_error="skip"``, files only) or raise.
+        Images too small for a tile or for the deepest tap, larger than
+        ``plan.max_pixels``, or that run out of memory in the network, are
+        reported in ``failures`` and skipped (``on_error="skip"``, files only)
+        or raise (ImageTooSmallError, ImageTooLargeError).
         """
         plan = self.plan
         check_on_error(on_error)
         failures = [] if failures is None else failures
 
-        def too_small(image_id: str, message: str) -> bool:
+        def skip(image_id: str, message: str, error=ImageTooSmallError) -> bool:
             if on_error == "skip" and not image_id.startswith("array["):
                 failures.append(mio.ReadFailure(image_id, message))
                 log.warning("skipping %s: %s", image_id, message, extra={"skipped_file": True})
                 return True
-            raise ImageTooSmallError(f"{image_id}: {message}")
+            raise error(f"{image_id}: {message}")
 
         def checked():
             for image_id, image in iter_inputs(
@@ -283,35 +295,63 @@ class TexturePipeline:
                 shape = f"{image.shape[0]}x{image.shape[1]}"
                 if tiles is not None:
                     size, stride = tiles
-                    if min(image.shape) < size and too_small(
+                    if min(image.shape) < size and skip(
                         image_id, f"image {shape} is smaller than one {size}x{size} tile"
                     ):
                         continue
                     patches, origins = mio.tile(image, size, stride)
                     for patch, (row, col) in zip(patches, origins):
                         yield f"{image_id}@{row},{col}", patch
-                elif min(image.shape) < plan.min_side and too_small(
+                elif min(image.shape) < plan.min_side and skip(
                     image_id,
                     f"image {shape} is smaller than {plan.min_side} pixels, the least "
                     f"that layer {plan.cnn_taps[-1]} needs",
                 ):
                     continue
+                elif plan.cnn_taps and (why := plan.too_large(*image.shape)):
+                    if skip(image_id, why, ImageTooLargeError):
+                        continue
                 else:
                     yield image_id, image
 
-        stream = prefetch(batches(checked(), plan.batch_size))
+        def run(ids: list, batch: np.ndarray):
+            outputs: dict = {RAW_TAP: batch} if plan.raw else {}
+            if session is None:
+                yield ids, outputs
+                return
+            try:
+                result = session.run(batch)
+            except Exception as exc:  # noqa: BLE001  (ONNX Runtime's own exception types)
+                if not is_out_of_memory(exc):
+                    raise
+                if len(ids) > 1:  # the images alone may fit
+                    log.info("out of memory on a batch of %d; running its images one by one",
+                             len(ids))
+                    for i in range(len(ids)):
+                        yield from run(ids[i : i + 1], batch[i : i + 1])
+                    return
+                height, width = batch.shape[-2:]
+                log.debug("out of memory on %s: %s", ids[0], exc)
+                skip(
+                    ids[0],
+                    f"out of memory in the network on an image {height}x{width} (estimated "
+                    f"peak {format_bytes(plan.peak_bytes(height * width))}); pass image_size "
+                    "(--image-size) or tile (--tile), or lower max_pixels (--max-pixels)",
+                    ImageTooLargeError,
+                )
+                return
+            if "/" in session.output_names[0]:  # pooled by heads in the graph
+                for name, value in result.items():
+                    tap, pool = name.split("/")
+                    outputs.setdefault(tap, {})[pool] = value
+            else:
+                outputs.update(result)
+            yield ids, outputs
+
+        stream = prefetch(batches(checked(), plan.batch_size, plan.max_pixels))
         session = self.session(heads=self.engine() == "graph") if plan.cnn_taps else None
         for ids, batch in stream:
-            outputs: dict = {RAW_TAP: batch} if plan.raw else {}
-            if session is not None:
-                result = session.run(batch)
-                if "/" in session.output_names[0]:  # pooled by heads in the graph
-                    for name, value in result.items():
-                        tap, pool = name.split("/")
-                        outputs.setdefault(tap, {})[pool] = value
-                else:
-                    outputs.update(result)
-            yield ids, outputs
+            yield from run(ids, batch)
 
     def pool(self, outputs: dict) -> np.ndarray:
         """One batch's feature rows from its outputs (C++ kernels on ``plan.n_threads``)."""

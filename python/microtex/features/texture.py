@@ -65,6 +65,13 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         Where mean/max/Gram pooling runs; ``"auto"``: in the graph on CUDA.
     n_threads : int or None
         CPU threads for inference and pooling.
+    max_pixels : int or "auto"
+        Most pixels in one network input (a batch's images together): batches
+        of large images shrink to fit, and a larger image on its own is
+        reported and skipped (files, ``on_error="skip"``) or raises
+        `~microtex.errors.ImageTooLargeError`. ``"auto"``: what half of the
+        machine's memory holds by the network's estimated peak (about 1.8 KB
+        a pixel for the default VGG19 taps, 6.8 million pixels with 24 GB).
     random_state : int or None
         Seed of the VLAD fit.
 
@@ -96,8 +103,8 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                  gram_normalization="spatial", gram_layout="triu", n_words=32,
                  vlad_max_vectors=100_000, intra_normalize=True, signed_sqrt=True,
                  l2_normalize=True, image_size=None, crop_bottom=None, batch_size=8,
-                 device="auto", engine="auto", n_threads=None, random_state=None,
-                 pooling=_DEPRECATED):  # fmt: skip
+                 device="auto", engine="auto", n_threads=None, max_pixels="auto",
+                 random_state=None, pooling=_DEPRECATED):  # fmt: skip
         self.backbone = backbone
         self.weights = weights
         self.taps = taps
@@ -118,6 +125,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         self.device = device
         self.engine = engine
         self.n_threads = n_threads
+        self.max_pixels = max_pixels
         self.random_state = random_state
         self.pooling = pooling
 

@@ -12,9 +12,12 @@ C-contiguous:
   colour channels are all equal (grayscale saved as RGB or palette) give exactly
   the gray values. Alpha channels are ignored (not composited).
 * Float data (and integer kinds other than those above, e.g. signed or 32-bit)
-  is kept as it is when all values already lie in ``[0, 1]``; otherwise it is
-  min-max scaled to ``[0, 1]`` (a constant image outside ``[0, 1]`` becomes all
-  zeros). NaN or infinite values are a read error.
+  follows the one float policy of microtex, the same for files and arrays
+  (:func:`scale_float`): kept as it is when all values lie in ``[0, 1]``,
+  otherwise min-max scaled to ``[0, 1]`` with a warning on the ``"microtex.io"``
+  logger (a constant image outside ``[0, 1]`` becomes all zeros); the range it
+  had is recorded in ``ImageInfo.scaled_from``. NaN or infinite values are an
+  error.
 * TIFF ``MinIsWhite`` data is inverted so that 1.0 is always white.
 
 Decoding uses Pillow for PNG, JPEG and BMP and `tifffile` for TIFF (first page
@@ -25,10 +28,17 @@ orientation tag (files Pillow decodes) is applied, so that the image is the
 right way up as a viewer shows it (orientation matters for anisotropic
 textures); the tag is recorded in ``ImageInfo.exif_orientation``.
 
+Limits, the same for every decoder and checked from the header before anything
+is decoded: ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (above it a
+``DecompressionBombWarning`` is logged, above twice it the file is refused) and
+`MAX_DECODED_BYTES` bytes of decoded samples (all channels, first page).
+
 A file that cannot be decoded raises `microtex.errors.ImageReadError`, never a
-decoder's own exception. ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left False
-(its default) and every image is fully decoded inside the guarded region, so a
-truncated file is an error, not a partly gray image. Warnings that decoders
+decoder's own exception; running out of memory while decoding one is such an
+error too, so that a batch reports the file and goes on.
+``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left False (its default) and every
+image is fully decoded inside the guarded region, so a truncated file is an
+error, not a partly gray image. Warnings that decoders
 emit while reading a file (e.g. Pillow's ``DecompressionBombWarning`` for very
 large mosaics) are logged to the ``"microtex.io"`` logger instead of being
 raised as warnings; Pillow's ``DecompressionBombError`` (above twice
@@ -46,9 +56,13 @@ from PIL import Image, ImageOps
 
 from microtex.errors import ImageReadError
 
-__all__ = ["as_float_image", "decode_file"]
+__all__ = ["MAX_DECODED_BYTES", "as_float_image", "decode_file", "scale_float"]
 
 logger = logging.getLogger("microtex.io")
+
+#: Most bytes a file's decoded samples may take (checked from its header).
+MAX_DECODED_BYTES = 2**31
+_SAID = {"scaled": False}
 
 # Pillow format names accepted (MPO is the multi-picture flavour of JPEG).
 _PILLOW_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "BMP": "BMP", "TIFF": "TIFF"}
@@ -58,15 +72,68 @@ _LUMA = (0.299, 0.587, 0.114)
 _EXIF_ORIENTATION = 0x0112  # 1 as stored; 2-8 mirrored and/or rotated
 
 
-def as_float_image(array) -> np.ndarray:
+def scale_float(data, name: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """microtex's one policy for float data, the same for arrays and files.
+
+    Values all in ``[0, 1]`` are kept as they are; otherwise the image is
+    min-max scaled to ``[0, 1]`` (a constant one becomes zeros), and a warning
+    naming ``name`` and the range is logged on ``"microtex.io"`` (the first
+    time in a process; later ones at INFO, shown by ``microtex -v``).
+
+    Returns
+    -------
+    image : numpy.ndarray
+        float32, the shape of ``data``.
+    scaled_from : (float, float) or None
+        The range that was scaled to ``[0, 1]``, or None when kept.
+
+    Raises
+    ------
+    ValueError
+        ``data`` holds NaN or infinite values (the message counts them).
+
+    Examples
+    --------
+    >>> scale_float(np.array([[0.0, 0.5]]), "x")[1] is None
+    True
+    >>> scale_float(np.array([[-1.0, 3.0]]), "x")
+    (array([[0., 1.]], dtype=float32), (-1.0, 3.0))
+    """
+    data = np.asarray(data)
+    finite = np.isfinite(data)
+    if not finite.all():
+        n_nan = int(np.isnan(data).sum())
+        n_inf = int(data.size - finite.sum()) - n_nan
+        raise ValueError(
+            f"{name} holds non-finite values: {n_nan} NaN and {n_inf} infinite "
+            f"in shape {data.shape}"
+        )
+    low, high = float(data.min()), float(data.max())
+    if low >= 0.0 and high <= 1.0:
+        return data.astype(np.float32, copy=False), None
+    level = logging.INFO if _SAID["scaled"] else logging.WARNING
+    _SAID["scaled"] = True
+    logger.log(
+        level,
+        "%s: values in [%g, %g], outside [0, 1], were min-max scaled to [0, 1]", name, low, high,
+    )
+    if high == low:
+        return np.zeros(data.shape, np.float32), (low, high)
+    wide = data.astype(np.float64)
+    return ((wide - low) / (high - low)).astype(np.float32), (low, high)
+
+
+def as_float_image(array, name: str = "array") -> np.ndarray:
     """Validate a 2-D image array and return it as float32 in microtex's convention.
 
     Parameters
     ----------
     array : array_like, shape (height, width)
         ``uint8`` (divided by 255), ``uint16`` (divided by 65535), ``bool``
-        (0.0 / 1.0) or floating point (values kept as they are, not rescaled or
-        clipped; microtex expects ``[0, 1]``).
+        (0.0 / 1.0) or floating point (:func:`scale_float`: kept when in
+        ``[0, 1]``, else min-max scaled to it with a warning, as for a float TIFF).
+    name : str, optional
+        What the messages call the array.
 
     Returns
     -------
@@ -108,15 +175,10 @@ def as_float_image(array) -> np.ndarray:
         raise ValueError(f"image is empty: shape {array.shape}")
     if scale is not None:
         out = array.astype(np.float32) / np.float32(scale)
+    elif dtype == np.bool_:
+        out = array.astype(np.float32)
     else:
-        out = array.astype(np.float32, copy=False)
-        if dtype.kind == "f" and not np.isfinite(out).all():
-            n_nan = int(np.isnan(out).sum())
-            n_inf = int(np.isinf(out).sum())
-            raise ValueError(
-                f"image holds non-finite values: {n_nan} NaN and {n_inf} infinite "
-                f"in shape {array.shape}"
-            )
+        out = scale_float(array, name)[0]
     return np.ascontiguousarray(out)
 
 class _UsePillow(Exception):
@@ -134,20 +196,16 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def _scale_other(data: np.ndarray, path) -> np.ndarray:
-    """Float or unusual integer data: keep if in [0, 1], else min-max scale."""
-    data = np.asarray(data, dtype=np.float64)
-    if not np.isfinite(data).all():
-        raise ImageReadError(path, "image holds NaN or infinite values")
-    low, high = float(data.min()), float(data.max())
-    if low >= 0.0 and high <= 1.0:
-        return data.astype(np.float32)
-    if high == low:
-        return np.zeros(data.shape, np.float32)
-    return ((data - low) / (high - low)).astype(np.float32)
+def _scale_other(data: np.ndarray, path, meta: dict) -> np.ndarray:
+    """Float or unusual integer data: the float policy (`scale_float`); the range in ``meta``."""
+    try:
+        gray, meta["scaled_from"] = scale_float(data, str(path))
+    except ValueError:
+        raise ImageReadError(path, "image holds NaN or infinite values") from None
+    return gray
 
 
-def _pillow_to_gray(im: Image.Image, fmt: str, path) -> tuple[np.ndarray, int]:
+def _pillow_to_gray(im: Image.Image, fmt: str, path, meta: dict) -> tuple[np.ndarray, int]:
     """Decoded Pillow image -> (float32 gray in [0, 1], bits per sample)."""
     mode = im.mode
     if mode == "1":
@@ -161,7 +219,7 @@ def _pillow_to_gray(im: Image.Image, fmt: str, path) -> tuple[np.ndarray, int]:
     if mode == "I" and fmt == "PNG":  # 16-bit gray PNG in some Pillow versions
         return np.asarray(im).astype(np.float32) / np.float32(65535), 16
     if mode in ("I", "F"):
-        return _scale_other(np.asarray(im), path), 32
+        return _scale_other(np.asarray(im), path, meta), 32
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in im.info
         im = im.convert("RGBA" if has_alpha else "RGB")
@@ -178,13 +236,42 @@ def _decode_pillow(path: Path) -> tuple[np.ndarray, dict]:
                 path, f"unsupported format {im.format}; supported: PNG, JPEG, TIFF, BMP"
             )
         n_frames = int(getattr(im, "n_frames", 1))
+        # Image.open applied the pixel limit; the bytes of the decoded samples:
+        _check_decoded_bytes(path, im.size, _pillow_sample_bytes(im.mode))
         im.load()  # decode everything now: a truncated file fails here
         mode = im.mode
         orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
         upright = ImageOps.exif_transpose(im) if orientation in range(2, 9) else im
-        gray, bits = _pillow_to_gray(upright, fmt, path)
+        extra: dict = {}
+        gray, bits = _pillow_to_gray(upright, fmt, path, extra)
     meta = {"format": fmt, "mode": mode, "bit_depth": bits, "n_frames": n_frames}
-    return gray, {**meta, "exif_orientation": orientation}
+    return gray, {**meta, "exif_orientation": orientation, **extra}
+
+
+def _pillow_sample_bytes(mode: str) -> float:
+    """Bytes per pixel of a decoded Pillow image of ``mode`` (all bands)."""
+    if mode == "1":
+        return 1 / 8
+    if mode.startswith("I;16"):
+        return 2
+    if mode in ("I", "F"):
+        return 4
+    try:
+        return Image.getmodebands(mode)
+    except (KeyError, ValueError):  # a mode Pillow does not list: count 4 bytes
+        return 4
+
+
+def _check_decoded_bytes(path, size: tuple[int, int], bytes_per_pixel: float) -> None:
+    """Refuse a file whose decoded samples would take more than `MAX_DECODED_BYTES`."""
+    width, height = size
+    need = int(width * height * bytes_per_pixel)
+    if MAX_DECODED_BYTES and need > MAX_DECODED_BYTES:
+        raise ImageReadError(
+            path,
+            f"decoding {width}x{height} pixels would take {need:,} bytes, more than the "
+            f"limit of {MAX_DECODED_BYTES:,} (microtex.io.decode.MAX_DECODED_BYTES)",
+        )
 
 
 def _check_pixel_count(path, pixels: int) -> None:
@@ -217,7 +304,9 @@ def _decode_tiff(path: Path) -> tuple[np.ndarray, dict]:
         if n_frames == 0:
             raise ImageReadError(path, "TIFF file has no readable page (truncated or corrupt)")
         page = tif.pages[0]
-        _check_pixel_count(path, int(page.imagewidth) * int(page.imagelength))
+        width, length = int(page.imagewidth), int(page.imagelength)
+        _check_pixel_count(path, width * length)
+        _check_decoded_bytes(path, (width, length), page.nbytes / max(1, width * length))
         photometric = page.photometric
         if photometric not in (
             photometric_kind.MINISBLACK,
@@ -246,6 +335,7 @@ def _decode_tiff(path: Path) -> tuple[np.ndarray, dict]:
 
     name = photometric.name.lower()
     mode = f"{name} {data.dtype}"
+    extra: dict = {}
     if photometric == photometric_kind.PALETTE:
         if colormap is None:
             raise ImageReadError(path, "palette TIFF without a colour map")
@@ -266,7 +356,7 @@ def _decode_tiff(path: Path) -> tuple[np.ndarray, dict]:
         elif source_dtype.kind == "u" and bits <= 16:
             gray = np.asarray(data, dtype=np.float32) / np.float32(2**bits - 1)
         else:
-            gray = _scale_other(np.asarray(data), path)
+            gray = _scale_other(np.asarray(data), path, extra)
         if photometric == photometric_kind.MINISWHITE:
             gray = 1.0 - gray
     return gray.astype(np.float32, copy=False), {
@@ -274,6 +364,7 @@ def _decode_tiff(path: Path) -> tuple[np.ndarray, dict]:
         "mode": mode,
         "bit_depth": bits,
         "n_frames": n_frames,
+        **extra,
     }
 
 
@@ -305,8 +396,10 @@ def decode_file(path: Path) -> tuple[np.ndarray, dict]:
                     gray, meta = _decode_pillow(path)
             else:
                 gray, meta = _decode_pillow(path)
-        except (ImageReadError, MemoryError):
+        except ImageReadError:
             raise
+        except MemoryError:  # this file's fault as far as a batch is concerned
+            raise ImageReadError(path, "out of memory while decoding the image") from None
         except Image.UnidentifiedImageError as exc:
             raise ImageReadError(
                 path, "not a PNG, JPEG, TIFF or BMP image (content not recognized)"

@@ -62,6 +62,9 @@ class ImageInfo:
         ``(height, width)`` of the returned image.
     exif_orientation : int
         The file's EXIF orientation tag (1: as stored; 2-8 were applied).
+    scaled_from : (float, float) or None
+        For float (or signed, 32-bit) data outside ``[0, 1]``: the range that
+        was min-max scaled to ``[0, 1]`` (:func:`microtex.io.decode.scale_float`).
     """
 
     path: str
@@ -73,6 +76,7 @@ class ImageInfo:
     rows_cropped: int
     shape: tuple[int, int]
     exif_orientation: int = 1
+    scaled_from: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
