@@ -17,7 +17,9 @@ __all__ = ["BUDGET_FRACTION", "format_bytes", "is_out_of_memory", "machine_memor
 BUDGET_FRACTION = 0.5
 
 # Phrases ONNX Runtime (CPU and CUDA allocators) and NumPy use when an allocation fails.
-_OOM_PHRASES = ("failed to allocate", "bad_alloc", "out of memory", "unable to allocate")
+_OOM_PHRASES = (
+    "failed to allocate", "bad_alloc", "out of memory", "unable to allocate", "alloc_failed"
+)
 
 
 def _cgroup_limit() -> int | None:

@@ -71,7 +71,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         reported and skipped (files, ``on_error="skip"``) or raises
         `~microtex.errors.ImageTooLargeError`. ``"auto"``: what half of the
         machine's memory holds by the network's estimated peak (about 1.8 KB
-        a pixel for the default VGG19 taps, 6.8 million pixels with 24 GB).
+        a pixel for the default VGG19 taps: 7.1 million pixels with 24 GB).
     random_state : int or None
         Seed of the VLAD fit.
 
