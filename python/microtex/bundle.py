@@ -73,7 +73,10 @@ class _Kind:
 _KINDS: dict[str, _Kind] = {}
 # The modules that register microtex's own kinds, imported when such a bundle is
 # loaded: the registry sits below the models, so it names them rather than importing them.
-_BUILTIN_KINDS = {"texture-featurizer": "microtex.features.texture"}
+_BUILTIN_KINDS = {
+    "texture-featurizer": "microtex.features.texture",
+    "classifier": "microtex.analysis.classify",
+}
 _V1_KINDS = {"TextureFeaturizer": "texture-featurizer"}
 _KIND_NAME = re.compile(r"[a-z][a-z0-9-]*")
 

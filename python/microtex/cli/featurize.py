@@ -18,6 +18,27 @@ def add_parser(subparsers) -> None:
     )
     f.add_argument("images", nargs="+", help="image files and/or directories")
     f.add_argument("-o", "--output", required=True, help="output table: .parquet, .npz or .csv")
+    add_featurizer_options(f)
+    f.add_argument(
+        "--tile",
+        type=positive,
+        default=None,
+        help="cut each image into TILE x TILE patches, one row each (id PATH@ROW,COL)",
+    )
+    f.add_argument(
+        "--tile-stride",
+        type=positive,
+        default=None,
+        help="step between tiles (default: --tile, no overlap)",
+    )
+    add_batch_options(f)
+    f.add_argument(
+        "--save-bundle", default=None, help="also save the fitted featurizer as a model bundle"
+    )
+
+
+def add_featurizer_options(f) -> None:
+    """The options that make a TextureFeaturizer (featurize, train)."""
     f.add_argument("--backbone", default="vgg19", choices=list(ARCHITECTURES))
     f.add_argument(
         "--weights",
@@ -67,18 +88,6 @@ def add_parser(subparsers) -> None:
     f.add_argument(
         "--crop-bottom", type=crop_bottom, default=None, help="rows of info band to drop, or 'auto'"
     )
-    f.add_argument(
-        "--tile",
-        type=positive,
-        default=None,
-        help="cut each image into TILE x TILE patches, one row each (id PATH@ROW,COL)",
-    )
-    f.add_argument(
-        "--tile-stride",
-        type=positive,
-        default=None,
-        help="step between tiles (default: --tile, no overlap)",
-    )
     f.add_argument("--batch-size", type=positive, default=8)
     f.add_argument(
         "--max-pixels",
@@ -90,17 +99,56 @@ def add_parser(subparsers) -> None:
     f.add_argument("--device", default="auto", choices=DEVICES)
     f.add_argument("--engine", default="auto", choices=ENGINES)
     f.add_argument("--threads", type=positive, default=None, help="CPU threads (default: all)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the VLAD fit (and the forest)")
+
+
+def add_batch_options(f) -> None:
+    """What a batch command does with bad files, and its progress bar."""
     f.add_argument(
         "--on-error",
         default="skip",
         choices=ON_ERROR,
         help="unreadable files: report and skip (default) or stop",
     )
-    f.add_argument("--seed", type=int, default=0, help="seed of the VLAD fit")
-    f.add_argument(
-        "--save-bundle", default=None, help="also save the fitted featurizer as a model bundle"
-    )
     f.add_argument("--no-progress", action="store_true")
+
+
+def featurizer_from_args(args):
+    """The (unfitted) TextureFeaturizer that :func:`add_featurizer_options`' options ask for."""
+    from microtex.features.texture import TextureFeaturizer
+
+    block_pooling = args.block_pooling or "max"
+    if args.old_pooling is not None:
+        block_pooling, note = renamed(
+            "--pooling", "--block-pooling", args.old_pooling, args.block_pooling, unset=None
+        )
+        print(f"microtex: warning: {note}", file=sys.stderr)
+    # the options named as the featurizer's parameters pass through as they are
+    same = ("backbone", "weights", "pool", "precision", "conv_algorithm", "gram_normalization",
+            "gram_layout", "n_words", "image_size", "crop_bottom", "batch_size", "device",
+            "engine", "max_pixels")  # fmt: skip
+    return TextureFeaturizer(
+        **{name: getattr(args, name) for name in same},
+        taps="raw" if args.raw else args.taps,
+        block_pooling=block_pooling,
+        n_threads=args.threads,
+        random_state=args.seed,
+    )
+
+
+def check_output(path) -> None:
+    """Refuse an output table that cannot be written, before any work."""
+    from microtex.io.table import check_writable
+
+    try:
+        check_writable(path)
+    except (ValueError, ImportError) as exc:
+        raise type(exc)(f"output {path!r}: {exc}") from None
+
+
+def report_failures(failures) -> None:
+    for failure in failures:
+        print(f"microtex: skipped {failure.path}: {failure.reason}", file=sys.stderr)
 
 
 def _crop_report(cropped: dict, n_images: int, verbose: bool) -> str:
@@ -115,41 +163,15 @@ def _crop_report(cropped: dict, n_images: int, verbose: bool) -> str:
     )
 
 
-def _report_failures(failures) -> None:
-    for failure in failures:
-        print(f"microtex: skipped {failure.path}: {failure.reason}", file=sys.stderr)
-
-
 def run(args) -> int:
     from microtex.bundle import check_target
     from microtex.errors import NoImagesError
     from microtex.features.api import featurize
-    from microtex.features.texture import TextureFeaturizer
-    from microtex.io.table import check_writable
 
-    try:  # before any work, not after the whole folder is featurized
-        check_writable(args.output)
-    except (ValueError, ImportError) as exc:
-        raise type(exc)(f"output {args.output!r}: {exc}") from None
-    block_pooling = args.block_pooling or "max"
-    if args.old_pooling is not None:
-        block_pooling, note = renamed(
-            "--pooling", "--block-pooling", args.old_pooling, args.block_pooling, unset=None
-        )
-        print(f"microtex: warning: {note}", file=sys.stderr)
+    check_output(args.output)  # before any work, not after the whole folder is featurized
+    featurizer = featurizer_from_args(args)
     if args.save_bundle:  # before the work, not after it
         check_target(args.save_bundle, overwrite=True)
-    # the options named as the featurizer's parameters pass through as they are
-    same = ("backbone", "weights", "pool", "precision", "conv_algorithm", "gram_normalization",
-            "gram_layout", "n_words", "image_size", "crop_bottom", "batch_size", "device",
-            "engine", "max_pixels")  # fmt: skip
-    featurizer = TextureFeaturizer(
-        **{name: getattr(args, name) for name in same},
-        taps="raw" if args.raw else args.taps,
-        block_pooling=block_pooling,
-        n_threads=args.threads,
-        random_state=args.seed,
-    )
     tiles = {"tile": args.tile, "tile_stride": args.tile_stride}
     try:  # fit reads images only to fit VLAD words, skipping unreadable ones
         featurizer.fit(args.images, on_error=args.on_error, **tiles)
@@ -161,10 +183,10 @@ def run(args) -> int:
             **tiles,
         )
     except NoImagesError as exc:
-        _report_failures(exc.failures)
+        report_failures(exc.failures)
         print("microtex: error: no image could be featurized", file=sys.stderr)
         return 1
-    _report_failures(table.failures)
+    report_failures(table.failures)
     # with tiles a row is a patch, its id the image's followed by @row,col
     n_images = len({i.rsplit("@", 1)[0] for i in table.ids}) if args.tile else len(table.ids)
     if args.crop_bottom == "auto":

@@ -12,12 +12,12 @@ import signal
 import sys
 import threading
 
-from microtex.cli import demo, featurize
+from microtex.cli import demo, featurize, predict, train
 
 __all__ = ["main"]
 
 #: One module per command: each has ``add_parser(subparsers)`` and ``run(args) -> int``.
-COMMANDS = {"demo": demo, "featurize": featurize}
+COMMANDS = {"demo": demo, "featurize": featurize, "train": train, "predict": predict}
 
 
 def _parser() -> argparse.ArgumentParser:

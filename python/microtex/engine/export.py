@@ -1,7 +1,8 @@
-"""Export any ``torch.nn.Module`` to ONNX: named inputs and outputs, dynamic axes, metadata.
+"""Export any ``torch.nn.Module`` (or a scikit-learn tree ensemble) to ONNX, with metadata.
 
-Every model microtex ships (backbones today; forests, VQ-VAE and PixelCNN
-later) goes through :func:`export_model`, which returns an ``onnx.ModelProto``
+Every model microtex ships goes through :func:`export_model` (PyTorch: the
+backbones; VQ-VAE and PixelCNN later) or :func:`export_forest` (scikit-learn
+forests, through ``skl2onnx``); each returns an ``onnx.ModelProto``
 so graph passes (:mod:`microtex.engine.winograd`) can run on it before
 :func:`save_model` writes it atomically. PyTorch and ``onnx`` are imported
 inside the functions that need them; ``import microtex.engine.export`` is cheap.
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "EXPORTERS",
     "check_export_options",
+    "export_forest",
     "export_model",
     "require_onnx",
     "require_torch",
@@ -220,3 +222,63 @@ def save_model(model, path: str | os.PathLike) -> pathlib.Path:
     The file appears complete or not at all (:func:`microtex._files.atomic_write_bytes`).
     """
     return _files.atomic_write_bytes(pathlib.Path(path), model.SerializeToString())
+
+
+def _thresholds_rounded_down(forest):
+    """A copy of ``forest`` whose split thresholds are float32 values, each rounded down.
+
+    scikit-learn compares float32 features with float64 thresholds; ONNX's tree
+    operators store float32 thresholds. Rounding each threshold t down to the
+    largest float32 <= t changes no comparison ``x <= t`` of a float32 ``x``, so
+    the exported trees split exactly as scikit-learn's do.
+    """
+    import copy
+
+    import numpy as np
+
+    forest = copy.deepcopy(forest)
+    for tree in getattr(forest, "estimators_", [forest]):
+        thresholds = tree.tree_.threshold  # a writable view of the tree's nodes
+        single = thresholds.astype(np.float32)
+        above = single.astype(np.float64) > thresholds
+        single[above] = np.nextafter(single[above], np.float32(-np.inf))
+        thresholds[:] = single.astype(np.float64)
+    return forest
+
+
+def export_forest(forest, n_features: int, *, input_name: str = "features",
+                  metadata: Mapping[str, Any] | None = None):  # fmt: skip
+    """Export a fitted scikit-learn forest classifier to an in-memory ONNX model.
+
+    The graph takes ``input_name`` ``(batch, n_features)`` float32 and returns
+    ``"label"`` (int64 class indices: fit on ``0 .. k - 1``) and
+    ``"probabilities"`` ``(batch, k)`` float32, no ZipMap. Splits are exact
+    (:func:`_thresholds_rounded_down`); probabilities equal scikit-learn's up to
+    float32 rounding (about 1e-7).
+
+    Raises
+    ------
+    ImportError
+        ``skl2onnx`` is not installed (the ``onnx`` extra).
+    """
+    try:
+        from skl2onnx import to_onnx
+        from skl2onnx.common.data_types import FloatTensorType
+    except ImportError:
+        raise ImportError(
+            "exporting a forest needs skl2onnx: pip install 'microtex[onnx]'"
+        ) from None
+    n_features = check_positive_int("n_features", n_features)
+    exact = _thresholds_rounded_down(forest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # version-compatibility notes of skl2onnx
+        model = to_onnx(
+            exact,
+            initial_types=[(input_name, FloatTensorType([None, n_features]))],
+            options={id(exact): {"zipmap": False}},
+            target_opset={"": DEFAULT_OPSET, "ai.onnx.ml": 3},
+        )
+    del model.metadata_props[:]
+    if metadata is not None:
+        _metadata.attach(model, metadata)
+    return model

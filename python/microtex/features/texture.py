@@ -215,6 +215,15 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
 
     def save(self, directory, *, overwrite: bool = False) -> pathlib.Path:
         """Save as a bundle: the ONNX graph, the VLAD words, a manifest with checksums."""
+        files, config = self.bundle_parts()
+        return bundle.save_bundle(directory, files, config, kind=BUNDLE_KIND, overwrite=overwrite)
+
+    def bundle_parts(self) -> tuple[dict, dict]:
+        """``(files, config)`` of this featurizer's bundle, for :meth:`save` or a larger bundle.
+
+        ``files``: ``"backbone.onnx"`` (a path) and ``"state.npz"`` (bytes, with
+        VLAD); ``config``: the manifest document :meth:`from_bundle` reads.
+        """
         check_is_fitted(self, "feature_names_out_")
         files, conv_algorithm = {}, None
         if self.config_ is not None:
@@ -225,8 +234,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
             files["state.npz"] = bundle.npz_bytes(
                 {f"vlad/{tap}": words for tap, words in self.vlad_dictionaries_.items()}
             )
-        config = bundle_document(self.params_, self.pipeline_.plan, conv_algorithm)
-        return bundle.save_bundle(directory, files, config, kind=BUNDLE_KIND, overwrite=overwrite)
+        return files, bundle_document(self.params_, self.pipeline_.plan, conv_algorithm)
 
     @classmethod
     def load(cls, directory) -> TextureFeaturizer:

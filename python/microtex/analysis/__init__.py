@@ -1,0 +1,1 @@
+"""Analysis of feature tables: classification with cross-validated error bars."""

@@ -1,0 +1,54 @@
+"""``microtex predict``: classes and probabilities of images from a classifier bundle."""
+
+from __future__ import annotations
+
+import sys
+
+from microtex.cli.featurize import add_batch_options, report_failures
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="classify images with a classifier bundle -> CSV")
+    p.add_argument("bundle", help="a classifier bundle (microtex train)")
+    p.add_argument("images", nargs="+", help="image files and/or directories")
+    p.add_argument("-o", "--output", required=True, help="predictions .csv: id, class, p:CLASS...")
+    add_batch_options(p)
+
+
+def _csv(ids, classes, probabilities) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", "class", *(f"p:{c}" for c in classes)])
+    for image_id, row in zip(ids, probabilities):
+        writer.writerow([image_id, classes[int(row.argmax())], *(f"{p:.6g}" for p in row)])
+    return buffer.getvalue()
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from microtex._files import atomic_write_bytes, check_can_write
+    from microtex.analysis.classify import load_classifier
+
+    if not args.output.lower().endswith(".csv"):
+        raise ValueError(f"output {args.output!r}: predictions are written as .csv")
+    check_can_write(args.output)  # before any work
+    model = load_classifier(args.bundle)
+    failures: list = []
+    ids, parts = [], []
+    for batch_ids, probabilities in model.iter_predictions(
+        args.images, on_error=args.on_error, failures=failures
+    ):
+        ids.extend(batch_ids)
+        parts.append(probabilities)
+    report_failures(failures)
+    if not ids:
+        print("microtex: error: no image could be classified", file=sys.stderr)
+        return 1
+    text = _csv(ids, [str(c) for c in model.classes_], np.concatenate(parts))
+    atomic_write_bytes(args.output, text.encode("utf-8", "surrogateescape"))
+    print(f"classified {len(ids)} images ({len(failures)} skipped) -> {args.output}")
+    return 0
