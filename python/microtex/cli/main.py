@@ -12,12 +12,13 @@ import signal
 import sys
 import threading
 
-from microtex.cli import demo, featurize, predict, train
+from microtex.cli import demo, featurize, predict, study, train
 
 __all__ = ["main"]
 
 #: One module per command: each has ``add_parser(subparsers)`` and ``run(args) -> int``.
-COMMANDS = {"demo": demo, "featurize": featurize, "train": train, "predict": predict}
+COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train,
+            "predict": predict}
 
 
 def _parser() -> argparse.ArgumentParser:

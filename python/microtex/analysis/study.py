@@ -1,0 +1,387 @@
+"""The study grid: which layer and which pooling classify a labelled set best, and how surely.
+
+Ling et al.'s layer × featurization figure as a command: every tap of a
+preset (``block_last``: the last ReLU of each VGG block) alone and all of them
+together, × mean, max, Gram and VLAD pooling, plus the same poolings of the
+untransformed image, each scored by repeated (grouped) cross-validation of a
+random forest (:mod:`microtex.analysis.classify`).
+
+Every image passes the network once. What a fold cannot change is computed
+then and cached: mean, max and Gram vectors of every tap. VLAD needs words fitted
+on the training fold, so ``vlad_positions`` activation vectors per image and
+tap (all of them for layers with fewer positions) are cached instead; each
+fold fits its words on the training images' vectors and encodes every image
+from its cached vectors. The cache lives in ``OUTDIR/cache``, one file per
+image, written atomically: a killed study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from microtex import _files
+from microtex.analysis.classify import METRIC, cross_validate, make_forest
+from microtex.features import pooling
+from microtex.features.plan import RAW_TAP, make_plan
+from microtex.features.stream import TexturePipeline
+from microtex.features.vlad import fit_vlad_dictionary, vlad_encode
+
+__all__ = ["ALL_LAYERS", "GRID_POOLS", "run_study"]
+
+log = logging.getLogger("microtex.analysis")
+
+#: The poolings of the grid, in the figure's order.
+GRID_POOLS: tuple[str, ...] = ("mean", "max", "gram", "vlad")
+#: The row of the grid that concatenates every CNN layer.
+ALL_LAYERS = "all"
+_FIXED_POOLS = ("mean", "max", "gram")
+_CACHE_VERSION = 1
+
+
+def _cache_key(path: str, settings: dict) -> str:
+    stat = pathlib.Path(path).stat()
+    text = json.dumps([_CACHE_VERSION, path, stat.st_size, stat.st_mtime_ns, settings],
+                      sort_keys=True)  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _pool_batch(acts: np.ndarray, rng: np.random.Generator, positions: int, threads):
+    """Fold-independent vectors and the VLAD sample of one tap's activations (n, c, h, w)."""
+    n, c, h, w = acts.shape
+    pooled = {
+        "mean": pooling.mean_pool(acts, n_threads=threads),
+        "max": pooling.max_pool(acts, n_threads=threads),
+        "gram": pooling.gram(acts, "spatial", "triu", n_threads=threads),
+    }
+    k = min(positions, h * w)
+    flat = acts.reshape(n, c, h * w)
+    samples = np.stack([flat[i][:, np.sort(rng.choice(h * w, k, replace=False))].T
+                        for i in range(n)])  # fmt: skip
+    return pooled, samples.astype(np.float16)
+
+
+class _Collector:
+    """Runs the network over the study's images once, caching per image."""
+
+    def __init__(self, plan, cache: pathlib.Path, settings: dict, positions: int, tiles):
+        self.pipeline = TexturePipeline(plan)
+        self.cache, self.settings = cache, settings
+        self.positions, self.tiles = positions, tiles
+
+    def image(self, path: str, failures: list) -> dict | None:
+        """The cached arrays of one image (all its tiles), computing them if needed."""
+        target = self.cache / f"{_cache_key(path, self.settings)}.npz"
+        if target.exists():
+            try:
+                with np.load(target, allow_pickle=False) as data:
+                    return {key: data[key] for key in data.files}
+            except (OSError, ValueError):  # a damaged cache file: compute it again
+                log.warning("recomputing the damaged cache file %s", target)
+        plan = self.pipeline.plan
+        rng = np.random.default_rng(int(hashlib.sha256(path.encode()).hexdigest()[:8], 16))
+        arrays: dict[str, list] = {}
+        ids: list[str] = []
+        for batch_ids, outputs in self.pipeline.outputs(
+            [path], on_error="skip", failures=failures, tiles=self.tiles
+        ):
+            ids.extend(batch_ids)
+            for tap in plan.taps:
+                pooled, samples = _pool_batch(outputs[tap], rng, self.positions, plan.n_threads)
+                for pool, values in pooled.items():
+                    arrays.setdefault(f"{tap}/{pool}", []).append(values)
+                arrays.setdefault(f"{tap}/samples", []).append(samples)
+        if not ids:
+            return None
+        result = {key: np.concatenate(parts) for key, parts in arrays.items()}
+        result["ids"] = np.asarray(ids)
+        _files.atomic_write_bytes(target, _npz(result))
+        return result
+
+
+def _npz(arrays: dict) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _vlad_features(samples: list[np.ndarray], train: np.ndarray, test: np.ndarray,
+                   n_words: int, seed: int, threads):  # fmt: skip
+    """``(X_train, X_test)`` VLAD codes from cached vectors, words fitted on ``train`` only."""
+    fit = np.concatenate([samples[i].astype(np.float32) for i in train])  # (k_total, c)
+    words = fit_vlad_dictionary(fit.T[None, :, None, :], n_words, max_vectors=100_000,
+                                random_state=seed)  # fmt: skip
+
+    def encode(index):
+        rows = []
+        for i in index:
+            acts = samples[i].astype(np.float32).T[None, :, None, :]  # (1, c, 1, k)
+            rows.append(vlad_encode(acts, words, n_threads=threads)[0])
+        return np.asarray(rows)
+
+    return encode(train), encode(test)
+
+
+def _bar_chart(results: list[dict], layers: list[str], pools: list[str], splits: list[str],
+               path):  # fmt: skip
+    """Ling's figure: F1 ± std per layer, one bar per pooling; one panel per split."""
+    from microtex.report import _pyplot, _save
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(splits), figsize=(0.6 + 1.3 * len(layers) * len(splits), 3.8),
+                             squeeze=False, sharey=True)  # fmt: skip
+    width = 0.8 / len(pools)
+    for ax, split in zip(axes[0], splits):
+        for j, pool in enumerate(pools):
+            means, stds, xs = [], [], []
+            for i, layer in enumerate(layers):
+                row = next(r for r in results if r["layer"] == layer and r["pool"] == pool)
+                xs.append(i + (j - (len(pools) - 1) / 2) * width)
+                means.append(row[split]["f1_macro"]["mean"])
+                stds.append(row[split]["f1_macro"]["std"])
+            ax.bar(xs, means, width, yerr=stds, capsize=2, label=pool)
+        ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
+        ax.set_ylim(0, 1.12)
+        ax.set_title(f"{split.replace('_', '-')} split", fontsize="medium")
+    axes[0][0].set_ylabel(f"{METRIC} (mean ± std over repeats)")
+    axes[0][0].legend(ncols=len(pools), fontsize="small", loc="upper left", frameon=False)
+    return _save(fig, path)
+
+
+def _confusion_chart(summary: dict, title: str, path):
+    from microtex.report import _pyplot, _save
+
+    plt = _pyplot()
+    matrix = np.asarray(summary["confusion"])
+    classes = summary["classes"]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(classes), 1.2 + 0.6 * len(classes)))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", fontsize="small")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize="small")
+    return _save(fig, path)
+
+
+def run_study(
+    paths: Sequence,
+    labels: Sequence,
+    groups: Sequence | None = None,
+    *,
+    output,
+    backbone: str = "vgg19",
+    weights=None,
+    taps="block_last",
+    pools: Sequence[str] = GRID_POOLS,
+    raw: bool = True,
+    tile: int | None = None,
+    tile_stride: int | None = None,
+    image_size=None,
+    crop_bottom=None,
+    n_words: int = 32,
+    vlad_positions: int = 512,
+    n_estimators: int = 400,
+    n_splits: int = 3,
+    n_repeats: int = 10,
+    random_state: int = 0,
+    device: str = "auto",
+    n_threads: int | None = None,
+    max_pixels="auto",
+    progress: bool = False,
+) -> dict:
+    """Run the study grid on labelled images and write its report into ``output``.
+
+    Parameters
+    ----------
+    paths, labels : sequences of equal length
+        Image files and their classes.
+    groups : sequence, optional
+        Each image's group (specimen, sample, ...): folds never split a group,
+        and the grid is also scored with an image-level split to show the
+        inflation that split causes. With ``tile`` and no ``groups``, each
+        tile's source image is its group.
+    output : path
+        Folder of the report: ``study.json`` (every number), ``study.csv``,
+        ``f1_grid.png`` (one panel per split), ``confusion_best.png`` and the
+        activation cache ``cache/``.
+    taps, pools, raw
+        The grid: each tap alone and all together (``"all"``) × ``pools``,
+        plus the untransformed image (``"raw"``) when ``raw``.
+    tile, tile_stride, image_size, crop_bottom, backbone, weights, device,
+    n_threads, max_pixels
+        As for :func:`microtex.featurize`.
+    n_words, vlad_positions
+        VLAD words, and activation vectors per image and tap kept for VLAD.
+    n_estimators, n_splits, n_repeats, random_state
+        The forest and the cross-validation (:func:`~.classify.cross_validate`).
+
+    Returns
+    -------
+    dict
+        The report, as written to ``study.json``.
+    """
+    from microtex.report import write_json
+
+    start = time.perf_counter()
+    output = pathlib.Path(output)
+    paths = [str(p) for p in paths]
+    labels = np.asarray(labels)
+    if len(paths) != len(labels) or (groups is not None and len(groups) != len(paths)):
+        raise ValueError("paths, labels and groups must have one entry per image")
+    pools = [p for p in GRID_POOLS if p in set(pools)]
+    if not pools:
+        raise ValueError(f"pools must name some of {list(GRID_POOLS)}")
+    plan = make_plan(backbone=backbone, weights=weights,
+                     taps=[*(["raw"] if raw else []), *([taps] if isinstance(taps, str) else taps)],
+                     pool="mean", engine="kernels", image_size=image_size,
+                     crop_bottom=crop_bottom, device=device, n_threads=n_threads,
+                     max_pixels=max_pixels, n_words=n_words)  # fmt: skip
+    from microtex.features.plan import check_tiles
+
+    tiles = check_tiles(tile, tile_stride, plan)
+    settings = {"backbone": None if plan.config is None else plan.config.to_dict(),
+                "raw": raw, "tiles": tiles, "image_size": plan.image_size,
+                "crop_bottom": plan.crop_bottom, "positions": vlad_positions}  # fmt: skip
+    cache = output / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    collector = _Collector(plan, cache, settings, vlad_positions, tiles)
+
+    # ---- one network pass (or a cache hit) per image
+    failures: list = []
+    per_image, kept = [], []
+    iterator = range(len(paths))
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, unit="img", desc="network", leave=False)
+    for i in iterator:
+        arrays = collector.image(paths[i], failures)
+        if arrays is not None:
+            per_image.append(arrays)
+            kept.append(i)
+    if not kept:
+        raise ValueError(f"no image of the study could be read; the first: {failures[0].reason}")
+    featurize_seconds = time.perf_counter() - start
+    counts = [len(a["ids"]) for a in per_image]
+    item_image = np.repeat(np.asarray(kept), counts)  # the source image of every row
+    y = labels[item_image]
+    if groups is not None:
+        item_groups = np.asarray(groups)[item_image]
+    elif tiles is not None:
+        item_groups = np.asarray(paths)[item_image]
+    else:
+        item_groups = None
+
+    def stacked(key):
+        return np.concatenate([a[key] for a in per_image]).astype(np.float32)
+
+    samples_of = {tap: [s for a in per_image for s in a[f"{tap}/samples"]] for tap in plan.taps}
+    cnn_taps = list(plan.cnn_taps)
+    layers = ([RAW_TAP] if raw else []) + cnn_taps + ([ALL_LAYERS] if len(cnn_taps) > 1 else [])
+    splits = {"grouped": item_groups} if item_groups is not None else {}
+    splits["image_level"] = None
+
+    # ---- the grid
+    forest = make_forest(n_estimators, random_state, n_jobs=n_threads)
+    results = []
+    combos = [(layer, pool) for layer in layers for pool in pools]
+    if progress:
+        from tqdm import tqdm
+
+        combos = tqdm(combos, unit="combination", desc="grid", leave=False)
+    for layer, pool in combos:
+        members = cnn_taps if layer == ALL_LAYERS else [layer]
+        row = {"layer": layer, "pool": pool}
+        began = time.perf_counter()
+        for split, split_groups in splits.items():
+            if pool == "vlad":
+                seed = random_state
+
+                def fold_features(train, test, members=members, seed=seed):
+                    parts = [_vlad_features(samples_of[t], train, test, n_words, seed, n_threads)
+                             for t in members]  # fmt: skip
+                    return (np.concatenate([p[0] for p in parts], axis=1),
+                            np.concatenate([p[1] for p in parts], axis=1))  # fmt: skip
+
+                X = None
+                row["n_features"] = sum(n_words * samples_of[t][0].shape[1] for t in members)
+            else:
+                X = np.concatenate([stacked(f"{t}/{pool}") for t in members], axis=1)
+                fold_features = None
+                row["n_features"] = int(X.shape[1])
+            result = cross_validate(forest, X, y, split_groups, n_splits=n_splits,
+                                    n_repeats=n_repeats, random_state=random_state,
+                                    fold_features=fold_features)  # fmt: skip
+            row[split] = result.summary()
+        if "grouped" in row:
+            row["inflation"] = (row["image_level"]["f1_macro"]["mean"]
+                                - row["grouped"]["f1_macro"]["mean"])  # fmt: skip
+        row["seconds"] = time.perf_counter() - began
+        results.append(row)
+        log.info("%s/%s: %s", layer, pool, {s: round(row[s]["f1_macro"]["mean"], 3)
+                                            for s in splits})  # fmt: skip
+
+    honest = "grouped" if "grouped" in splits else "image_level"
+    best = max(results, key=lambda r: r[honest]["f1_macro"]["mean"])
+    report = {
+        "metric": METRIC,
+        "honest_split": honest,
+        "settings": {**settings, "taps": cnn_taps, "pools": pools, "n_words": n_words,
+                     "n_estimators": n_estimators, "n_splits": n_splits, "n_repeats": n_repeats,
+                     "random_state": random_state,
+                     "groups": "given" if groups is not None else
+                               ("source image of each tile" if tiles else None)},  # fmt: skip
+        "n_images": len(kept),
+        "n_rows": int(len(y)),
+        "skipped": [[str(f.path), f.reason] for f in failures],
+        "classes": sorted({str(c) for c in y}),
+        "counts": {str(c): int((y == c).sum()) for c in sorted(set(y.tolist()))},
+        "seconds": {"network_and_pooling": featurize_seconds,
+                    "cross_validation": time.perf_counter() - start - featurize_seconds},
+        "results": results,
+        "best": {"layer": best["layer"], "pool": best["pool"],
+                 "f1_macro": best[honest]["f1_macro"]},  # fmt: skip
+    }
+    if "grouped" in splits:
+        report["inflation"] = {
+            "mean": float(np.mean([r["inflation"] for r in results])),
+            "max": float(max(r["inflation"] for r in results)),
+            "statement": "macro F1 with an image-level split minus macro F1 with a grouped "
+                         "split, averaged over the grid: what letting a group's images sit on "
+                         "both sides of a split adds to the score",
+        }  # fmt: skip
+    write_json(output / "study.json", report)
+    _files.atomic_write_text(output / "study.csv", _csv(results, list(splits)))
+    _bar_chart(results, layers, pools, list(splits), output / "f1_grid.png")
+    _confusion_chart(best[honest], f"{best['layer']} / {best['pool']} ({honest} split)",
+                     output / "confusion_best.png")  # fmt: skip
+    return report
+
+
+def _csv(results: list[dict], splits: list[str]) -> str:
+    header = ["layer", "pool", "n_features"]
+    for split in splits:
+        header += [f"f1_{split}_mean", f"f1_{split}_std"]
+    if "grouped" in splits:
+        header.append("inflation")
+    lines = [",".join(header)]
+    for row in results:
+        values = [row["layer"], row["pool"], str(row["n_features"])]
+        for split in splits:
+            f1 = row[split]["f1_macro"]
+            values += [f"{f1['mean']:.4f}", f"{f1['std']:.4f}"]
+        if "grouped" in splits:
+            values.append(f"{row['inflation']:.4f}")
+        lines.append(",".join(values))
+    return "\n".join(lines) + "\n"
