@@ -113,21 +113,44 @@ def _npz(arrays: dict) -> bytes:
     return buffer.getvalue()
 
 
-def _vlad_features(samples: list[np.ndarray], train: np.ndarray, test: np.ndarray,
-                   n_words: int, seed: int, threads):  # fmt: skip
-    """``(X_train, X_test)`` VLAD codes from cached vectors, words fitted on ``train`` only."""
-    fit = np.concatenate([samples[i].astype(np.float32) for i in train])  # (k_total, c)
-    words = fit_vlad_dictionary(fit.T[None, :, None, :], n_words, max_vectors=100_000,
-                                random_state=seed)  # fmt: skip
+class _VladFolds:
+    """VLAD codes of a fold from cached vectors, words fitted on its training images only.
 
-    def encode(index):
-        rows = []
-        for i in index:
-            acts = samples[i].astype(np.float32).T[None, :, None, :]  # (1, c, 1, k)
-            rows.append(vlad_encode(acts, words, n_threads=threads)[0])
-        return np.asarray(rows)
+    The words of a (tap, training set) are fitted once and reused by every row
+    of the grid that needs them (the tap alone and all taps together).
+    """
 
-    return encode(train), encode(test)
+    def __init__(self, samples_of: dict, n_words: int, max_vectors: int, seed: int, threads):
+        self.samples_of, self.n_words, self.max_vectors = samples_of, n_words, max_vectors
+        self.seed, self.threads = seed, threads
+        self.words: dict = {}
+
+    def _words(self, tap: str, train: np.ndarray) -> np.ndarray:
+        key = (tap, hashlib.sha256(train.tobytes()).hexdigest())
+        if key not in self.words:
+            samples = self.samples_of[tap]
+            fit = np.concatenate([samples[i].astype(np.float32) for i in train])  # (k, c)
+            self.words[key] = fit_vlad_dictionary(
+                fit.T[None, :, None, :], self.n_words, max_vectors=self.max_vectors,
+                random_state=self.seed,
+            )  # fmt: skip
+        return self.words[key]
+
+    def __call__(self, taps: Sequence[str], train: np.ndarray, test: np.ndarray):
+        parts = []
+        for tap in taps:
+            words, samples = self._words(tap, train), self.samples_of[tap]
+
+            def encode(index, words=words, samples=samples):
+                return np.asarray([
+                    vlad_encode(samples[i].astype(np.float32).T[None, :, None, :], words,
+                                n_threads=self.threads)[0]
+                    for i in index
+                ])  # fmt: skip
+
+            parts.append((encode(train), encode(test)))
+        return (np.concatenate([p[0] for p in parts], axis=1),
+                np.concatenate([p[1] for p in parts], axis=1))  # fmt: skip
 
 
 def _bar_chart(results: list[dict], layers: list[str], pools: list[str], splits: list[str],
@@ -191,6 +214,7 @@ def run_study(
     crop_bottom=None,
     n_words: int = 32,
     vlad_positions: int = 512,
+    vlad_max_vectors: int = 25_000,
     n_estimators: int = 400,
     n_splits: int = 3,
     n_repeats: int = 10,
@@ -221,8 +245,9 @@ def run_study(
     tile, tile_stride, image_size, crop_bottom, backbone, weights, device,
     n_threads, max_pixels
         As for :func:`microtex.featurize`.
-    n_words, vlad_positions
-        VLAD words, and activation vectors per image and tap kept for VLAD.
+    n_words, vlad_positions, vlad_max_vectors
+        VLAD words; activation vectors per image and tap kept for VLAD; and
+        of those, the most a fold's k-means clusters (drawn uniformly).
     n_estimators, n_splits, n_repeats, random_state
         The forest and the cross-validation (:func:`~.classify.cross_validate`).
 
@@ -294,6 +319,7 @@ def run_study(
 
     # ---- the grid
     forest = make_forest(n_estimators, random_state, n_jobs=n_threads)
+    vlad_folds = _VladFolds(samples_of, n_words, vlad_max_vectors, random_state, n_threads)
     results = []
     combos = [(layer, pool) for layer in layers for pool in pools]
     if progress:
@@ -306,13 +332,9 @@ def run_study(
         began = time.perf_counter()
         for split, split_groups in splits.items():
             if pool == "vlad":
-                seed = random_state
 
-                def fold_features(train, test, members=members, seed=seed):
-                    parts = [_vlad_features(samples_of[t], train, test, n_words, seed, n_threads)
-                             for t in members]  # fmt: skip
-                    return (np.concatenate([p[0] for p in parts], axis=1),
-                            np.concatenate([p[1] for p in parts], axis=1))  # fmt: skip
+                def fold_features(train, test, members=members):
+                    return vlad_folds(members, train, test)
 
                 X = None
                 row["n_features"] = sum(n_words * samples_of[t][0].shape[1] for t in members)
@@ -338,6 +360,7 @@ def run_study(
         "metric": METRIC,
         "honest_split": honest,
         "settings": {**settings, "taps": cnn_taps, "pools": pools, "n_words": n_words,
+                     "vlad_max_vectors": vlad_max_vectors,
                      "n_estimators": n_estimators, "n_splits": n_splits, "n_repeats": n_repeats,
                      "random_state": random_state,
                      "groups": "given" if groups is not None else
