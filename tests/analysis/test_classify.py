@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -209,3 +210,20 @@ def test_a_classifier_bundle_round_trips(shallow_onnx, textures, tmp_path):
 def test_save_classifier_wants_a_fitted_two_step_pipeline(tmp_path):
     with pytest.raises(TypeError, match="Pipeline\\(TextureFeaturizer, forest classifier\\)"):
         save_classifier(make_forest(3), tmp_path / "x")
+
+
+def test_save_classifier_refuses_a_forest_fitted_on_other_columns(tmp_path):
+    images = np.random.default_rng(0).random((6, 16, 16), dtype=np.float32)
+    featurizer = TextureFeaturizer(taps="raw", pool="mean,max").fit(images)
+    forest = make_forest(3).fit(np.zeros((4, 3)), [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="fitted on 3 features, the featurizer makes 2"):
+        save_classifier(Pipeline([("f", featurizer), ("forest", forest)]), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_class_confined_to_one_group_is_warned_about(caplog):
+    y = ["a"] * 4 + ["b"] * 4
+    groups = [1, 1, 1, 1, 2, 2, 3, 3]  # every 'a' in group 1
+    with caplog.at_level(logging.WARNING, logger="microtex.analysis"):
+        cv_splits(y, groups, n_splits=3, n_repeats=1)
+    assert "class 'a' has all its samples in one group" in caplog.text

@@ -11,6 +11,7 @@ from microtex.io.labels import read_labels
 def folder(tmp_path):
     for name in ["a.png", "b.png", "c.png", "d.png"]:
         (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
     return tmp_path
 
 
@@ -46,6 +47,7 @@ def test_paths_are_relative_to_the_csv_and_groups_are_read(folder, tmp_path, mon
          r"labels.csv:3: .*a.png' is listed twice \(line 2\)"),
         ("path,label\na.png,\n", None, r"labels.csv:2: empty 'label'"),
         ("path,label\n", None, "lists no images"),
+        ("path,label\na.png,x\nsub,y\n", None, r"labels.csv:3: is a directory, not an image"),
     ],
 )  # fmt: skip
 def test_a_bad_labels_file_is_refused_naming_the_problem(folder, text, groups, message):

@@ -116,6 +116,10 @@ def cv_splits(y, groups=None, *, n_splits: int = 3, n_repeats: int = 10,
         n_groups = len(np.unique(groups))
         if n_groups < n_splits:
             raise ValueError(f"{n_groups} groups cannot make n_splits={n_splits} grouped folds")
+        lonely = [c.item() for i, c in enumerate(classes) if len(np.unique(groups[codes == i])) < 2]
+        if lonely:  # never in training when tested: F1 0 for it, macro F1 capped
+            log.warning("class %s has all its samples in one group: a grouped split never "
+                        "trains on it when it tests it", ", ".join(map(repr, lonely)))
     splits = []
     index = np.zeros(len(codes))
     for repeat in range(n_repeats):
@@ -185,7 +189,8 @@ class CVResult:
             "pr_auc_macro": mean_std(self.pr_auc),
             "precision": {c: mean_std(self.precision[:, i]) for i, c in enumerate(self.classes)},
             "recall": {c: mean_std(self.recall[:, i]) for i, c in enumerate(self.classes)},
-            "confusion": self.confusion.sum(axis=0).tolist(),
+            "confusion": self.confusion.sum(axis=0).tolist(),  # summed over the repeats
+            "confusion_is": f"counts summed over {self.n_repeats} repeats (rows: true class)",
             "seconds": self.seconds,
         }
 
@@ -269,7 +274,8 @@ def cross_validate(
         proba[np.ix_(test, columns)] = fold_proba
         predicted[test] = columns[np.argmax(fold_proba, axis=1)]
         if fold == n_splits - 1:
-            f1[repeat] = f1_score(codes, predicted, average="macro", labels=range(k))
+            f1[repeat] = f1_score(codes, predicted, average="macro", labels=range(k),
+                                  zero_division=0)
             balanced[repeat] = balanced_accuracy_score(codes, predicted)
             p, r, _, _ = precision_recall_fscore_support(
                 codes, predicted, labels=range(k), zero_division=0
@@ -442,6 +448,11 @@ def save_classifier(pipeline, directory, *, training: dict | None = None,
             f"got {type(pipeline).__name__}"
         )
     featurizer, forest = steps[0][1], steps[1][1]
+    if getattr(forest, "n_features_in_", None) != featurizer.n_features_out_:
+        raise ValueError(
+            f"the forest was fitted on {getattr(forest, 'n_features_in_', None)} features, the "
+            f"featurizer makes {featurizer.n_features_out_}"
+        )
     files, featurizer_config = featurizer.bundle_parts()
     classes = [str(c) for c in forest.classes_]
     n_features = featurizer.n_features_out_

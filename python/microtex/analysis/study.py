@@ -20,14 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from microtex import _files
-from microtex.analysis.classify import METRIC, cross_validate, make_forest
+from microtex.analysis.classify import METRIC, cross_validate, cv_splits, make_forest
 from microtex.features import pooling
 from microtex.features.plan import RAW_TAP, make_plan
 from microtex.features.stream import TexturePipeline
@@ -85,7 +87,8 @@ class _Collector:
             except (OSError, ValueError):  # a damaged cache file: compute it again
                 log.warning("recomputing the damaged cache file %s", target)
         plan = self.pipeline.plan
-        rng = np.random.default_rng(int(hashlib.sha256(path.encode()).hexdigest()[:8], 16))
+        seed = int(hashlib.sha256(os.fsencode(path)).hexdigest()[:8], 16)
+        rng = np.random.default_rng(seed)
         arrays: dict[str, list] = {}
         ids: list[str] = []
         for batch_ids, outputs in self.pipeline.outputs(
@@ -129,10 +132,13 @@ class _VladFolds:
         key = (tap, hashlib.sha256(train.tobytes()).hexdigest())
         if key not in self.words:
             samples = self.samples_of[tap]
-            fit = np.concatenate([samples[i].astype(np.float32) for i in train])  # (k, c)
+            fit = np.concatenate([samples[i] for i in train])  # (k, c) float16
+            rng = np.random.default_rng(self.seed)
+            if len(fit) > self.max_vectors:  # draw first: cast only what k-means sees
+                fit = fit[np.sort(rng.choice(len(fit), self.max_vectors, replace=False))]
             self.words[key] = fit_vlad_dictionary(
-                fit.T[None, :, None, :], self.n_words, max_vectors=self.max_vectors,
-                random_state=self.seed,
+                fit.astype(np.float32).T[None, :, None, :], self.n_words,
+                max_vectors=self.max_vectors, random_state=self.seed,
             )  # fmt: skip
         return self.words[key]
 
@@ -275,6 +281,19 @@ def run_study(
     from microtex.features.plan import check_tiles
 
     tiles = check_tiles(tile, tile_stride, plan)
+    if not raw and not plan.cnn_taps:
+        raise ValueError("the grid is empty: name taps, or keep the raw image (raw=True)")
+    # folds that cannot be made fail now, not after the network pass (the tile-level
+    # split is of tiles, whose counts only the images tell)
+    if tiles is None:
+        checks = [None] + ([groups] if groups is not None else [])
+    else:
+        checks = [groups if groups is not None else paths]
+    for check_groups in checks:
+        with warnings.catch_warnings():  # scikit-learn's notes on image counts: rows differ
+            warnings.simplefilter("ignore", UserWarning)
+            cv_splits(labels, check_groups, n_splits=n_splits, n_repeats=1,
+                      random_state=random_state)  # fmt: skip
     settings = {"backbone": None if plan.config is None else plan.config.to_dict(),
                 "raw": raw, "tiles": tiles, "image_size": plan.image_size,
                 "crop_bottom": plan.crop_bottom, "positions": vlad_positions}  # fmt: skip
@@ -314,8 +333,10 @@ def run_study(
     samples_of = {tap: [s for a in per_image for s in a[f"{tap}/samples"]] for tap in plan.taps}
     cnn_taps = list(plan.cnn_taps)
     layers = ([RAW_TAP] if raw else []) + cnn_taps + ([ALL_LAYERS] if len(cnn_taps) > 1 else [])
+    # the split that ignores groups: of images, or of tiles (a tile's siblings in training)
+    loose = "tile_level" if tiles is not None else "image_level"
     splits = {"grouped": item_groups} if item_groups is not None else {}
-    splits["image_level"] = None
+    splits[loose] = None
 
     # ---- the grid
     forest = make_forest(n_estimators, random_state, n_jobs=n_threads)
@@ -347,18 +368,19 @@ def run_study(
                                     fold_features=fold_features)  # fmt: skip
             row[split] = result.summary()
         if "grouped" in row:
-            row["inflation"] = (row["image_level"]["f1_macro"]["mean"]
+            row["inflation"] = (row[loose]["f1_macro"]["mean"]
                                 - row["grouped"]["f1_macro"]["mean"])  # fmt: skip
         row["seconds"] = time.perf_counter() - began
         results.append(row)
         log.info("%s/%s: %s", layer, pool, {s: round(row[s]["f1_macro"]["mean"], 3)
                                             for s in splits})  # fmt: skip
 
-    honest = "grouped" if "grouped" in splits else "image_level"
+    honest = "grouped" if "grouped" in splits else loose
     best = max(results, key=lambda r: r[honest]["f1_macro"]["mean"])
     report = {
         "metric": METRIC,
         "honest_split": honest,
+        "loose_split": loose,
         "settings": {**settings, "taps": cnn_taps, "pools": pools, "n_words": n_words,
                      "vlad_max_vectors": vlad_max_vectors,
                      "n_estimators": n_estimators, "n_splits": n_splits, "n_repeats": n_repeats,
@@ -380,15 +402,15 @@ def run_study(
         report["inflation"] = {
             "mean": float(np.mean([r["inflation"] for r in results])),
             "max": float(max(r["inflation"] for r in results)),
-            "statement": "macro F1 with an image-level split minus macro F1 with a grouped "
-                         "split, averaged over the grid: what letting a group's images sit on "
-                         "both sides of a split adds to the score",
+            "statement": f"macro F1 with a {loose.replace('_', '-')} split minus macro F1 "
+                         "with a grouped split, averaged over the grid: what letting one "
+                         "group's rows sit on both sides of a split adds to the score",
         }  # fmt: skip
     write_json(output / "study.json", report)
     _files.atomic_write_text(output / "study.csv", _csv(results, list(splits)))
     _bar_chart(results, layers, pools, list(splits), output / "f1_grid.png")
-    _confusion_chart(best[honest], f"{best['layer']} / {best['pool']} ({honest} split)",
-                     output / "confusion_best.png")  # fmt: skip
+    title = f"{best['layer']} / {best['pool']} ({honest} split, summed over {n_repeats} repeats)"
+    _confusion_chart(best[honest], title, output / "confusion_best.png")
     return report
 
 

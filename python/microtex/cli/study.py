@@ -78,13 +78,14 @@ def run(args) -> int:
         line = (f"  {row['layer']:>8} {row['pool']:<5} {row[honest]['f1_macro']['mean']:.3f} "
                 f"± {row[honest]['f1_macro']['std']:.3f}")
         if "inflation" in row:
-            line += f"   image-level {row['image_level']['f1_macro']['mean']:.3f} " \
-                    f"(+{row['inflation']:.3f})"
+            loose = report["loose_split"]
+            line += (f"   {loose.replace('_', '-')} {row[loose]['f1_macro']['mean']:.3f} "
+                     f"({row['inflation']:+.3f})")
         print(line)
     print(f"best: {best['layer']} / {best['pool']}: {best['f1_macro']['mean']:.3f} "
           f"± {best['f1_macro']['std']:.3f}")
     if "inflation" in report:
-        print(f"an image-level split inflates {report['metric']} by "
+        print(f"the {report['loose_split'].replace('_', '-')} split inflates {report['metric']} by "
               f"{report['inflation']['mean']:+.3f} on average "
               f"(at most {report['inflation']['max']:+.3f})")
     print(f"report: {args.output}/ (study.json, study.csv, f1_grid.png, confusion_best.png)")

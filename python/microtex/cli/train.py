@@ -35,7 +35,12 @@ def run(args) -> int:
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
 
-    from microtex.analysis.classify import cross_validate, make_forest, save_classifier
+    from microtex.analysis.classify import (
+        cross_validate,
+        cv_splits,
+        make_forest,
+        save_classifier,
+    )
     from microtex.bundle import check_target
     from microtex.errors import NoImagesError
     from microtex.features.api import featurize
@@ -45,6 +50,8 @@ def run(args) -> int:
         raise ValueError(f"--cv-repeats must be 0 or more, got {args.cv_repeats}")
     check_target(args.output, overwrite=True)  # before the work, not after it
     labels = read_labels(args.labels, groups=args.groups)
+    if args.cv_repeats:  # folds that cannot be made fail now, not after the network pass
+        cv_splits(labels.labels, labels.groups, n_repeats=1, random_state=args.seed)
     featurizer = featurizer_from_args(args)
     paths = [str(p) for p in labels.paths]
     try:
@@ -66,6 +73,12 @@ def run(args) -> int:
     forest = make_forest(args.n_estimators, args.seed, n_jobs=args.threads)
     counts = {str(c): int((y == c).sum()) for c in sorted(set(y.tolist()))}
     training = {"n_images": len(y), "n_skipped": len(table.failures), "counts": counts}
+    if args.cv_repeats:
+        try:  # skipped files may have left too few of a class for the folds
+            cv_splits(y, groups, n_repeats=1, random_state=args.seed)
+        except ValueError as exc:
+            print(f"microtex: warning: no cross-validation: {exc}", file=sys.stderr)
+            args.cv_repeats = 0
     if args.cv_repeats:
         if featurizer.pipeline_.needs_fit():  # VLAD words are refitted inside every fold
             estimator = Pipeline([("features", clone(featurizer)), ("forest", forest)])

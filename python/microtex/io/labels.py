@@ -97,8 +97,9 @@ def read_labels(path: str | os.PathLike, *, groups: str | None = None, path_colu
             raise ValueError(f"{path}:{line}: empty {empty[0]!r}")
         image = pathlib.Path(values[path_column])
         image = image if image.is_absolute() else base / image
-        if not image.exists():
-            raise ValueError(f"{path}:{line}: no such image {str(image)!r}")
+        if not image.is_file():
+            why = "is a directory, not an image" if image.is_dir() else "no such image"
+            raise ValueError(f"{path}:{line}: {why} {str(image)!r}")
         key = os.path.realpath(image)
         if key in seen:
             raise ValueError(f"{path}:{line}: {str(image)!r} is listed twice (line {seen[key]})")
