@@ -147,6 +147,16 @@ def test_tiles_are_grouped_by_their_source_image(tmp_path):
     assert report["settings"]["groups"] == "source image of each tile"
     assert report["honest_split"] == "grouped" and report["loose_split"] == "tile_level"
     assert report["inflation"]["mean"] > 0.3
+    # with specimens as well: specimen, image and tile level, each its own split
+    specimens = [f"S{i // 2}" for i in range(6)]
+    three = run_study(paths, labels, specimens, output=tmp_path / "out3", taps=(),
+                      pools=("mean",), tile=8, n_estimators=10, n_repeats=2)  # fmt: skip
+    (row,) = three["results"]
+    assert {"grouped", "image_level", "tile_level"} <= set(row)
+    assert row["image_level"]["split"] == "grouped"  # grouped by source image
+    assert row["tile_level"]["split"] == "stratified"
+    header = (tmp_path / "out3" / "study.csv").read_text().splitlines()[0]
+    assert "f1_image_level_mean" in header and "f1_tile_level_mean" in header
 
 
 def test_the_study_command(tmp_path, capsys):

@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--no-raw", action="store_true", help="leave out the untransformed image")
     s.add_argument("--repeats", type=positive, default=10, help="repeats of K-fold CV")
     s.add_argument("--folds", type=positive, default=3, help="K")
-    s.add_argument("--n-estimators", type=positive, default=400, help="trees per forest")
+    s.add_argument("--n-estimators", type=positive, default=100,
+                   help="trees per forest (Ling et al.: 400; F1 moves by ~0.01 for 3.6x the time)")
     s.add_argument("--n-words", type=positive, default=32, help="VLAD words")
     s.add_argument("--vlad-positions", type=positive, default=512,
                    help="activation vectors per image and layer kept for VLAD")
