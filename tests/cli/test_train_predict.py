@@ -81,3 +81,21 @@ def test_predict_refuses_what_is_not_a_classifier_bundle(labelled, capsys):
     assert code == 2
     assert "holds a 'texture-featurizer', not a 'classifier'" in capsys.readouterr().err
     assert not (labelled / "p.csv").exists()
+
+
+def test_train_without_skl2onnx_fails_before_any_work(labelled, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_skl2onnx(name, *args, **kwargs):
+        if name.startswith("skl2onnx"):
+            raise ImportError("No module named 'skl2onnx'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_skl2onnx)
+    code = main(["train", "--labels", str(labelled / "labels.csv"), "-o", str(labelled / "m"),
+                 "--raw"])  # fmt: skip
+    assert code == 2
+    assert "microtex train needs skl2onnx: pip install 'microtex[onnx]'" in capsys.readouterr().err
+    assert not (labelled / "m").exists()

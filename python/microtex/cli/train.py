@@ -42,10 +42,12 @@ def run(args) -> int:
         save_classifier,
     )
     from microtex.bundle import check_target
+    from microtex.engine.export import require_skl2onnx
     from microtex.errors import NoImagesError
     from microtex.features.api import featurize
     from microtex.io.labels import read_labels
 
+    require_skl2onnx("microtex train")  # before the work, not when saving after it
     if args.cv_repeats < 0:
         raise ValueError(f"--cv-repeats must be 0 or more, got {args.cv_repeats}")
     check_target(args.output, overwrite=True)  # before the work, not after it

@@ -30,6 +30,7 @@ __all__ = [
     "export_forest",
     "export_model",
     "require_onnx",
+    "require_skl2onnx",
     "require_torch",
     "save_model",
 ]
@@ -62,6 +63,15 @@ def require_onnx(what: str):
     except ImportError:
         raise ImportError(f"{what} needs the onnx package: pip install 'microtex[torch]'") from None
     return onnx
+
+
+def require_skl2onnx(what: str):
+    """The ``skl2onnx`` module, or an ImportError saying that ``what`` needs the onnx extra."""
+    try:
+        import skl2onnx
+    except ImportError:
+        raise ImportError(f"{what} needs skl2onnx: pip install 'microtex[onnx]'") from None
+    return skl2onnx
 
 
 def check_export_options(opset: int | None, exporter: str) -> int:
@@ -261,13 +271,10 @@ def export_forest(forest, n_features: int, *, input_name: str = "features",
     ImportError
         ``skl2onnx`` is not installed (the ``onnx`` extra).
     """
-    try:
-        from skl2onnx import to_onnx
-        from skl2onnx.common.data_types import FloatTensorType
-    except ImportError:
-        raise ImportError(
-            "exporting a forest needs skl2onnx: pip install 'microtex[onnx]'"
-        ) from None
+    require_skl2onnx("exporting a forest")
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
     n_features = check_positive_int("n_features", n_features)
     exact = _thresholds_rounded_down(forest)
     with warnings.catch_warnings():
