@@ -99,3 +99,23 @@ def test_train_without_skl2onnx_fails_before_any_work(labelled, capsys, monkeypa
     assert code == 2
     assert "microtex train needs skl2onnx: pip install 'microtex[onnx]'" in capsys.readouterr().err
     assert not (labelled / "m").exists()
+
+
+def test_train_carries_the_studys_f1_for_its_layer_and_pooling(labelled, capsys):
+    study = {"metric": "macro F1", "honest_split": "grouped",
+             "settings": {"taps": ["relu1_2", "relu2_2"]},
+             "results": [{"layer": "raw", "pool": "gram",
+                          "grouped": {"f1_macro": {"mean": 0.61, "std": 0.04}}},
+                         {"layer": "raw", "pool": "mean",
+                          "grouped": {"f1_macro": {"mean": 0.5, "std": 0.1}}}]}  # fmt: skip
+    (labelled / "study.json").write_text(json.dumps(study))
+    code = main(["train", "--labels", str(labelled / "labels.csv"), "-o", str(labelled / "m"),
+                 "--raw", "--pool", "gram", "--study", str(labelled / "study.json"),
+                 "--cv-repeats", "0", "--n-estimators", "5", "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((labelled / "m" / "microtex.json").read_text())
+    carried = manifest["config"]["training"]["study"]
+    assert carried["f1_macro"] == {"mean": 0.61, "std": 0.04} and carried["split"] == "grouped"
+    code = main(["train", "--labels", str(labelled / "labels.csv"), "-o", str(labelled / "m2"),
+                 "--raw", "--pool", "max", "--study", str(labelled / "study.json")])  # fmt: skip
+    assert code == 2 and "has no row for taps" in capsys.readouterr().err

@@ -24,6 +24,9 @@ def add_parser(subparsers) -> None:
                    help="CSV column of each image's group (specimen); cross-validation never "
                         "splits a group")  # fmt: skip
     t.add_argument("--n-estimators", type=positive, default=400, help="trees in the forest")
+    t.add_argument("--study", default=None,
+                   help="study.json of microtex study: its F1 ± std for this featurizer's "
+                        "layer and pooling goes into the bundle")
     t.add_argument("--cv-repeats", type=int, default=3,
                    help="repeats of 3-fold cross-validation for the bundle's F1 (0: none)")
     add_featurizer_options(t)
@@ -51,6 +54,7 @@ def run(args) -> int:
     if args.cv_repeats < 0:
         raise ValueError(f"--cv-repeats must be 0 or more, got {args.cv_repeats}")
     check_target(args.output, overwrite=True)  # before the work, not after it
+    study = _study_row(args.study, args) if args.study else None
     labels = read_labels(args.labels, groups=args.groups)
     if args.cv_repeats:  # folds that cannot be made fail now, not after the network pass
         cv_splits(labels.labels, labels.groups, n_repeats=1, random_state=args.seed)
@@ -91,6 +95,8 @@ def run(args) -> int:
                                 random_state=args.seed)  # fmt: skip
         training["cross_validation"] = result.summary()
         print(f"cross-validated {result}", file=sys.stderr)
+    if study is not None:
+        training["study"] = study
     forest.fit(table.features, y)
     pipeline = Pipeline([("features", featurizer), ("forest", forest)])
     save_classifier(pipeline, args.output, training=training, overwrite=True)
@@ -98,3 +104,27 @@ def run(args) -> int:
           f"{len(training['counts'])} classes, {featurizer.n_features_out_} features -> "
           f"{args.output}")  # fmt: skip
     return 0
+
+
+def _study_row(path: str, args) -> dict:
+    """The study's numbers for the layer and pooling this featurizer computes."""
+    import json
+    import pathlib
+
+    try:
+        report = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+        rows, honest = report["results"], report["honest_split"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--study {path!r} is not a microtex study.json ({exc})") from None
+    taps = [t.strip() for t in ("raw" if args.raw else args.taps).split(",") if t.strip()]
+    pools = [p.strip() for p in args.pool.split(",") if p.strip()]
+    study_taps = report.get("settings", {}).get("taps", [])
+    layer = taps[0] if len(taps) == 1 else ("all" if sorted(taps) == sorted(study_taps) else None)
+    match = [r for r in rows if r["layer"] == layer and [r["pool"]] == pools]
+    if not match:
+        raise ValueError(
+            f"--study {path!r} has no row for taps {args.taps!r} with pool {args.pool!r}; "
+            "train one layer (or all the study's layers) with one pooling"
+        )
+    return {"file": str(path), "layer": layer, "pool": pools[0], "split": honest,
+            "f1_macro": match[0][honest]["f1_macro"], "metric": report.get("metric")}
