@@ -197,6 +197,13 @@ def test_a_classifier_bundle_round_trips(shallow_onnx, textures, tmp_path):
     assert isinstance(model, classify.TextureClassifier)
     assert model.classes_.tolist() == ["coarse", "fine"]
     assert model.training == {"counts": {"coarse": 6}}
+    manifest = json.loads((path / "microtex.json").read_text())["config"]
+    assert manifest["feature_blocks"] == [
+        {"tap": "relu1_1", "pool": "mean", "count": 64},
+        {"tap": "relu1_1", "pool": "gram", "count": 2080},
+        {"tap": "relu2_1", "pool": "mean", "count": 128},
+        {"tap": "relu2_1", "pool": "gram", "count": 8256},
+    ]
     np.testing.assert_allclose(model.predict_proba(images), pipeline.predict_proba(images),
                                atol=1e-6)  # fmt: skip
     assert model.predict(images).tolist() == pipeline.predict(images).tolist()

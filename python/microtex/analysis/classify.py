@@ -331,6 +331,24 @@ BUNDLE_KIND = "classifier"
 _FEATURIZER_FILES = ("backbone.onnx", "state.npz")
 
 
+def _feature_blocks(names) -> list[dict]:
+    """Column names ``"{tap}/{pool}/{i}"`` as runs ``{"tap", "pool", "count"}``, in order.
+
+    Examples
+    --------
+    >>> _feature_blocks(["raw/mean/0", "relu1_1/gram/0", "relu1_1/gram/1"])
+    [{'tap': 'raw', 'pool': 'mean', 'count': 1}, {'tap': 'relu1_1', 'pool': 'gram', 'count': 2}]
+    """
+    blocks: list[dict] = []
+    for name in names:
+        tap, pool, _ = str(name).rsplit("/", 2)
+        if blocks and (blocks[-1]["tap"], blocks[-1]["pool"]) == (tap, pool):
+            blocks[-1]["count"] += 1
+        else:
+            blocks.append({"tap": tap, "pool": pool, "count": 1})
+    return blocks
+
+
 def _feature_names_digest(names) -> str:
     from microtex._files import sha256_bytes
 
@@ -463,6 +481,8 @@ def save_classifier(pipeline, directory, *, training: dict | None = None,
         "featurizer": featurizer_config,
         "classes": classes,
         "n_features": n_features,
+        # the names are "{tap}/{pool}/{i}" over these runs; the digest checks them at load
+        "feature_blocks": _feature_blocks(featurizer.get_feature_names_out()),
         "feature_names_sha256": _feature_names_digest(featurizer.get_feature_names_out()),
         "forest": {"type": type(forest).__name__,
                    "params": {k: v for k, v in forest.get_params().items()
