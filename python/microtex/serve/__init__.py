@@ -1,0 +1,1 @@
+"""Serving bundles to production lines (issue 15, in progress): the micro-batcher so far."""
