@@ -12,13 +12,13 @@ import signal
 import sys
 import threading
 
-from microtex.cli import demo, featurize, predict, study, train
+from microtex.cli import demo, featurize, predict, serve, study, train
 
 __all__ = ["main"]
 
 #: One module per command: each has ``add_parser(subparsers)`` and ``run(args) -> int``.
 COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train,
-            "predict": predict}
+            "predict": predict, "serve": serve}
 
 
 def _parser() -> argparse.ArgumentParser:

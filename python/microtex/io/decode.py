@@ -56,7 +56,7 @@ from PIL import Image, ImageOps
 
 from microtex.errors import ImageReadError
 
-__all__ = ["MAX_DECODED_BYTES", "as_float_image", "decode_file", "scale_float"]
+__all__ = ["MAX_DECODED_BYTES", "as_float_image", "decode_bytes", "decode_file", "scale_float"]
 
 logger = logging.getLogger("microtex.io")
 
@@ -228,8 +228,9 @@ def _pillow_to_gray(im: Image.Image, fmt: str, path, meta: dict) -> tuple[np.nda
     return _luminance(np.asarray(im)) / np.float32(255), 8
 
 
-def _decode_pillow(path: Path) -> tuple[np.ndarray, dict]:
-    with Image.open(path) as im:
+def _decode_pillow(path, source=None) -> tuple[np.ndarray, dict]:
+    """Decode with Pillow; ``source`` (a file object) if given, else ``path``, which names it."""
+    with Image.open(path if source is None else _rewound(source)) as im:
         fmt = _PILLOW_FORMATS.get(im.format or "")
         if fmt is None:
             raise ImageReadError(
@@ -295,11 +296,16 @@ def _check_pixel_count(path, pixels: int) -> None:
     warnings.warn(message, Image.DecompressionBombWarning, stacklevel=2)
 
 
-def _decode_tiff(path: Path) -> tuple[np.ndarray, dict]:
+def _rewound(source):
+    source.seek(0)
+    return source
+
+
+def _decode_tiff(path, source=None) -> tuple[np.ndarray, dict]:
     import tifffile
 
     photometric_kind = tifffile.PHOTOMETRIC
-    with tifffile.TiffFile(path) as tif:
+    with tifffile.TiffFile(path if source is None else _rewound(source)) as tif:
         n_frames = len(tif.pages)
         if n_frames == 0:
             raise ImageReadError(path, "TIFF file has no readable page (truncated or corrupt)")
@@ -381,21 +387,42 @@ def decode_file(path: Path) -> tuple[np.ndarray, dict]:
     if stat.st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
 
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot open the file ({exc.strerror or exc})") from exc
+    return _decode(path, magic)
+
+
+def decode_bytes(data: bytes, name: str = "upload") -> tuple[np.ndarray, dict]:
+    """Decode an image held in memory (an upload), as :func:`decode_file` decodes a file.
+
+    The same formats, conversions and limits; errors are ImageReadErrors that
+    call the image ``name``.
+    """
+    if not data:
+        raise ImageReadError(name, "file is empty (0 bytes)")
+    import io
+
+    return _decode(name, bytes(data[:4]), io.BytesIO(data))
+
+
+def _decode(path, magic: bytes, source=None) -> tuple[np.ndarray, dict]:
+    """Decode a file (``path``) or a file object (``source``, called ``path``)."""
     # Decoder warnings are logged, not raised (catch_warnings swaps the global
     # filters, so a warning raised meanwhile by another thread may land here too).
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with open(path, "rb") as handle:
-                magic = handle.read(4)
             if magic in _TIFF_MAGIC:
                 try:
-                    gray, meta = _decode_tiff(path)
+                    gray, meta = _decode_tiff(path, source)
                 except _UsePillow as why:
                     logger.debug("tifffile cannot decode %s (%s); using Pillow", path, why)
-                    gray, meta = _decode_pillow(path)
+                    gray, meta = _decode_pillow(path, source)
             else:
-                gray, meta = _decode_pillow(path)
+                gray, meta = _decode_pillow(path, source)
         except ImageReadError:
             raise
         except MemoryError:  # this file's fault as far as a batch is concerned
