@@ -297,3 +297,24 @@ def test_serve_refuses_a_missing_bundle_before_starting(tmp_path, capsys):
 
     assert main(["serve", str(tmp_path / "nope")]) == 2
     assert "no bundle at" in capsys.readouterr().err
+
+
+def test_the_python_client(server, tmp_path):
+    from microtex.serve.client import Client, ServiceError
+
+    url, _ = server
+    client = Client(url)
+    assert client.ready()
+    assert client.metadata("texture")["outputs"][0]["shape"] == [-1, 2]
+    image = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    path = tmp_path / "a.png"
+    path.write_bytes(png(image))
+    expected = np.round(image * 255) / 255
+    np.testing.assert_allclose(client.predict("texture", path)["features"],
+                               [expected.mean(), 1.0], rtol=1e-5)  # fmt: skip
+    out = client.infer("texture", np.stack([image, image / 2]))
+    np.testing.assert_allclose(out, [[image.mean(), 1.0], [image.mean() / 2, 0.5]], rtol=1e-5)
+    with pytest.raises(ServiceError, match="HTTP 400: not a PNG, JPEG"):
+        client.predict("texture", b"garbage")
+    with pytest.raises(ServiceError, match="HTTP 404: no model 'nope'"):
+        client.metadata("nope")

@@ -113,3 +113,22 @@ def test_options_are_checked():
         MicroBatcher(Model(), max_batch_size=0)
     with pytest.raises(ValueError, match="max_delay_ms must be >= 0"):
         MicroBatcher(Model(), max_delay_ms=-1)
+
+
+def test_requests_that_arrive_during_a_batch_run_together_after_it():
+    model = Model(delay=0.2)
+    batcher = MicroBatcher(model, max_batch_size=8, max_delay_ms=1)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(np.zeros((2, 2), np.float32)))
+        await asyncio.sleep(0.05)  # the first batch is running
+        later = []
+        for _ in range(5):
+            later.append(asyncio.ensure_future(batcher.submit(np.ones((2, 2), np.float32))))
+            await asyncio.sleep(0.01)  # each arrives after the other's delay ran out
+        return await asyncio.gather(first, *later)
+
+    results = run(main())
+    batcher.close()
+    assert [s[0] for s in model.shapes] == [1, 5]
+    assert [float(r["sum"]) for r in results] == [0.0] + [4.0] * 5

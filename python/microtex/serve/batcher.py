@@ -1,7 +1,9 @@
 """A micro-batcher: concurrent requests of equal input shape run as one batch.
 
-A request waits at most ``max_delay_ms`` for others of its shape; a batch is
-run as soon as it holds ``max_batch_size`` requests. Requests of different
+While the model is idle a request waits at most ``max_delay_ms`` for others of
+its shape; while a batch runs, requests gather until it is done (they could not
+run sooner) and then run together; a batch never holds more than
+``max_batch_size`` requests. Requests of different
 shapes never share a batch. The queue is bounded: past ``max_queue`` waiting
 requests :meth:`MicroBatcher.submit` raises :class:`QueueFullError` (the
 service answers 503 with ``Retry-After``) instead of growing without bound.
@@ -67,6 +69,8 @@ class MicroBatcher:
         self._pending: dict[tuple, list] = {}
         self._timers: dict[tuple, asyncio.TimerHandle] = {}
         self._waiting = 0
+        self._running = 0
+        self._due: list[tuple] = []  # groups whose delay ran out while a batch was running
         self._executor = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="microtex-batch"
         )
@@ -92,17 +96,29 @@ class MicroBatcher:
         if len(group) >= self.max_batch_size:
             self._flush(key)
         elif len(group) == 1:
-            self._timers[key] = loop.call_later(self.max_delay, self._flush, key)
+            self._timers[key] = loop.call_later(self.max_delay, self._due_now, key)
         return await future
+
+    def _due_now(self, key: tuple) -> None:
+        """A group's delay ran out: run it, or, while a batch runs, after that batch."""
+        self._timers.pop(key, None)
+        if self._running:
+            if key not in self._due:
+                self._due.append(key)
+        else:
+            self._flush(key)
 
     def _flush(self, key: tuple) -> None:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
+        if key in self._due:
+            self._due.remove(key)
         group = self._pending.pop(key, [])
         if not group:
             return
         self._waiting -= len(group)
+        self._running += 1
         self.batch_sizes[len(group)] += 1
         asyncio.get_running_loop().create_task(self._run(group))
 
@@ -116,9 +132,15 @@ class MicroBatcher:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for i, (_, future) in enumerate(group):
-            if not future.done():  # a request that timed out no longer waits
-                future.set_result(_row(result, i))
+        else:
+            for i, (_, future) in enumerate(group):
+                if not future.done():  # a request that timed out no longer waits
+                    future.set_result(_row(result, i))
+        finally:
+            self._running -= 1
+            if not self._running:
+                for key in list(self._due):  # what gathered while this batch ran
+                    self._flush(key)
 
     def close(self) -> None:
         """Stop the worker thread once the running batch is done."""
