@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -83,27 +82,11 @@ class Service:
 
 def _load(client, data: bytes, concurrency: int, seconds: float) -> dict:
     """Requests from ``concurrency`` threads for ``seconds``: latencies and errors."""
-    latencies, errors = [], []
-    stop = time.monotonic() + seconds
+    from microtex.serve.bench import load
 
-    def worker():
-        while time.monotonic() < stop:
-            t0 = time.perf_counter()
-            try:
-                client.predict("tex", data)
-                latencies.append(time.perf_counter() - t0)
-            except Exception as exc:  # noqa: BLE001  (counted, reported)
-                errors.append(repr(exc))
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    return {"requests": len(latencies), "errors": len(errors), "first_error": errors[:1],
-            "images_per_s": len(latencies) / elapsed, "latencies": latencies}  # fmt: skip
+    result = load(client, "tex", data, concurrency, seconds=seconds)
+    result["latencies"] = result.pop("times")
+    return result
 
 
 def _percentiles(values) -> dict:

@@ -318,3 +318,29 @@ def test_the_python_client(server, tmp_path):
         client.predict("texture", b"garbage")
     with pytest.raises(ServiceError, match="HTTP 404: no model 'nope'"):
         client.metadata("nope")
+
+
+# ---------------------------------------------------------------- microtex bench
+def test_bench_in_process_and_against_the_service(bundle, server, tmp_path, capsys):
+    import json
+
+    from microtex.cli.main import main
+
+    output = tmp_path / "bench.json"
+    code = main(["bench", str(bundle), "--sizes", "16,32", "--batch-sizes", "1,2", "--threads",
+                 "1", "--runs", "3", "-o", str(output)])  # fmt: skip
+    assert code == 0
+    rows = json.loads(output.read_text())["rows"]
+    assert [(r["size"], r["batch_size"]) for r in rows] == [(16, 1), (16, 2), (32, 1), (32, 2)]
+    for row in rows:
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["images_per_s"] > 0
+        assert row["threads"] == 1 and row["calls"] == 3
+    assert "in-process | 32 | 2 | 1" in capsys.readouterr().out
+
+    url, _ = server
+    code = main(["bench", "--url", url, "--model", "texture", "--sizes", "24",
+                 "--concurrency", "1,4", "--requests", "8", "-o", str(output)])  # fmt: skip
+    assert code == 0
+    rows = json.loads(output.read_text())["rows"]
+    assert [(r["concurrency"], r["requests"], r["errors"]) for r in rows] == [(1, 8, 0), (4, 8, 0)]
+    assert code == 0 and main(["bench", "--url", url]) == 2  # --model is needed
