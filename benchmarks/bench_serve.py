@@ -76,6 +76,7 @@ class Service:
         return int(text.split("VmRSS:")[1].split()[0]) * 1024
 
     def stop(self) -> None:
+        self.client.close()
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(30)
 

@@ -318,6 +318,7 @@ def test_the_python_client(server, tmp_path):
         client.predict("texture", b"garbage")
     with pytest.raises(ServiceError, match="HTTP 404: no model 'nope'"):
         client.metadata("nope")
+    client.close()
 
 
 # ---------------------------------------------------------------- microtex bench

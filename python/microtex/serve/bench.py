@@ -91,7 +91,13 @@ def bench_service(url: str, model: str, *, sizes=(224,), concurrency=(1,), reque
     """Upload textures to a running ``microtex serve``: ``requests`` per concurrency level."""
     from microtex.serve.client import Client
 
-    client = Client(url, token=token)
+    rows = []
+    with Client(url, token=token) as client:
+        rows = _bench_service(client, model, sizes, concurrency, requests, warmup)
+    return rows
+
+
+def _bench_service(client, model, sizes, concurrency, requests, warmup) -> list[dict]:
     rows = []
     for size in sizes:
         data = _png(_texture(size))

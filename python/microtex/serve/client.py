@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import pathlib
-import urllib.error
-import urllib.request
+import threading
+import urllib.parse
 
 import numpy as np
 
@@ -44,24 +45,74 @@ class Client:
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 30.0):
         self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url must be http://host:port or https://..., got {url!r}")
+        self._parts = parts
+        self._local = threading.local()  # one kept-alive connection per thread
+        self._opened: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self, fresh: bool = False) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None or fresh:
+            if connection is not None:
+                connection.close()
+            kind = (http.client.HTTPSConnection if self._parts.scheme == "https"
+                    else http.client.HTTPConnection)  # fmt: skip
+            connection = kind(self._parts.hostname, self._parts.port, timeout=self.timeout)
+            self._local.connection = connection
+            with self._lock:
+                self._opened.append(connection)
+        return connection
+
+    def close(self) -> None:
+        """Close the kept-alive connections of every thread."""
+        with self._lock:
+            for connection in self._opened:
+                connection.close()
+            self._opened.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001  (interpreter shutdown)
+            pass
 
     def _call(self, method: str, path: str, body: bytes | None = None,
               content_type: str | None = None) -> bytes:  # fmt: skip
-        request = urllib.request.Request(self.url + path, data=body, method=method)
+        headers = {}
         if content_type:
-            request.add_header("Content-Type", content_type)
+            headers["Content-Type"] = content_type
         if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.read()
-        except urllib.error.HTTPError as exc:
-            text = exc.read().decode("utf-8", "replace")
+            headers["Authorization"] = f"Bearer {self.token}"
+        target = self._parts.path.rstrip("/") + path
+        for attempt in (0, 1):  # a kept-alive connection the server closed: once more, anew
+            connection = self._connection(fresh=attempt == 1)
+            try:
+                connection.request(method, target, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionError, http.client.BadStatusLine):
+                connection.close()
+                if attempt:
+                    raise
+        if response.status >= 400:
+            text = data.decode("utf-8", "replace")
             try:
                 message = json.loads(text).get("error") or text
             except ValueError:
                 message = text
-            raise ServiceError(exc.code, message) from None
+            raise ServiceError(response.status, message)
+        return data
 
     def ready(self) -> bool:
         """Whether every model is loaded and warmed up."""
