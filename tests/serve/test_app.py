@@ -158,15 +158,20 @@ def start(app):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    wait_until_ready(url)
+    return url, server, thread
+
+
+def wait_until_ready(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                break
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
-    return url, server, thread
+    raise AssertionError(f"{url} never became ready")
 
 
 @pytest.fixture
@@ -274,13 +279,7 @@ def test_the_serve_command_serves_and_stops_on_sigterm(bundle, tmp_path):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_ready(url)
         reply = httpx.post(f"{url}/v1/tex:predict", content=png(np.ones((8, 8), np.float32)),
                            headers={"content-type": "image/png", "authorization": "Bearer t0ken"},
                            timeout=10)  # fmt: skip
