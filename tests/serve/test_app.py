@@ -344,3 +344,24 @@ def test_bench_in_process_and_against_the_service(bundle, server, tmp_path, caps
     rows = json.loads(output.read_text())["rows"]
     assert [(r["concurrency"], r["requests"], r["errors"]) for r in rows] == [(1, 8, 0), (4, 8, 0)]
     assert code == 0 and main(["bench", "--url", url]) == 2  # --model is needed
+
+
+def test_a_classifier_bundle_answers_classes_and_probabilities(tmp_path):
+    from sklearn.pipeline import Pipeline
+
+    from microtex.analysis.classify import make_forest, save_classifier
+
+    dark = [np.full((12, 12), 0.1, np.float32) + 0.01 * i for i in range(4)]
+    light = [np.full((12, 12), 0.9, np.float32) - 0.01 * i for i in range(4)]
+    pipeline = Pipeline([("f", TextureFeaturizer(taps="raw", pool="mean")),
+                         ("forest", make_forest(10))])  # fmt: skip
+    pipeline.fit(np.stack(dark + light), ["dark"] * 4 + ["light"] * 4)
+    save_classifier(pipeline, tmp_path / "clf")
+    with TestClient(create_app({"clf": tmp_path / "clf"})) as client:
+        wait_ready(client)
+        meta = client.get("/v2/models/clf").json()
+        assert meta["parameters"]["classes"] == ["dark", "light"]
+        assert meta["outputs"][0]["name"] == "probabilities"
+        reply = client.post("/v1/clf:predict", content=png(np.full((12, 12), 0.85, np.float32)),
+                            headers={"content-type": "image/png"}).json()  # fmt: skip
+        assert reply["class"] == "light" and reply["probabilities"]["light"] == pytest.approx(1.0)
