@@ -466,7 +466,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = pathlib.Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # the file is opened here so that it is closed when a damaged one fails to parse
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise BundleError(f"cannot read fitted state {str(path)!r}: {exc}") from None
