@@ -28,10 +28,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from microtex import _files
+from microtex import _files, bundle
 from microtex.analysis.classify import METRIC, cross_validate, cv_splits, make_forest
+from microtex.errors import BundleError
 from microtex.features import pooling
-from microtex.features.plan import RAW_TAP, make_plan
+from microtex.features.plan import RAW_TAP, check_tiles, make_plan
 from microtex.features.stream import TexturePipeline
 from microtex.features.vlad import fit_vlad_dictionary, vlad_encode
 
@@ -82,9 +83,8 @@ class _Collector:
         target = self.cache / f"{_cache_key(path, self.settings)}.npz"
         if target.exists():
             try:
-                with np.load(target, allow_pickle=False) as data:
-                    return {key: data[key] for key in data.files}
-            except (OSError, ValueError):  # a damaged cache file: compute it again
+                return bundle.load_npz(target)
+            except BundleError:  # a damaged cache file: compute it again
                 log.warning("recomputing the damaged cache file %s", target)
         plan = self.pipeline.plan
         seed = int(hashlib.sha256(os.fsencode(path)).hexdigest()[:8], 16)
@@ -104,16 +104,8 @@ class _Collector:
             return None
         result = {key: np.concatenate(parts) for key, parts in arrays.items()}
         result["ids"] = np.asarray(ids)
-        _files.atomic_write_bytes(target, _npz(result))
+        bundle.save_npz(target, result)
         return result
-
-
-def _npz(arrays: dict) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
 
 
 class _VladFolds:
@@ -281,8 +273,6 @@ def run_study(
                      pool="mean", engine="kernels", image_size=image_size,
                      crop_bottom=crop_bottom, device=device, n_threads=n_threads,
                      max_pixels=max_pixels, n_words=n_words)  # fmt: skip
-    from microtex.features.plan import check_tiles
-
     tiles = check_tiles(tile, tile_stride, plan)
     if not raw and not plan.cnn_taps:
         raise ValueError("the grid is empty: name taps, or keep the raw image (raw=True)")
