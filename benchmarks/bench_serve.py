@@ -16,11 +16,9 @@ Writes benchmarks/results/serve.json.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,14 +29,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, markdown_table, write_results  # noqa: E402
-
-
-def _png(image) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _port() -> int:
@@ -90,12 +80,6 @@ def _load(client, data: bytes, concurrency: int, seconds: float) -> dict:
     return result
 
 
-def _percentiles(values) -> dict:
-    values = sorted(values)
-    return {"p50_ms": 1e3 * statistics.median(values),
-            "p99_ms": 1e3 * values[min(len(values) - 1, int(0.99 * len(values)))]}  # fmt: skip
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--soak-s", type=float, default=120.0)
@@ -105,11 +89,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("MICROTEX_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
-    from microtex import TextureFeaturizer, perlin_texture
+    from microtex import TextureFeaturizer
     from microtex.io.decode import decode_bytes
+    from microtex.serve.bench import percentiles, upload
 
-    image = perlin_texture(224, 6, 0.5, 1.0, seed=0)
-    data = _png(image)
+    data = upload(224)
     with tempfile.TemporaryDirectory() as folder:
         bundle = Path(folder) / "tex"
         featurizer = TextureFeaturizer(pool="mean").fit(np.zeros((1, 32, 32), np.float32))
@@ -123,7 +107,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             featurizer.transform(decode_bytes(data)[0][None])
             local.append(time.perf_counter() - t0)
-        in_process = _percentiles(local)
+        in_process = percentiles(local)
 
         service = Service(bundle, "--max-batch-size", "8", "--max-delay-ms", args.max_delay_ms)
         try:
@@ -142,7 +126,7 @@ def main(argv=None) -> int:
         finally:
             unbatched_service.stop()
 
-    served = _percentiles(latency["latencies"])
+    served = percentiles(latency["latencies"])
     overhead = served["p50_ms"] - in_process["p50_ms"]
     gain = batched["images_per_s"] / unbatched["images_per_s"]
     growth = rss_after / rss_before - 1

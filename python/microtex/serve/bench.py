@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-__all__ = ["bench_in_process", "bench_service", "load", "percentiles"]
+__all__ = ["bench_in_process", "bench_service", "load", "percentiles", "upload"]
 
 
 def percentiles(seconds) -> dict:
@@ -78,11 +78,13 @@ def bench_in_process(model, *, sizes=(224,), batch_sizes=(1,), threads=(None,), 
     return rows
 
 
-def _png(image: np.ndarray) -> bytes:
+def upload(size: int, seed: int = 0) -> bytes:
+    """A ``size`` x ``size`` synthetic texture as PNG bytes: what a benchmark uploads."""
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(buffer, format="PNG")
+    image = np.round(_texture(size, seed) * 255).astype(np.uint8)
+    Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -100,7 +102,7 @@ def bench_service(url: str, model: str, *, sizes=(224,), concurrency=(1,), reque
 def _bench_service(client, model, sizes, concurrency, requests, warmup) -> list[dict]:
     rows = []
     for size in sizes:
-        data = _png(_texture(size))
+        data = upload(size)
         for _ in range(warmup):
             client.predict(model, data)
         for level in concurrency:
