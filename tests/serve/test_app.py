@@ -97,6 +97,9 @@ def test_a_corrupt_or_oversized_upload_is_refused_clearly(bundle):
         big = client.post("/v1/texture:predict", content=b"\0" * 5000,
                           headers={"content-type": "image/png"})  # fmt: skip
         assert big.status_code == 413 and "limit is 1000" in big.json()["error"]
+        tensor = {"inputs": [{"name": "image", "shape": [40, 40], "data": [0.5] * 1600}]}
+        large = client.post("/v2/models/texture/infer", json=tensor)
+        assert large.status_code == 413 and "limit is 1000" in large.json()["error"]
         assert str(bundle) not in corrupt.text + big.text  # no paths in bodies
 
 

@@ -185,8 +185,22 @@ def create_app(bundles: dict, *, max_batch_size: int = 8, max_delay_ms: float = 
         metrics.observe(name, route, response.status_code, time.perf_counter() - start)
         return response
 
-    def model_or_none(name: str):
-        return models.get(name)
+    def unknown(name: str):
+        """The 404 answer for a model that is not served, or None."""
+        if name in models:
+            return None
+        return error(404, f"no model {name!r}; models: {sorted(models)}")
+
+    def oversized(n_bytes: int):
+        """The 413 answer for a body of ``n_bytes``, or None."""
+        if n_bytes <= max_upload_bytes:
+            return None
+        return error(413, f"request of {n_bytes} bytes; the limit is {max_upload_bytes}")
+
+    def declared_oversized(request: Request):
+        """413 from the Content-Length header, before a large body is read."""
+        declared = request.headers.get("content-length", "")
+        return oversized(int(declared)) if declared.isdigit() else None
 
     async def answer(served: ServedModel, images: list[np.ndarray]) -> np.ndarray:
         rows = await asyncio.wait_for(
@@ -219,19 +233,17 @@ def create_app(bundles: dict, *, max_batch_size: int = 8, max_delay_ms: float = 
 
     @app.get("/v2/models/{name}")
     async def metadata(name: str):
-        served = model_or_none(name)
-        if served is None:
-            return error(404, f"no model {name!r}; models: {sorted(models)}")
-        return served.metadata()
+        return unknown(name) or models[name].metadata()
 
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request):
-        served = model_or_none(name)
-        if served is None:
-            return error(404, f"no model {name!r}; models: {sorted(models)}")
+        refused = unknown(name) or declared_oversized(request)
+        if refused is not None:
+            return refused
+        served = models[name]
         body = await request.body()
-        if len(body) > max_upload_bytes:
-            return error(413, f"request of {len(body)} bytes; the limit is {max_upload_bytes}")
+        if (refused := oversized(len(body))) is not None:
+            return refused
         try:
             document = json.loads(body)
             (tensor,) = [t for t in document["inputs"] if t["name"] == "image"]
@@ -253,12 +265,10 @@ def create_app(bundles: dict, *, max_batch_size: int = 8, max_delay_ms: float = 
     async def predict(name: str, request: Request):
         from microtex.io.decode import decode_bytes
 
-        served = model_or_none(name)
-        if served is None:
-            return error(404, f"no model {name!r}; models: {sorted(models)}")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_upload_bytes:
-            return error(413, f"upload of {declared} bytes; the limit is {max_upload_bytes}")
+        refused = unknown(name) or declared_oversized(request)
+        if refused is not None:
+            return refused
+        served = models[name]
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             async with request.form() as form:  # closes the spooled upload files
@@ -268,8 +278,8 @@ def create_app(bundles: dict, *, max_batch_size: int = 8, max_delay_ms: float = 
                 data = await files[0].read()
         else:
             data = await request.body()
-        if len(data) > max_upload_bytes:
-            return error(413, f"upload of {len(data)} bytes; the limit is {max_upload_bytes}")
+        if (refused := oversized(len(data))) is not None:
+            return refused
         try:
             image, _ = decode_bytes(data)
         except ImageReadError as exc:
