@@ -47,9 +47,11 @@ def main(argv=None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="microtex: %(levelname)s: %(message)s",
     )
+    from microtex.io.read import SKIPPED_FILE
+
     for handler in logging.getLogger().handlers if ours else ():
         # each command reports the files it skipped itself
-        handler.addFilter(lambda record: not getattr(record, "skipped_file", False))
+        handler.addFilter(lambda record: not getattr(record, SKIPPED_FILE, False))
     from microtex.errors import MicrotexError
 
     # batch schedulers stop a job with SIGTERM: unwind as for Ctrl-C, so that

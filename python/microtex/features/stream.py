@@ -31,6 +31,7 @@ from microtex.errors import ImageTooLargeError, ImageTooSmallError, NoImagesErro
 from microtex.features import pooling
 from microtex.features.plan import RAW_TAP, TexturePlan
 from microtex.features.vlad import fit_vlad_dictionary, vlad_encode
+from microtex.io.read import report_skip
 
 __all__ = [
     "TexturePipeline",
@@ -283,8 +284,7 @@ class TexturePipeline:
 
         def skip(image_id: str, message: str, error=ImageTooSmallError) -> bool:
             if on_error == "skip" and not image_id.startswith("array["):
-                failures.append(mio.ReadFailure(image_id, message))
-                log.warning("skipping %s: %s", image_id, message, extra={"skipped_file": True})
+                report_skip(failures, image_id, message, log)
                 return True
             raise error(f"{image_id}: {message}")
 

@@ -21,11 +21,13 @@ __all__ = [
     "ImageBatch",
     "ImageInfo",
     "ReadFailure",
+    "SKIPPED_FILE",
     "expand_paths",
     "iter_images",
     "read_image",
     "read_image_with_info",
     "read_images",
+    "report_skip",
 ]
 
 logger = logging.getLogger("microtex.io")
@@ -290,6 +292,18 @@ def iter_images(
     return _iter_files(files, crop_bottom, size, on_error, failures)
 
 
+#: Attribute marking the log record of a skipped file: batch commands report the
+#: files in ``failures`` themselves and leave such records out of their log.
+SKIPPED_FILE = "skipped_file"
+
+
+def report_skip(failures: list | None, path, reason: str, log: logging.Logger = logger) -> None:
+    """Log a file a batch skips (a warning marked `SKIPPED_FILE`) and add it to ``failures``."""
+    log.warning("skipping %s: %s", path, reason, extra={SKIPPED_FILE: True})
+    if failures is not None:
+        failures.append(ReadFailure(path, reason))
+
+
 def _iter_files(files, crop_bottom, size, on_error, failures):
     for path in files:
         try:
@@ -297,11 +311,7 @@ def _iter_files(files, crop_bottom, size, on_error, failures):
         except (ImageReadError, ImageTooSmallError) as exc:
             if on_error == "raise":
                 raise
-            reason = getattr(exc, "reason", str(exc))
-            # marked: the caller gets it in ``failures`` too, and may report it itself
-            logger.warning("skipping %s: %s", path, reason, extra={"skipped_file": True})
-            if failures is not None:
-                failures.append(ReadFailure(path, reason))
+            report_skip(failures, path, getattr(exc, "reason", str(exc)))
             continue
         yield path, image, info
 
