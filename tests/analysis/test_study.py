@@ -167,13 +167,18 @@ def test_the_study_command(tmp_path, capsys):
     (data / "labels.csv").write_text("\n".join(["path,label,specimen", *rows]) + "\n")
     code = main(["study", "--labels", str(data / "labels.csv"), "--groups", "specimen", "-o",
                  str(tmp_path / "out"), "--taps", "raw", "--pools", "mean,max", "--repeats", "2",
-                 "--n-estimators", "10", "--no-progress"])  # fmt: skip
+                 "--n-estimators", "10", "--folds", "4", "--no-progress"])  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "32 images (32 rows), 2 combinations, macro F1 (grouped split)" in out
     assert "the image-level split inflates macro F1 by +" in out
     report = json.loads((tmp_path / "out" / "study.json").read_text())
     assert report["metric"] == "macro F1" and len(report["results"]) == 2
+    assert report["settings"]["n_splits"] == 4 and report["settings"]["n_estimators"] == 10
+    assert report["results"][0]["grouped"]["n_splits"] == 4
+    code = main(["study", "--labels", str(data / "labels.csv"), "-o", str(tmp_path / "o2"),
+                 "--taps", "raw", "--no-raw", "--no-progress"])  # fmt: skip
+    assert code == 2 and "the grid is empty" in capsys.readouterr().err
 
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -45,6 +45,14 @@ def test_a_repository_triton_can_read_that_gives_the_bundles_features(shallow_on
     assert [list(o.dims) for o in config.output] == [[64], [64 * 64], [128], [128 * 128]]
     accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert accelerator.name == "tensorrt"
+    code = main(["export-triton", str(tmp_path / "tex"), "-o", str(tmp_path / "repo"), "--name",
+                 "cpu-tex", "--kind", "cpu", "--max-queue-delay-us", "500"])  # fmt: skip
+    assert code == 0
+    other = text_format.Parse((tmp_path / "repo" / "cpu-tex" / "config.pbtxt").read_text(),
+                              model_config_pb2().ModelConfig())  # fmt: skip
+    assert other.name == "cpu-tex" and other.dynamic_batching.max_queue_delay_microseconds == 500
+    assert other.instance_group[0].kind == other.instance_group[0].KIND_CPU
+    assert not other.optimization.execution_accelerators.gpu_execution_accelerator
     session = Session(tmp_path / "repo" / "tex" / "1" / "model.onnx", device="cpu")
     outputs = session.run(images[:, None])
     from_graph = np.concatenate([outputs[o.name] for o in config.output], axis=1)
