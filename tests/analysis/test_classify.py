@@ -175,6 +175,35 @@ def test_the_onnx_forest_splits_exactly_as_scikit_learn(tmp_path):
     assert out["label"].tolist() == forest.predict(probes).tolist()
 
 
+def test_a_forest_chained_to_a_feature_graph_reads_its_outputs_in_the_given_order(tmp_path):
+    import onnx
+    from onnx import helper
+
+    from microtex.engine.export import DEFAULT_OPSET, chain_forest, export_forest
+    from microtex.engine.metadata import read_metadata
+    from microtex.engine.session import Session
+
+    float_ = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"])], "f",
+        [helper.make_tensor_value_info("x", float_, ["batch", 4])],
+        [helper.make_tensor_value_info(n, float_, ["batch", 4]) for n in ("a", "b")])
+    features = helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)])
+    rng = np.random.default_rng(5)
+    X = rng.normal(0, 1, (300, 4)).astype(np.float32)
+    y = (X[:, 1] > 0.2).astype(int) + 2 * (X[:, 3] < -0.4)
+    columns = np.concatenate([-X, np.maximum(X, 0)], axis=1)  # b, then a
+    forest = RandomForestClassifier(30, random_state=0).fit(columns, y)
+    chained = chain_forest(features, ["b", "a"], export_forest(forest, 8))
+    path = tmp_path / "chained.onnx"
+    path.write_bytes(chained.SerializeToString())
+    out = Session(path, device="cpu").run(X)
+    np.testing.assert_allclose(out["probabilities"], forest.predict_proba(columns), atol=1e-6)
+    assert read_metadata(path)["kind"] == "chain"
+    with pytest.raises(ValueError, match=r"feature outputs \['c'\] are not outputs"):
+        chain_forest(features, ["a", "c"], export_forest(forest, 8))
+
+
 # ---------------------------------------------------------------- the bundle
 @pytest.fixture
 def textures():

@@ -59,19 +59,53 @@ def test_a_repository_triton_can_read_that_gives_the_bundles_features(shallow_on
     np.testing.assert_allclose(from_graph, featurizer.transform(images), rtol=1e-4, atol=1e-6)
 
 
-def test_raw_and_classifier_bundles_are_refused(tmp_path, capsys):
+@pytest.mark.torch
+def test_a_classifier_bundle_is_one_graph_giving_the_bundles_probabilities(tmp_path, capsys):
+    from google.protobuf import text_format
     from sklearn.pipeline import Pipeline
 
+    from microtex import load_bundle
     from microtex.analysis.classify import make_forest, save_classifier
 
+    rng = np.random.default_rng(1)
+    images = rng.random((12, 32, 32), dtype=np.float32)
+    images[6:] = np.repeat(np.repeat(images[6:, ::4, ::4], 4, axis=1), 4, axis=2)  # coarser
+    labels = ["fine"] * 6 + ["coarse"] * 6
+    featurizer = TextureFeaturizer(taps="relu1_1,relu2_1", pool="max,gram", device="cpu")
+    pipeline = Pipeline([("f", featurizer), ("forest", make_forest(25))]).fit(images, labels)
+    save_classifier(pipeline, tmp_path / "clf")
+    code = main(["export-triton", str(tmp_path / "clf"), "-o", str(tmp_path / "repo")])
+    assert code == 0, capsys.readouterr().err
+    root = tmp_path / "repo" / "clf"
+    config = text_format.Parse((root / "config.pbtxt").read_text(),
+                               model_config_pb2().ModelConfig())  # fmt: skip
+    (output,) = config.output
+    assert output.name == "probabilities" and list(output.dims) == [2]
+    assert output.label_filename == "labels.txt"
+    assert (root / "labels.txt").read_text().split() == ["coarse", "fine"]
+    test = rng.random((4, 32, 32), dtype=np.float32)
+    test[2:] = np.repeat(np.repeat(test[2:, ::4, ::4], 4, axis=1), 4, axis=2)
+    session = Session(root / "1" / "model.onnx", device="cpu")
+    from_graph = session.run(test[:, None], outputs=["probabilities"])["probabilities"]
+    expected = load_bundle(tmp_path / "clf").predict_proba(test)
+    np.testing.assert_allclose(from_graph, expected, atol=1e-6)
+    assert list(np.array(["coarse", "fine"])[from_graph.argmax(1)]) == ["fine"] * 2 + ["coarse"] * 2
+
+
+def test_raw_and_vlad_bundles_are_refused(tmp_path, capsys):
     images = np.random.default_rng(0).random((4, 16, 16), dtype=np.float32)
     featurizer = TextureFeaturizer(taps="raw", pool="mean").fit(images)
     featurizer.save(tmp_path / "raw")
     assert main(["export-triton", str(tmp_path / "raw"), "-o", str(tmp_path / "r")]) == 2
     assert "needs CNN taps only" in capsys.readouterr().err
-    pipeline = Pipeline([("f", featurizer), ("forest", make_forest(3))])
-    save_classifier(pipeline.fit(images, [0, 1, 0, 1]), tmp_path / "clf")
-    assert main(["export-triton", str(tmp_path / "clf"), "-o", str(tmp_path / "r")]) == 2
-    assert "takes a 'texture-featurizer' bundle; this one holds a 'classifier'" in (
-        capsys.readouterr().err)  # fmt: skip
+    assert not (tmp_path / "r").exists()
+
+
+def test_other_bundle_kinds_are_refused(tmp_path, capsys):
+    from microtex import bundle
+
+    bundle.save_bundle(tmp_path / "other", {"x.json": b"{}"}, {}, kind="something-else")
+    assert main(["export-triton", str(tmp_path / "other"), "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "takes a 'texture-featurizer' or 'classifier' bundle; this one holds a " in err
     assert not (tmp_path / "r").exists()

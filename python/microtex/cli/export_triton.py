@@ -1,4 +1,4 @@
-"""``microtex export-triton``: a Triton model repository from a texture-featurizer bundle."""
+"""``microtex export-triton``: a Triton model repository from a featurizer or classifier bundle."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from microtex.cli._types import positive
 
 def add_parser(subparsers) -> None:
     t = subparsers.add_parser("export-triton", help="a Triton model repository from a bundle")
-    t.add_argument("bundle", help="a texture-featurizer bundle (mean/max/Gram pooling)")
+    t.add_argument("bundle",
+                   help="a texture-featurizer or classifier bundle (mean/max/Gram pooling)")
     t.add_argument("-o", "--output", required=True, help="the model repository folder")
     t.add_argument("--name", default=None, help="model name (default: the bundle's folder name)")
     t.add_argument("--max-batch-size", type=positive, default=8)

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "EXPORTERS",
     "check_export_options",
+    "chain_forest",
     "export_forest",
     "export_model",
     "require_onnx",
@@ -289,3 +290,61 @@ def export_forest(forest, n_features: int, *, input_name: str = "features",
     if metadata is not None:
         _metadata.attach(model, metadata)
     return model
+
+
+def chain_forest(features_model, feature_outputs: Sequence[str], forest_model,
+                 *, prefix: str = "forest/"):  # fmt: skip
+    """One graph: ``features_model``'s outputs, concatenated, into ``forest_model``.
+
+    ``feature_outputs`` are the feature model's output names in the order the
+    forest was fitted on (their columns concatenated along axis 1 are its
+    ``"features"`` input). The result keeps the feature model's inputs and
+    gives the forest's ``"probabilities"`` (and ``"label"``); the forest's
+    node and tensor names get ``prefix`` so they cannot clash. Both models
+    must use the same ONNX opset (:data:`DEFAULT_OPSET`). The microtex
+    metadata is a ``"chain"`` document holding both models' documents.
+    """
+    onnx = require_onnx("chaining a forest to a feature graph")
+    from onnx import compose, helper
+
+    features_model = onnx.ModelProto.FromString(features_model.SerializeToString())
+    graph = features_model.graph
+    known = {o.name for o in graph.output}
+    missing = [name for name in feature_outputs if name not in known]
+    if missing or not feature_outputs:
+        raise ValueError(f"feature outputs {missing or list(feature_outputs)} are not outputs "
+                         f"of the feature graph (it has {sorted(known)})")  # fmt: skip
+    concat = "features/concat"
+    graph.node.append(helper.make_node("Concat", list(feature_outputs), [concat], axis=1,
+                                       name="features/concat"))  # fmt: skip
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(concat, onnx.TensorProto.FLOAT,
+                                                      ["batch", "n_features"]))  # fmt: skip
+    forest = compose.add_prefix(forest_model, prefix)
+    opsets = {o.domain: o.version for o in features_model.opset_import}
+    for entry in forest.opset_import:
+        if entry.domain in opsets and opsets[entry.domain] != entry.version:
+            raise ValueError(f"opset {entry.domain or 'ai.onnx'}: the feature graph has "
+                             f"{opsets[entry.domain]}, the forest {entry.version}")  # fmt: skip
+    documents = {}
+    for key, model in (("features", features_model), ("forest", forest)):
+        props = {entry.key: entry.value for entry in model.metadata_props}
+        documents[key] = _metadata.parse_metadata(props, key) if props else {}
+        del model.metadata_props[:]
+    ir_version = max(features_model.ir_version, forest.ir_version)
+    features_model.ir_version = forest.ir_version = ir_version
+    (forest_input,) = [i.name for i in forest.graph.input]
+    merged = compose.merge_models(features_model, forest, io_map=[(concat, forest_input)])
+    for output in merged.graph.output:
+        if output.name.startswith(prefix):
+            _rename_output(merged.graph, output.name, output.name[len(prefix):])
+    return _metadata.attach(merged, _metadata.build_document("chain", documents))
+
+
+def _rename_output(graph, old: str, new: str) -> None:
+    for node in graph.node:
+        node.output[:] = [new if name == old else name for name in node.output]
+        node.input[:] = [new if name == old else name for name in node.input]
+    for output in graph.output:
+        if output.name == old:
+            output.name = new
