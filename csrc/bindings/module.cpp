@@ -4,8 +4,10 @@
 namespace py = pybind11;
 
 void register_pooling(py::module_& m);
+void register_spectra(py::module_& m);
 
 PYBIND11_MODULE(_kernels, m) {
     m.doc() = "microtex compiled kernels (use the Python wrappers in microtex.*)";
     register_pooling(m);
+    register_spectra(m);
 }
