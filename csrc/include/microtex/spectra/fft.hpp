@@ -77,7 +77,7 @@ class FftPlan {
                     tr[k * R + r] = T(std::cos(a));
                     ti[k * R + r] = T(std::sin(a));
                 }
-            if (R > 4) {
+            if (R > 5) {
                 dr.resize(R * R), di.resize(R * R);
                 for (int q = 0; q < R; ++q)
                     for (int r = 0; r < R; ++r) {
@@ -99,25 +99,26 @@ class FftPlan {
         return m;
     }
 
-    // Transforms L lanes in place (re, im: n * L values each); work_re / work_im
-    // hold n * L values, scratch 2 * max_radix() * L.
-    void run(T* re, T* im, T* work_re, T* work_im, long L, T* scratch) const {
+    // Transforms L lanes in place: point p of lane l at re[p * ld + l] (ld >= L);
+    // work_re / work_im are laid out alike, scratch holds 2 * max_radix() * L.
+    void run(T* re, T* im, T* work_re, T* work_im, long L, long ld, T* scratch) const {
         T *ar = re, *ai = im, *br = work_re, *bi = work_im;
         for (std::size_t s = 0; s < radix_.size(); ++s) {
             const Stage<T> st{radix_[s],       stride_[s],       tw_[s].first.data(),
                               tw_[s].second.data(), dft_[s].first.data(), dft_[s].second.data()};
 #ifdef MICROTEX_HAVE_AVX2_FFT
             if (cpu_has_avx2_fma())
-                fft_avx2::fft_stage<T>(ar, ai, br, bi, n_, L, st, sign_, scratch);
+                fft_avx2::fft_stage<T>(ar, ai, br, bi, n_, L, ld, st, sign_, scratch);
             else
 #endif
-                fft_generic::fft_stage<T>(ar, ai, br, bi, n_, L, st, sign_, scratch);
+                fft_generic::fft_stage<T>(ar, ai, br, bi, n_, L, ld, st, sign_, scratch);
             std::swap(ar, br), std::swap(ai, bi);
         }
-        if (ar != re) {
-            std::memcpy(re, ar, sizeof(T) * n_ * L);
-            std::memcpy(im, ai, sizeof(T) * n_ * L);
-        }
+        if (ar != re)
+            for (long p = 0; p < n_; ++p) {
+                std::memcpy(re + p * ld, ar + p * ld, sizeof(T) * L);
+                std::memcpy(im + p * ld, ai + p * ld, sizeof(T) * L);
+            }
     }
 
   private:

@@ -71,6 +71,8 @@ class TwoPointEngine {
           inv_q_(Q_, +1),
           inv_p_(P_, +1) {}
 
+    // Threads inside each transform (split over lanes): for few, large images.
+    void set_inner_threads(int n) { inner_threads_ = n < 1 ? 1 : n; }
     long padded_rows() const { return P_; }
     long padded_cols() const { return Q_; }
 
@@ -86,7 +88,7 @@ class TwoPointEngine {
         const std::size_t lanes = std::size_t(std::max({P_, Q_, win_}));
         ws.a_re.resize(pq), ws.a_im.resize(pq), ws.b_re.resize(pq), ws.b_im.resize(pq);
         ws.w_re.resize(pq), ws.w_im.resize(pq);
-        const int radix = std::max({fwd_p_.max_radix(), fwd_q_.max_radix(), 4});
+        const int radix = std::max({fwd_p_.max_radix(), fwd_q_.max_radix(), 5});
         ws.scratch.resize(2 * std::size_t(radix) * lanes);
         ws.d_re.resize(std::size_t(win_) * P_), ws.d_im.resize(std::size_t(win_) * P_);
         ws.spec_re.assign(n_fields, std::vector<T>(pq));
@@ -103,6 +105,21 @@ class TwoPointEngine {
     }
 
   private:
+    // plan.run over L lanes (row stride L), split into blocks of lanes across threads
+    void pass(const FftPlan<T>& plan, T* re, T* im, long L, Workspace& ws) const {
+        const int nt = int(std::min<long>(inner_threads_, L / 16));
+        if (nt <= 1) {
+            plan.run(re, im, ws.w_re.data(), ws.w_im.data(), L, L, ws.scratch.data());
+            return;
+        }
+        const long blocks = (L + 7) / 8;  // whole vectors per thread
+        parallel_chunks(blocks, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
+            const long l0 = lo * 8, l1 = std::min<long>(hi * 8, L);
+            T* scratch = ws.scratch.data() + 2 * long(plan.max_radix()) * l0;
+            plan.run(re + l0, im + l0, ws.w_re.data() + l0, ws.w_im.data() + l0, l1 - l0, L, scratch);
+        });
+    }
+
     void fill(const Field& f, T* dst) const {
         const long H = s_.H, W = s_.W;
         for (long y = 0; y < H; ++y) {
@@ -126,12 +143,12 @@ class TwoPointEngine {
         else
             std::fill(ws.a_im.begin(), ws.a_im.begin() + P * W, T(0));
         // along the rows' axis: P points, one lane per image column (zero columns need none)
-        fwd_p_.run(ws.a_re.data(), ws.a_im.data(), ws.w_re.data(), ws.w_im.data(), W, ws.scratch.data());
+        pass(fwd_p_, ws.a_re.data(), ws.a_im.data(), W, ws);
         transpose(ws.a_re.data(), P, W, W, ws.b_re.data(), P);
         transpose(ws.a_im.data(), P, W, W, ws.b_im.data(), P);
         std::fill(ws.b_re.begin() + W * P, ws.b_re.begin() + Q * P, T(0));
         std::fill(ws.b_im.begin() + W * P, ws.b_im.begin() + Q * P, T(0));
-        fwd_q_.run(ws.b_re.data(), ws.b_im.data(), ws.w_re.data(), ws.w_im.data(), P, ws.scratch.data());
+        pass(fwd_q_, ws.b_re.data(), ws.b_im.data(), P, ws);
         // spectrum layout [kq][kp]
         T* s0r = ws.spec_re[slot].data();
         T* s0i = ws.spec_im[slot].data();
@@ -179,7 +196,7 @@ class TwoPointEngine {
                 gi[i] += far[i] * fbr[i] + fai[i] * fbi[i];
             }
         }
-        inv_q_.run(gr, gi, ws.w_re.data(), ws.w_im.data(), P, ws.scratch.data());  // [dq][kp]
+        pass(inv_q_, gr, gi, P, ws);  // [dq][kp]
         // the window's 2c+1 column offsets, then along the rows' axis with those as lanes
         for (long d = -c; d <= c; ++d) {
             const long row = ((d % Q) + Q) % Q;
@@ -188,7 +205,7 @@ class TwoPointEngine {
         }
         transpose(ws.a_re.data(), win, P, P, ws.d_re.data(), win);  // [kp][dq]
         transpose(ws.a_im.data(), win, P, P, ws.d_im.data(), win);
-        inv_p_.run(ws.d_re.data(), ws.d_im.data(), ws.w_re.data(), ws.w_im.data(), win, ws.scratch.data());
+        pass(inv_p_, ws.d_re.data(), ws.d_im.data(), win, ws);
         const T scale = T(1) / T(double(P) * double(Q));
         write(c0, ws.d_re.data(), scale);
         if (c1) write(*c1, ws.d_im.data(), scale);
@@ -223,6 +240,7 @@ class TwoPointEngine {
     TwoPointShape s_;
     long P_, Q_, win_;
     FftPlan<T> fwd_p_, fwd_q_, inv_q_, inv_p_;
+    int inner_threads_ = 1;
 };
 
 // data (n, H, W, K); pairs (n_pairs) of phase indices; mask (n_mask, H, W) or
@@ -233,7 +251,7 @@ void two_point(const T* data, const TwoPointShape& s, const std::vector<std::pai
     if (s.n <= 0 || s.H <= 0 || s.W <= 0 || s.K <= 0) throw std::invalid_argument("empty phase data");
     if (s.c < 0 || 2 * s.c + 1 > std::min(s.H, s.W)) throw std::invalid_argument("cutoff out of range");
     using Engine = TwoPointEngine<T>;
-    const Engine engine(s);
+    Engine engine(s);
     const long win = 2 * s.c + 1, n_pairs = long(pairs.size());
     const long HW = s.H * s.W;
 
@@ -250,12 +268,18 @@ void two_point(const T* data, const TwoPointShape& s, const std::vector<std::pai
     const double work = double(s.n) * double(engine.padded_rows()) * double(engine.padded_cols()) *
                         double(u + n_pairs) * 20.0;
 
+    // fewer image groups than threads: threads inside each transform instead
+    const int threads = threads_for(work, n_threads);
+    const bool inner = n_groups < threads;
+    engine.set_inner_threads(inner ? threads : 1);
+    const int outer = inner ? 1 : threads;
+
     // masks: the valid-pair weight sum_x M(x) M(x + r) of each mask, once per mask
     std::vector<T> norms;
     if (mask) {
         norms.assign(std::size_t(s.n_mask) * win * win, T(0));
         const long mgroups = (s.n_mask + 1) / 2;
-        parallel_chunks(mgroups, threads_for(work / double(u + n_pairs) * 2.0, n_threads),
+        parallel_chunks(mgroups, outer,
                         [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
             auto ws = engine.workspace(2);
             for (std::ptrdiff_t g = lo; g < hi; ++g) {
@@ -271,7 +295,7 @@ void two_point(const T* data, const TwoPointShape& s, const std::vector<std::pai
         });
     }
 
-    parallel_chunks(n_groups, threads_for(work, n_threads),
+    parallel_chunks(n_groups, outer,
                     [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
         auto ws = engine.workspace(std::size_t(u * per_group));
         std::vector<typename Engine::Field> fields;
