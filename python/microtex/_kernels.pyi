@@ -1,5 +1,6 @@
-"""The compiled kernels (csrc/). Call them through microtex.features.pooling / .vlad,
-which check shapes and dtypes; these take float32 or float64 (n, c, h, w) arrays."""
+"""The compiled kernels (csrc/). Call them through microtex.features.pooling / .vlad /
+.spectra, which check shapes and dtypes; the pooling kernels take float32 or float64
+(n, c, h, w) arrays, two_point C-contiguous (n, h, w, n_phases) ones."""
 
 import numpy as np
 from numpy.typing import NDArray
@@ -17,5 +18,13 @@ def vlad(
     intra_normalize: bool,
     signed_sqrt: bool,
     l2_normalize: bool,
+    n_threads: int = 0,
+) -> NDArray[np.floating]: ...
+def two_point(
+    data: NDArray[np.floating],
+    pairs: NDArray[np.integer],
+    periodic: bool,
+    cutoff: int,
+    mask: NDArray[np.floating] | None,
     n_threads: int = 0,
 ) -> NDArray[np.floating]: ...

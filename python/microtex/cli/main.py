@@ -12,13 +12,24 @@ import signal
 import sys
 import threading
 
-from microtex.cli import bench, demo, export_triton, featurize, predict, serve, study, train
+from microtex.cli import (
+    bench,
+    demo,
+    export_triton,
+    featurize,
+    predict,
+    serve,
+    stereology,
+    study,
+    train,
+)
 
 __all__ = ["main"]
 
 #: One module per command: each has ``add_parser(subparsers)`` and ``run(args) -> int``.
 COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train,
-            "predict": predict, "serve": serve, "bench": bench, "export-triton": export_triton}
+            "predict": predict, "serve": serve, "bench": bench, "export-triton": export_triton,
+            "stereology": stereology}
 
 
 def _parser() -> argparse.ArgumentParser:
