@@ -55,7 +55,7 @@ def test_compiled_module_stub_matches_its_functions():
     tree = ast.parse(STUB.with_name("_kernels.pyi").read_text())
     stubbed = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
     compiled = {name for name in dir(_kernels) if not name.startswith("_")}
-    assert stubbed == compiled == {"gram", "mean_max_pool", "simd_level", "vlad"}
+    assert stubbed == compiled == {"gram", "mean_max_pool", "simd_level", "two_point", "vlad"}
 
 
 def test_subpackages_are_attributes_imported_on_first_use():
