@@ -336,3 +336,132 @@ def test_docstring_examples_run():
     result = doctest.testmod(synth, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# --------------------------------------------------------------------------- two-phase fields
+
+
+def test_gaussian_random_field_is_standardized_reproducible_and_periodic():
+    from microtex.synth import gaussian_random_field
+
+    field = gaussian_random_field((96, 128), 4.0, seed=3)
+    assert field.shape == (96, 128) and field.dtype == np.float64
+    assert abs(field.mean()) < 1e-12 and abs(field.std() - 1.0) < 1e-12
+    np.testing.assert_array_equal(field, gaussian_random_field((96, 128), 4.0, seed=3))
+    assert np.abs(field - gaussian_random_field((96, 128), 4.0, seed=4)).mean() > 0.5
+    # periodic: the step across the wrap is an ordinary neighbour step
+    interior = np.mean(np.diff(field, axis=1) ** 2)
+    assert np.mean((field[:, 0] - field[:, -1]) ** 2) < 2 * interior
+
+
+@pytest.mark.parametrize("length", [2.0, 5.0])
+def test_gaussian_random_field_has_the_gaussian_covariance(length):
+    from microtex.synth import gaussian_random_field
+
+    fields = [gaussian_random_field(256, length, seed=s) for s in range(4)]
+    # periodic autocovariance along rows at lags 0..3 l, averaged over the fields
+    lags = np.arange(0, int(3 * length) + 1)
+    measured = np.mean([[np.mean(f * np.roll(f, -lag, axis=1)) for lag in lags] for f in fields],
+                       axis=0)  # fmt: skip
+    expected = np.exp(-(lags**2) / (2 * length**2))
+    assert np.abs(measured - expected).max() < 0.06, (measured.round(3), expected.round(3))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.137, 0.5, 0.8, 1.0])
+def test_two_phase_field_has_the_asked_volume_fraction(fraction):
+    from microtex.synth import two_phase_field
+
+    image = two_phase_field((50, 70), 3.0, fraction, seed=1)
+    assert image.dtype == np.uint8 and set(np.unique(image)) <= {0, 1}
+    # to the nearest whole pixel, whatever the realization
+    assert image.sum() == round(fraction * 50 * 70)
+
+
+def test_two_phase_field_phase_one_is_the_largest_field_values():
+    from microtex.synth import gaussian_random_field, two_phase_field
+
+    field = gaussian_random_field(64, 3.0, seed=9)
+    image = two_phase_field(64, 3.0, 0.3, seed=9)
+    assert field[image == 1].min() > field[image == 0].max()
+
+
+@pytest.mark.parametrize(("length", "fraction"), [(4.0, 0.5), (2.0, 0.3), (6.0, 0.3)])
+def test_two_phase_s2_matches_the_closed_form(length, fraction):
+    from microtex.features.spectra import two_point
+    from microtex.synth import two_phase_field, two_phase_two_point
+
+    c = 20
+    images = np.stack([two_phase_field(256, length, fraction, seed=s) for s in range(8)])
+    s2 = two_point(images, cutoff=c).mean(axis=0)
+    offsets = np.arange(-c, c + 1)
+    expected = two_phase_two_point(np.hypot(offsets[:, None], offsets[None, :]), length, fraction)
+    assert abs(s2[c, c] - fraction) < 1e-3  # S2(0) = V
+    assert np.abs(s2 - expected).max() < 0.01
+    # beyond a few correlation lengths: V^2
+    far = np.hypot(offsets[:, None], offsets[None, :]) >= 3.5 * length
+    assert np.abs(s2[far] - fraction**2).max() < 0.01
+
+
+def test_two_phase_correlation_length_grows_with_the_parameter():
+    from microtex.features.spectra import radial_average, two_point
+    from microtex.synth import two_phase_field
+
+    measured = []
+    for length in (2.0, 4.0, 8.0):
+        images = np.stack([two_phase_field(192, length, 0.4, seed=s) for s in range(4)])
+        distance, s2 = radial_average(two_point(images, cutoff=40).mean(axis=0))
+        normalized = (s2 - 0.16) / (0.4 - 0.16)
+        # where S2 has fallen halfway from V to V^2, interpolated between rings
+        i = int(np.argmax(normalized < 0.5))
+        step = (normalized[i - 1] - 0.5) / (normalized[i - 1] - normalized[i])
+        measured.append(distance[i - 1] + step)
+    assert measured[0] < measured[1] < measured[2]
+    ratios = measured[1] / measured[0], measured[2] / measured[1]
+    assert all(1.7 < r < 2.3 for r in ratios), measured  # S2 is a function of |r| / l
+
+
+def test_two_phase_two_point_closed_forms():
+    from microtex.synth import two_phase_two_point
+
+    r = np.array([0.0, 1.0, 2.5, 4.0, 30.0])
+    rho = np.exp(-(r**2) / (2 * 3.0**2))
+    # V = 1/2: S2 = 1/4 + arcsin(rho) / (2 pi)
+    np.testing.assert_allclose(two_phase_two_point(r, 3.0, 0.5),
+                               0.25 + np.arcsin(rho) / (2 * np.pi), atol=1e-14)  # fmt: skip
+    s2 = two_phase_two_point(r, 3.0, 0.2)
+    assert s2[0] == pytest.approx(0.2, abs=1e-13) and s2[-1] == pytest.approx(0.04, abs=1e-13)
+    assert np.all(np.diff(s2) < 0)
+    # bivariate normal orthant probability at rho = 0.5 and t = Phi^-1(0.8), by brute force
+    from statistics import NormalDist
+
+    t = NormalDist().inv_cdf(0.8)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 2_000_000))
+    y = 0.5 * a + np.sqrt(0.75) * b
+    distance = 3.0 * np.sqrt(2 * np.log(2))  # rho = 1/2
+    assert two_phase_two_point(distance, 3.0, 0.2) == pytest.approx(
+        np.mean((a > t) & (y > t)), abs=1e-3
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "shown"),
+    [
+        (lambda: synth.gaussian_random_field(32, 0.0), "0.0"),
+        (lambda: synth.gaussian_random_field(32, float("nan")), "nan"),
+        (lambda: synth.gaussian_random_field((32, 0), 2.0), "0"),
+        (lambda: synth.gaussian_random_field(1, 2.0), "1"),
+        (lambda: synth.two_phase_field(32, 2.0, 1.5), "1.5"),
+        (lambda: synth.two_phase_field(32, 2.0, -0.1), "-0.1"),
+        (lambda: synth.two_phase_two_point(1.0, 2.0, 2.0), "2.0"),
+    ],
+)
+def test_two_phase_bad_arguments_name_the_value(call, shown):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert f"got {shown}" in str(info.value)
+
+
+def test_a_correlation_length_too_long_for_the_field_is_refused():
+    with pytest.raises(ValueError, match="too long for a 8x8 field"):
+        synth.gaussian_random_field(8, 1e4, seed=0)

@@ -1,5 +1,7 @@
-"""Perlin-noise "marble" textures (Lubbers, Lookman & Barros, Sci. Rep. 2017).
+"""Synthetic microstructures: Perlin-noise marble textures and thresholded Gaussian random fields.
 
+Marble textures (Lubbers, Lookman & Barros, Sci. Rep. 2017)
+-----------------------------------------------------------
 A marble texture is a set of parallel stripes bent by a smooth random
 displacement field::
 
@@ -16,6 +18,21 @@ The noise is implemented here in vectorized NumPy on a periodic lattice, so
 ``h`` (but not the stripes themselves, unless ``k n_theta`` has integer
 components) tiles the image periodically.
 
+Two-phase fields of known statistics
+------------------------------------
+A Gaussian random field ``g`` with covariance ``E[g(x) g(x + r)] =
+exp(-|r|^2 / (2 l^2))`` (correlation length ``l`` pixels), thresholded so
+that a fraction ``V`` of the pixels is phase 1, is a two-phase microstructure
+whose two-point statistic is known in closed form::
+
+    S2(r) = V^2 + 1/(2 pi) int_0^{arcsin rho(r)} exp(-t^2 / (1 + sin u)) du,
+    rho(r) = exp(-|r|^2 / (2 l^2)),   t = Phi^-1(1 - V)
+
+(the probability that two standard normals of correlation ``rho`` both
+exceed ``t``; ``S2(0) = V``, ``S2 -> V^2`` beyond a few ``l``, and for
+``V = 1/2`` ``S2 = 1/4 + arcsin(rho) / (2 pi)``). The fields are periodic,
+so their statistics are those of periodic two-point statistics.
+
 Functions
 ---------
 perlin_noise
@@ -24,6 +41,12 @@ perlin_texture
     One marble texture, float32 in ``[0, 1]``.
 marble_dataset
     A small labelled set of marble textures for demos and tests.
+gaussian_random_field
+    A periodic Gaussian random field of given correlation length.
+two_phase_field
+    That field thresholded to a 0/1 image of given volume fraction.
+two_phase_two_point
+    The expected two-point statistic of such an image (the formula above).
 """
 
 from __future__ import annotations
@@ -46,6 +69,9 @@ __all__ = [
     "perlin_noise",
     "perlin_texture",
     "marble_dataset",
+    "gaussian_random_field",
+    "two_phase_field",
+    "two_phase_two_point",
 ]
 
 #: RMS of each component of the displacement field ``h``, in image sides.
@@ -470,3 +496,166 @@ def marble_dataset(
             octaves=octaves,
         )
     return MarbleDataset(images, labels, params)
+
+
+# --------------------------------------------------------------------------- two-phase fields
+
+
+def gaussian_random_field(
+    shape, correlation_length: float, seed: int | np.random.Generator | None = None
+) -> np.ndarray:
+    """A periodic Gaussian random field of correlation length ``correlation_length`` pixels.
+
+    White noise ``w`` (independent standard normals, one per pixel) is
+    filtered in Fourier space by ``exp(-l^2 |k|^2 / 4)`` (``k`` in radians per
+    pixel, ``l = correlation_length``): the square root of the spectrum of the
+    covariance ``C(r) = exp(-|r|^2 / (2 l^2))``, so the field has that
+    covariance (up to the periodic images of the Gaussian, negligible while
+    ``l`` is small against the sides). The realization is then standardized:
+    its own mean is subtracted and it is divided by its own standard
+    deviation, so it has mean exactly 0 and variance exactly 1 (for ``l``
+    small against the sides this moves the covariance by little; for ``l``
+    comparable to a side, the field holds only a few independent blobs).
+    Below about one pixel the lattice cannot resolve ``l`` and the field
+    tends to white noise.
+
+    Parameters
+    ----------
+    shape : int or (int, int)
+        ``(height, width)`` in pixels (an int: a square), at least 2 pixels in all.
+    correlation_length : float
+        ``l`` in pixels, > 0.
+    seed : int, numpy.random.Generator or None
+        Seed or generator (:func:`numpy.random.default_rng`); a generator is advanced.
+
+    Returns
+    -------
+    ndarray of float64, shape (height, width)
+
+    Raises
+    ------
+    ValueError
+        A bad shape, a correlation length that is not a positive finite
+        number, or one so long against the sides that no variation survives
+        the filter.
+
+    Examples
+    --------
+    >>> field = gaussian_random_field((64, 96), 4.0, seed=0)
+    >>> field.shape, round(float(field.mean()), 12), round(float(field.std()), 12)
+    ((64, 96), 0.0, 1.0)
+    """
+    height, width = _check_shape(shape)
+    if height * width < 2:
+        raise ValueError(f"shape must hold at least 2 pixels, got {shape!r}")
+    length = _check_real("correlation_length", correlation_length, positive=True)
+    noise = np.random.default_rng(seed).standard_normal((height, width))
+    k_row = 2.0 * np.pi * np.fft.fftfreq(height)[:, None]
+    k_col = 2.0 * np.pi * np.fft.rfftfreq(width)[None, :]
+    transfer = np.exp(-(length * length / 4.0) * (k_row * k_row + k_col * k_col))
+    field = np.fft.irfft2(np.fft.rfft2(noise) * transfer, s=(height, width))
+    field -= field.mean()
+    spread = field.std()
+    if not spread > 1e-12:  # only the mean passed the filter: nothing left to standardize
+        raise ValueError(
+            f"correlation_length {correlation_length!r} is too long for a {height}x{width} "
+            "field: no variation survives the filter"
+        )
+    field /= spread
+    return field
+
+
+def two_phase_field(
+    shape,
+    correlation_length: float,
+    volume_fraction: float,
+    seed: int | np.random.Generator | None = None,
+) -> np.ndarray:
+    """A two-phase image: a :func:`gaussian_random_field` thresholded at its own quantile.
+
+    Phase 1 is the ``round(volume_fraction * n_pixels)`` pixels of the
+    largest field values, phase 0 the rest: the threshold is the realization's
+    quantile, not the Gaussian one, so the image's volume fraction is
+    ``volume_fraction`` exactly (to the nearest whole pixel), not only in
+    expectation. Its expected two-point statistic is
+    :func:`two_phase_two_point` (the realization's own, from
+    :func:`microtex.features.spectra.two_point`, scatters about it by the
+    sampling error of a field of ``(side / l)^2`` independent blobs).
+
+    Parameters
+    ----------
+    shape, correlation_length, seed
+        As :func:`gaussian_random_field`.
+    volume_fraction : float
+        Fraction of phase 1, in [0, 1].
+
+    Returns
+    -------
+    ndarray of uint8, shape (height, width)
+        0 and 1.
+
+    Examples
+    --------
+    >>> image = two_phase_field(64, 3.0, 0.3, seed=1)
+    >>> image.dtype, float(image.mean()) == round(0.3 * 64 * 64) / (64 * 64)
+    (dtype('uint8'), True)
+    """
+    fraction = _check_real("volume_fraction", volume_fraction, nonnegative=True)
+    if fraction > 1:
+        raise ValueError(f"volume_fraction must be in [0, 1], got {volume_fraction!r}")
+    field = gaussian_random_field(shape, correlation_length, seed)
+    n_pixels = field.size
+    n_phase = int(round(fraction * n_pixels))
+    image = np.zeros(n_pixels, np.uint8)
+    # ties have probability zero for a continuous field; a stable sort settles them anyway
+    image[np.argsort(field, axis=None, kind="stable")[n_pixels - n_phase:]] = 1
+    return image.reshape(field.shape)
+
+
+def two_phase_two_point(distance, correlation_length: float, volume_fraction: float) -> np.ndarray:
+    """Expected two-point statistic ``S2(|r|)`` of phase 1 of a :func:`two_phase_field`.
+
+    ``S2(r) = P(g(x) > t, g(x + r) > t)`` for a standard Gaussian field of
+    correlation ``rho(r) = exp(-|r|^2 / (2 l^2))`` and ``t = Phi^-1(1 - V)``,
+    written as ``V^2 + 1/(2 pi) int_0^{arcsin rho} exp(-t^2 / (1 + sin u)) du``
+    (the bivariate normal orthant probability) and integrated by 48-point
+    Gauss-Legendre quadrature (the integrand is smooth on the interval; the
+    result is exact to about 1e-15).
+
+    Parameters
+    ----------
+    distance : array_like
+        ``|r|`` in pixels, >= 0.
+    correlation_length : float
+        ``l`` in pixels, > 0.
+    volume_fraction : float
+        ``V`` in [0, 1].
+
+    Returns
+    -------
+    ndarray of float64, the shape of ``distance``
+
+    Examples
+    --------
+    >>> s2 = two_phase_two_point([0.0, 100.0], 4.0, 0.5)
+    >>> [round(float(v), 12) for v in s2]
+    [0.5, 0.25]
+    """
+    from statistics import NormalDist
+
+    length = _check_real("correlation_length", correlation_length, positive=True)
+    fraction = _check_real("volume_fraction", volume_fraction, nonnegative=True)
+    if fraction > 1:
+        raise ValueError(f"volume_fraction must be in [0, 1], got {volume_fraction!r}")
+    distance = np.asarray(distance, dtype=np.float64)
+    if not (np.isfinite(distance).all() and (distance >= 0).all()):
+        raise ValueError("distance must be finite and >= 0")
+    if fraction in (0.0, 1.0):
+        return np.full(distance.shape, fraction)
+    threshold = NormalDist().inv_cdf(1.0 - fraction)
+    upper = np.arcsin(np.exp(-(distance**2) / (2.0 * length * length)))
+    nodes, weights = np.polynomial.legendre.leggauss(48)
+    angle = upper[..., None] * (nodes + 1.0) / 2.0
+    integrand = np.exp(-(threshold**2) / (1.0 + np.sin(angle)))
+    integral = (upper / 2.0) * (integrand @ weights)
+    return fraction**2 + integral / (2.0 * np.pi)
