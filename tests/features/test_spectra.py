@@ -208,3 +208,68 @@ def test_parity_with_pymks():
             ours = two_point(data, [(0, 0), (0, 1), (1, 1)], periodic_boundary=periodic,
                              cutoff=cutoff)  # fmt: skip
             np.testing.assert_allclose(ours, theirs, atol=1e-12)
+
+
+def test_radial_average_reads_two_points_layout_even_when_the_last_axes_look_like_a_window():
+    # three phases, default correlations, cutoff 1: (n, 3, 3, 3), the last two axes are not
+    # the window
+    data = np.random.default_rng(12).random((2, 9, 9, 3))
+    s2 = two_point(data, cutoff=1)
+    assert s2.shape == (2, 3, 3, 3)
+    r, values = radial_average(s2)
+    assert values.shape == (2, 3, 2)
+    np.testing.assert_allclose(values[..., 0], s2[:, 1, 1, :])
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False  # round(|r|) = 1 for the 4 edge and the 4 corner offsets
+    np.testing.assert_allclose(values[..., 1], s2[:, ring, :].mean(axis=1))
+    with pytest.raises(ValueError, match="must be two_point's"):
+        radial_average(np.zeros((2, 4, 4)))
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_threads_over_images_inside_transforms_and_per_image_masks_equal_the_reference(periodic):
+    rng = np.random.default_rng(13)
+    cases = [
+        rng.random((5, 160, 150, 2)),  # threads over images
+        rng.random((1, 300, 280, 2)),  # one image: threads inside each transform
+        rng.random((5, 150, 160)),  # one field: images two to a complex transform, n odd
+    ]
+    for data in cases:
+        mask = rng.random((len(data), *data.shape[1:3]))
+        for kw in ({}, {"mask": mask}, {"mask": mask[0]}):
+            out = two_point(data, periodic_boundary=periodic, cutoff=20, n_threads=2, **kw)
+            ref = two_point_reference(data, periodic_boundary=periodic, cutoff=20, **kw)
+            np.testing.assert_allclose(out, ref, atol=1e-13)
+
+
+def test_any_memory_layout_and_the_smallest_image():
+    data = np.random.default_rng(14).random((3, 21, 34, 2))
+    expected = two_point(data, cutoff=5)
+    np.testing.assert_allclose(two_point(np.asfortranarray(data), cutoff=5), expected, atol=1e-15)
+    strided = np.zeros((3, 21, 68, 2))
+    strided[:, :, ::2] = data
+    np.testing.assert_allclose(two_point(strided[:, :, ::2], cutoff=5), expected, atol=1e-15)
+    assert two_point(np.ones((1, 1))).tolist() == [[1.0]]
+
+
+@pytest.mark.parametrize("size", [(67, 131), (211, 12), (257, 257)])
+def test_sizes_with_large_prime_factors_equal_the_reference(size):
+    # 67, 131, 211 and 257 are primes beyond the plain DFT butterflies: Bluestein's algorithm
+    data = np.random.default_rng(15).random((2, *size))
+    for periodic in (True, False):
+        np.testing.assert_allclose(two_point(data, periodic_boundary=periodic),
+                                   two_point_reference(data, periodic_boundary=periodic),
+                                   atol=1e-13)  # fmt: skip
+
+
+def test_a_mask_with_no_pixel_is_refused():
+    with pytest.raises(ValueError, match="mask is zero everywhere for image 1"):
+        two_point(np.ones((2, 8, 8)), mask=np.stack([np.ones((8, 8)), np.zeros((8, 8))]))
+
+
+def test_the_transformer_refuses_images_unlike_those_it_was_fitted_on():
+    transformer = TwoPointCorrelation().fit(np.zeros((2, 16, 16, 2)))
+    with pytest.raises(ValueError, match=r"fitted on \(16, 16\) with 2"):
+        transformer.transform(np.zeros((2, 32, 32, 2)))
+    with pytest.raises(ValueError, match="must be \\(n_samples, H, W"):
+        transformer.transform(np.zeros((16, 16)))

@@ -268,9 +268,14 @@ void two_point(const T* data, const TwoPointShape& s, const std::vector<std::pai
     const double work = double(s.n) * double(engine.padded_rows()) * double(engine.padded_cols()) *
                         double(u + n_pairs) * 20.0;
 
-    // fewer image groups than threads: threads inside each transform instead
+    // Threads inside each transform instead of over images when there are fewer
+    // image groups than threads, or when a thread's buffers are large (one set
+    // of buffers rather than one per thread: 16 threads on 4096^2 float64 images
+    // would otherwise hold 20 GB).
     const int threads = threads_for(work, n_threads);
-    const bool inner = n_groups < threads;
+    const double workspace_bytes = double(6 + 2 * u * per_group) * double(engine.padded_rows()) *
+                                   double(engine.padded_cols()) * sizeof(T);
+    const bool inner = n_groups < threads || workspace_bytes > 64.0 * (1 << 20);
     engine.set_inner_threads(inner ? threads : 1);
     const int outer = inner ? 1 : threads;
 
