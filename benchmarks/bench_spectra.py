@@ -157,6 +157,24 @@ def main() -> None:
                          f"{paired_ratio(turns, k, 'microtex'):.2f}"])  # fmt: skip
         print(markdown_table(["setting", "candidate", "s", "images/s", "peak MB",
                               "time / microtex"], rows[-len(funcs):]), flush=True)  # fmt: skip
+    # one micrograph-sized image, one phase: what a user measuring one SEM image runs
+    image = two_phase_images(1, 1024)[0, :768, :, 0]
+    single = {}
+    for name, kw in {"one 768x1024 image, periodic, cutoff max": {"periodic_boundary": True},
+                     "one 768x1024 image, non-periodic, cutoff 64": {"periodic_boundary": False,
+                                                                     "cutoff": 64}}.items():
+        funcs = {"microtex": lambda kw=kw: two_point(image, **kw),
+                 "numpy": lambda kw=kw: two_point_reference(image, **kw)}  # fmt: skip
+        turns = time_turns(funcs, repeats=15, warmup=2, block=3, settle=0.2)
+        times = {k: statistics.median(t for turn in v for t in turn) for k, v in turns.items()}
+        single[name] = {"seconds": times,
+                        "speedup_vs_numpy": paired_ratio(turns, "numpy", "microtex")}  # fmt: skip
+        rows.append([name, "microtex / numpy", f"{times['microtex'] * 1e3:.1f} / "
+                     f"{times['numpy'] * 1e3:.1f} ms", "", "",
+                     f"{single[name]['speedup_vs_numpy']:.2f}"])  # fmt: skip
+        print(markdown_table(["setting", "candidate", "time", "", "", "numpy / microtex"],
+                             rows[-1:]), flush=True)  # fmt: skip
+    results["single_image"] = single
     path = write_results("spectra", results)
     print(f"wrote {path}")
 

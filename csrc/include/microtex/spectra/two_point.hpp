@@ -7,9 +7,13 @@
 // conj(F_a) F_b, and inverse FFTs of two products at once (each result is
 // real, so one lands in the real part, the other in the imaginary part). The
 // inverse is pruned: after the pass over columns only the 2c+1 rows of the
-// window are transformed further. Non-periodic fields are zero-padded to a
-// 2,3,5-smooth size >= H + c (offsets beyond c are never read, so padding by
-// c suffices). Images are split across threads; each thread owns its buffers.
+// window are transformed further. A field with no partner (one image, one
+// phase) takes the real-input path instead: its even and odd rows packed into
+// one complex transform of half the length, and only half of the spectrum
+// kept (the other half is its complex conjugate). Non-periodic fields are
+// zero-padded to an even 2,3,5-smooth size >= H + c (offsets beyond c are
+// never read, so padding by c suffices). Images are split across threads;
+// each thread owns its buffers.
 // Header-only, no Python.
 #pragma once
 
@@ -17,6 +21,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -41,6 +46,27 @@ inline T tiny_norm(T largest) {
     return T(16) * std::numeric_limits<T>::epsilon() * largest;
 }
 
+// A buffer left uninitialized: every element is written before it is read, and
+// zero-filling the large buffers of a single big image (page faults on hundreds
+// of MB) would cost more than its transforms.
+template <class T>
+class Buffer {
+  public:
+    void resize(std::size_t n) {
+        data_.reset(new T[n]);
+        size_ = n;
+    }
+    T* data() { return data_.get(); }
+    const T* data() const { return data_.get(); }
+    T* begin() { return data_.get(); }
+    T& operator[](std::size_t i) { return data_[i]; }
+    std::size_t size() const { return size_; }
+
+  private:
+    std::unique_ptr<T[]> data_;
+    std::size_t size_ = 0;
+};
+
 template <class T>
 class TwoPointEngine {
   public:
@@ -63,13 +89,30 @@ class TwoPointEngine {
 
     explicit TwoPointEngine(const TwoPointShape& s)
         : s_(s),
-          P_(s.periodic ? s.H : next_smooth(s.H + s.c)),
+          P_(s.periodic ? s.H : next_smooth_even(s.H + s.c)),
           Q_(s.periodic ? s.W : next_smooth(s.W + s.c)),
           win_(2 * s.c + 1),
           fwd_p_(P_, -1),
           fwd_q_(Q_, -1),
           inv_q_(Q_, +1),
-          inv_p_(P_, +1) {}
+          inv_p_(P_, +1),
+          half_fwd_(P_ % 2 == 0 ? P_ / 2 : 1, -1),
+          half_inv_(P_ % 2 == 0 ? P_ / 2 : 1, +1) {
+        if (P_ % 2 == 0) {
+            const double two_pi = 6.283185307179586476925286766559;
+            tw_re_.resize(P_ / 2 + 1), tw_im_.resize(P_ / 2 + 1);
+            for (long k = 0; k <= P_ / 2; ++k) {  // exp(-2 pi i k / P)
+                tw_re_[k] = T(std::cos(two_pi * double(k) / double(P_)));
+                tw_im_[k] = T(-std::sin(two_pi * double(k) / double(P_)));
+            }
+        }
+    }
+
+    static long next_smooth_even(long n) {
+        long m = next_smooth(n);
+        while (m % 2) m = next_smooth(m + 1);
+        return m;
+    }
 
     // Threads inside each transform (split over lanes): for few, large images.
     void set_inner_threads(int n) { inner_threads_ = n < 1 ? 1 : n; }
@@ -78,8 +121,8 @@ class TwoPointEngine {
 
     // Per-thread buffers.
     struct Workspace {
-        std::vector<T> a_re, a_im, b_re, b_im, w_re, w_im, scratch, d_re, d_im;
-        std::vector<std::vector<T>> spec_re, spec_im;  // one Q x P spectrum per field
+        Buffer<T> a_re, a_im, b_re, b_im, w_re, w_im, scratch, d_re, d_im;
+        std::vector<Buffer<T>> spec_re, spec_im;  // one Q x P spectrum per field
     };
 
     Workspace workspace(std::size_t n_fields) const {
@@ -88,16 +131,21 @@ class TwoPointEngine {
         const std::size_t lanes = std::size_t(std::max({P_, Q_, win_}));
         ws.a_re.resize(pq), ws.a_im.resize(pq), ws.b_re.resize(pq), ws.b_im.resize(pq);
         ws.w_re.resize(pq), ws.w_im.resize(pq);
-        const int radix = std::max({fwd_p_.max_radix(), fwd_q_.max_radix(), 5});
+        const int radix = std::max({fwd_p_.max_radix(), fwd_q_.max_radix(), half_fwd_.max_radix(), 5});
         ws.scratch.resize(2 * std::size_t(radix) * lanes);
         ws.d_re.resize(std::size_t(win_) * P_), ws.d_im.resize(std::size_t(win_) * P_);
-        ws.spec_re.assign(n_fields, std::vector<T>(pq));
-        ws.spec_im.assign(n_fields, std::vector<T>(pq));
+        ws.spec_re.resize(n_fields), ws.spec_im.resize(n_fields);
+        for (std::size_t f = 0; f < n_fields; ++f) ws.spec_re[f].resize(pq), ws.spec_im[f].resize(pq);
         return ws;
     }
 
     // Spectra of all fields, then every correlation; ws must hold fields.size() spectra.
     void run(const std::vector<Field>& fields, const std::vector<Corr>& corrs, Workspace& ws) const {
+        if (fields.size() == 1 && P_ % 2 == 0) {  // one real field: every correlation is (0, 0)
+            forward_real(fields[0], ws);
+            for (const Corr& corr : corrs) inverse_real(corr, ws);
+            return;
+        }
         for (std::size_t f = 0; f < fields.size(); f += 2)
             forward(fields[f], f + 1 < fields.size() ? &fields[f + 1] : nullptr, ws, int(f));
         for (std::size_t k = 0; k < corrs.size(); k += 2)
@@ -105,19 +153,25 @@ class TwoPointEngine {
     }
 
   private:
-    // plan.run over L lanes (row stride L), split into blocks of lanes across threads
+    // plan.run over L lanes (row stride L), a block of lanes at a time: a block's
+    // points (about 64 KB of each buffer) stay in cache through all the stages,
+    // where whole rows of a large image would stream from memory at every stage.
+    // Blocks are split across threads when the engine has inner threads.
     void pass(const FftPlan<T>& plan, T* re, T* im, long L, Workspace& ws) const {
-        const int nt = int(std::min<long>(inner_threads_, L / 16));
-        if (nt <= 1) {
-            plan.run(re, im, ws.w_re.data(), ws.w_im.data(), L, L, ws.scratch.data());
-            return;
-        }
-        const long blocks = (L + 7) / 8;  // whole vectors per thread
-        parallel_chunks(blocks, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
-            const long l0 = lo * 8, l1 = std::min<long>(hi * 8, L);
-            T* scratch = ws.scratch.data() + 2 * long(plan.max_radix()) * l0;
-            plan.run(re + l0, im + l0, ws.w_re.data() + l0, ws.w_im.data() + l0, l1 - l0, L, scratch);
-        });
+        const long fit = (64 * 1024 / long(sizeof(T))) / std::max(1L, plan.size());
+        const long B = std::min(L, std::max(8L, fit / 8 * 8));
+        const long blocks = (L + B - 1) / B;
+        const long radix = plan.max_radix();
+        auto run_blocks = [&](long lo, long hi) {
+            for (long b = lo; b < hi; ++b) {
+                const long l0 = b * B, l1 = std::min(L, l0 + B);
+                plan.run(re + l0, im + l0, ws.w_re.data() + l0, ws.w_im.data() + l0, l1 - l0, L,
+                         ws.scratch.data() + 2 * radix * l0);
+            }
+        };
+        const int nt = int(std::min<long>(inner_threads_, blocks));
+        if (nt <= 1) return run_blocks(0, blocks);
+        parallel_chunks(blocks, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) { run_blocks(lo, hi); });
     }
 
     void fill(const Field& f, T* dst) const {
@@ -173,6 +227,83 @@ class TwoPointEngine {
                 s1i[i] = T(0.5) * (br - ar);
             }
         }
+    }
+
+    // Spectrum of one real field, rows kp = 0 .. P/2 only: layout [kq][kp], P/2 + 1 lanes.
+    void forward_real(const Field& f, Workspace& ws) const {
+        const long W = s_.W, P = P_, Q = Q_, h = P_ / 2, P2 = h + 1;
+        fill(f, ws.b_re.data());  // [P][W]
+        for (long y = 0; y < h; ++y) {  // z = even rows + i odd rows
+            std::copy(ws.b_re.data() + 2 * y * W, ws.b_re.data() + (2 * y + 1) * W, ws.a_re.data() + y * W);
+            std::copy(ws.b_re.data() + (2 * y + 1) * W, ws.b_re.data() + (2 * y + 2) * W,
+                      ws.a_im.data() + y * W);
+        }
+        pass(half_fwd_, ws.a_re.data(), ws.a_im.data(), W, ws);  // Z[k][x], k < P/2
+        // F[k] = E[k] + w^k O[k], E = (Z[k] + conj Z[-k]) / 2, O = (Z[k] - conj Z[-k]) / 2i
+        T* fr = ws.b_re.data();  // [P2][W]
+        T* fi = ws.b_im.data();
+        for (long k = 0; k <= h; ++k) {
+            const T *zr = ws.a_re.data() + (k % h) * W, *zi = ws.a_im.data() + (k % h) * W;
+            const T *mr = ws.a_re.data() + ((h - k) % h) * W, *mi = ws.a_im.data() + ((h - k) % h) * W;
+            const T wr = tw_re_[k], wi = tw_im_[k];
+            T *outr = fr + k * W, *outi = fi + k * W;
+            for (long x = 0; x < W; ++x) {
+                const T er = T(0.5) * (zr[x] + mr[x]), ei = T(0.5) * (zi[x] - mi[x]);
+                const T orr = T(0.5) * (zi[x] + mi[x]), oi = T(0.5) * (mr[x] - zr[x]);
+                outr[x] = er + wr * orr - wi * oi;
+                outi[x] = ei + wr * oi + wi * orr;
+            }
+        }
+        transpose(fr, P2, W, W, ws.a_re.data(), P2);  // [W][P2]
+        transpose(fi, P2, W, W, ws.a_im.data(), P2);
+        std::fill(ws.a_re.begin() + W * P2, ws.a_re.begin() + Q * P2, T(0));
+        std::fill(ws.a_im.begin() + W * P2, ws.a_im.begin() + Q * P2, T(0));
+        pass(fwd_q_, ws.a_re.data(), ws.a_im.data(), P2, ws);
+        std::copy(ws.a_re.data(), ws.a_re.data() + Q * P2, ws.spec_re[0].data());
+        std::copy(ws.a_im.data(), ws.a_im.data() + Q * P2, ws.spec_im[0].data());
+        (void)P;
+    }
+
+    // The autocorrelation of the field forward_real transformed, from half its spectrum.
+    void inverse_real(const Corr& corr, Workspace& ws) const {
+        const long P = P_, Q = Q_, c = s_.c, win = win_, h = P_ / 2, P2 = h + 1;
+        T* gr = ws.b_re.data();
+        T* gi = ws.b_im.data();
+        const T *fr = ws.spec_re[0].data(), *fi = ws.spec_im[0].data();
+        for (long i = 0; i < Q * P2; ++i) {
+            gr[i] = fr[i] * fr[i] + fi[i] * fi[i];
+            gi[i] = T(0);
+        }
+        pass(inv_q_, gr, gi, P2, ws);  // [dq][kp]
+        for (long d = -c; d <= c; ++d) {
+            const long row = ((d % Q) + Q) % Q;
+            std::copy(gr + row * P2, gr + row * P2 + P2, ws.a_re.data() + (d + c) * P2);
+            std::copy(gi + row * P2, gi + row * P2 + P2, ws.a_im.data() + (d + c) * P2);
+        }
+        transpose(ws.a_re.data(), win, P2, P2, ws.d_re.data(), win);  // X: [kp][dq], kp <= P/2
+        transpose(ws.a_im.data(), win, P2, P2, ws.d_im.data(), win);
+        // Z[k] = E[k] + i O[k], E = (X[k] + conj X[h-k]) / 2, O = (X[k] - conj X[h-k]) w^-k / 2
+        for (long k = 0; k < h; ++k) {
+            const T *xr = ws.d_re.data() + k * win, *xi = ws.d_im.data() + k * win;
+            const T *yr = ws.d_re.data() + (h - k) * win, *yi = ws.d_im.data() + (h - k) * win;
+            const T wr = tw_re_[k], wi = -tw_im_[k];  // w^-k = exp(+2 pi i k / P)
+            T *zr = ws.a_re.data() + k * win, *zi = ws.a_im.data() + k * win;
+            for (long l = 0; l < win; ++l) {
+                const T er = T(0.5) * (xr[l] + yr[l]), ei = T(0.5) * (xi[l] - yi[l]);
+                const T dr = T(0.5) * (xr[l] - yr[l]), di = T(0.5) * (xi[l] + yi[l]);
+                const T orr = dr * wr - di * wi, oi = dr * wi + di * wr;
+                zr[l] = er - oi;
+                zi[l] = ei + orr;
+            }
+        }
+        pass(half_inv_, ws.a_re.data(), ws.a_im.data(), win, ws);  // (even + i odd rows) / 2
+        T* rows = ws.d_re.data();  // [P][win], real
+        for (long y = 0; y < h; ++y)
+            for (long l = 0; l < win; ++l) {
+                rows[(2 * y) * win + l] = ws.a_re[y * win + l];
+                rows[(2 * y + 1) * win + l] = ws.a_im[y * win + l];
+            }
+        write(corr, rows, T(2) / T(double(P) * double(Q)));
     }
 
     void inverse(const Corr& c0, const Corr* c1, Workspace& ws) const {
@@ -240,6 +371,8 @@ class TwoPointEngine {
     TwoPointShape s_;
     long P_, Q_, win_;
     FftPlan<T> fwd_p_, fwd_q_, inv_q_, inv_p_;
+    FftPlan<T> half_fwd_, half_inv_;  // length P/2, the real-input path (P even)
+    std::vector<T> tw_re_, tw_im_;     // exp(-2 pi i k / P), k = 0 .. P/2
     int inner_threads_ = 1;
 };
 
