@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from microtex._validation import (
+    check_bool,
     check_choice,
     check_choices,
     check_crop_bottom,
     check_int,
     check_positive_int,
+    check_real,
     check_size,
     renamed,
 )
@@ -27,6 +31,41 @@ def test_integers():
     assert check_int("size", 8, 8) == 8
     with pytest.raises(ValueError, match="size must be an integer >= 8, got 7"):
         check_int("size", 7, 8)
+
+
+def test_reals():
+    assert check_real("alpha", np.float32(0.5), minimum=0) == 0.5
+    assert type(check_real("alpha", np.int64(2))) is float and check_real("t", 1, maximum=1) == 1
+    assert check_real("alpha", 0, minimum=0) == 0.0  # inclusive by default
+    with pytest.raises(ValueError, match="sigma must be a finite number > 0, got 0"):
+        check_real("sigma", 0, minimum=0, inclusive=False)
+    for bad in ("0.5", True, np.bool_(False), None, float("nan"), float("inf"), [1.0], 1j):
+        message = f"x must be a finite number, got {re.escape(repr(bad))}"
+        with pytest.raises(ValueError, match=message):
+            check_real("x", bad)
+    with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\], got 1.5"):
+        check_real("threshold", 1.5, minimum=0, maximum=1)
+    with pytest.raises(ValueError, match=r"f must be a number in \(0, 1\), got 1"):
+        check_real("f", 1, minimum=0, maximum=1, inclusive=False)
+    with pytest.raises(ValueError, match="t must be a finite number <= 2, got 3"):
+        check_real("t", 3, maximum=2)
+    assert check_real("pixel_size_um", None, minimum=0, allow_none=True) is None
+    with pytest.raises(ValueError, match="pixel_size_um must be a length > 0 in µm or None, got"):
+        check_real(
+            "pixel_size_um",
+            -1,
+            minimum=0,
+            inclusive=False,
+            allow_none=True,
+            what="a length > 0 in µm",
+        )
+
+
+def test_bools():
+    assert check_bool("periodic", np.bool_(True)) is True and check_bool("p", False) is False
+    for bad in ("no", 1, 0, None, np.array([True])):
+        with pytest.raises(ValueError, match="periodic must be True or False, got"):
+            check_bool("periodic", bad)
 
 
 def test_choices():

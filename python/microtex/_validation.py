@@ -6,6 +6,8 @@ module spells its own "positive integer" or "one of" test.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -16,6 +18,7 @@ __all__ = [
     "ON_ERROR",
     "CropBottom",
     "Size",
+    "check_bool",
     "check_choice",
     "check_choices",
     "check_crop_bottom",
@@ -23,8 +26,10 @@ __all__ = [
     "check_non_negative_int",
     "check_on_error",
     "check_positive_int",
+    "check_real",
     "check_size",
     "is_int",
+    "is_real",
     "renamed",
 ]
 
@@ -44,6 +49,14 @@ ON_ERROR: tuple[str, ...] = ("skip", "raise")
 def is_int(value: Any) -> bool:
     """True for Python and NumPy integers, False for booleans."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value: Any) -> bool:
+    """True for Python and NumPy real numbers (integers included), False for booleans.
+
+    Strings are not numbers here, even when ``float()`` would read them.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def check_positive_int(
@@ -86,6 +99,79 @@ def check_int(name: str, value: Any, minimum: int) -> int:
 def check_non_negative_int(name: str, value: Any) -> int:
     """``value`` as an int >= 0."""
     return check_int(name, value, 0)
+
+
+def _bounds(minimum: float | None, maximum: float | None, inclusive: bool) -> str:
+    """``"a finite number > 0"``, ``"a number in [0, 1]"``: what :func:`check_real` accepts."""
+    if minimum is not None and maximum is not None:
+        left, right = ("[", "]") if inclusive else ("(", ")")
+        return f"a number in {left}{minimum:g}, {maximum:g}{right}"
+    if minimum is not None:
+        return f"a finite number {'>=' if inclusive else '>'} {minimum:g}"
+    if maximum is not None:
+        return f"a finite number {'<=' if inclusive else '<'} {maximum:g}"
+    return "a finite number"
+
+
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    inclusive: bool = True,
+    allow_none: bool = False,
+    what: str | None = None,
+) -> float | None:
+    """``value`` as a finite float within the bounds (or None when ``allow_none``).
+
+    Python and NumPy integers and floats are numbers; booleans and strings are
+    not. ``minimum`` and ``maximum`` are allowed values with ``inclusive=True``
+    (the default), excluded with ``inclusive=False``. ``what`` replaces the
+    generated description of what is accepted (e.g. ``"a length > 0 in µm"``).
+
+    Examples
+    --------
+    >>> check_real("alpha", 0, minimum=0)
+    0.0
+    >>> check_real("pixel_size_um", None, minimum=0, inclusive=False, allow_none=True)
+    >>> check_real("denoise", -1, minimum=0, inclusive=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: denoise must be a finite number > 0, got -1
+    >>> check_real("threshold", float("nan"), minimum=0, maximum=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: threshold must be a number in [0, 1], got nan
+    """
+    if value is None and allow_none:
+        return None
+    number = float(value) if is_real(value) else math.nan
+    valid = math.isfinite(number)
+    if valid and minimum is not None:
+        valid = number >= minimum if inclusive else number > minimum
+    if valid and maximum is not None:
+        valid = number <= maximum if inclusive else number < maximum
+    if not valid:
+        suffix = " or None" if allow_none else ""
+        description = what or _bounds(minimum, maximum, inclusive)
+        raise ValueError(f"{name} must be {description}{suffix}, got {value!r}")
+    return number
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool: only ``True`` and ``False`` (NumPy's too), not truthy values.
+
+    Examples
+    --------
+    >>> check_bool("periodic", "no")
+    Traceback (most recent call last):
+    ...
+    ValueError: periodic must be True or False, got 'no'
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 
-from microtex._validation import check_crop_bottom, check_positive_int, check_size
+from microtex._validation import check_crop_bottom, check_positive_int, check_real, check_size
 
 
 def _number(text: str):
@@ -56,3 +57,32 @@ def positive(text: str) -> int:
         return check_positive_int("value", _number(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def real(name: str = "value", *, minimum: float | None = None, maximum: float | None = None,
+         inclusive: bool = True, words: Sequence[str] = (),
+         what: str | None = None) -> Callable[[str], float | str]:  # fmt: skip
+    """An argparse type: a finite number within bounds, or one of ``words`` as written.
+
+    The bounds and the message are :func:`microtex._validation.check_real`'s; ``words`` are
+    accepted names such as ``"otsu"``.
+    """
+
+    def parse(text: str) -> float | str:
+        if text in words:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            value = text  # refused below, with the text in the message
+        try:
+            return check_real(name, value, minimum=minimum, maximum=maximum, inclusive=inclusive,
+                              what=what)  # fmt: skip
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+#: A finite number > 0 (a length, a sigma).
+positive_real = real(minimum=0.0, inclusive=False)
