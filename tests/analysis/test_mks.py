@@ -184,6 +184,30 @@ def test_grouped_splits_keep_each_specimen_on_one_side():
     assert all(np.array_equal(a[3], b[3]) for a, b in zip(splits, again))  # seeded
 
 
+def test_repeats_draw_other_folds_when_every_group_has_another_size():
+    sizes = np.arange(1, 11)  # groups of 1 to 10 samples: no tie to break
+    groups = np.repeat(np.arange(10), sizes)
+    splits = regression_splits(len(groups), groups, n_splits=3, n_repeats=6, random_state=0)
+    partitions = set()
+    for repeat in range(6):
+        tests = [test for r, _, _, test in splits if r == repeat]
+        assert sorted(np.concatenate(tests).tolist()) == list(range(len(groups)))  # once each
+        assert all(len(test) for test in tests)
+        assert max(map(len, tests)) - min(map(len, tests)) <= sizes.max()
+        partitions.add(frozenset(frozenset(groups[test].tolist()) for test in tests))
+    for _, _, train, test in splits:
+        assert not set(groups[train]) & set(groups[test])  # every group on one side
+    assert len(partitions) >= 5  # of 6 repeats; largest-group-first placement gave 1
+    # ... so the scores vary over the repeats (their std was 0)
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(len(groups), 2))
+    y = X @ [1.0, -2.0] + rng.normal(size=len(groups))
+    result = cross_validate_regression(LinearRegression(), X, y, groups, n_splits=3, n_repeats=4)
+    assert np.std(result.r2) > 0
+
+
 def test_a_patch_level_split_puts_siblings_on_both_sides():
     groups = np.repeat(np.arange(6), 8)
     splits = regression_splits(len(groups), None, n_splits=3, random_state=0)
@@ -361,7 +385,15 @@ def test_the_study_scores_structure_that_predicts_the_property(tmp_path):
         ({"cutoff": 16}, "cutoff 16 is too large for 32x32 patches"),
         ({"n_specimens": 2}, "2 groups cannot make n_splits=3"),
         ({"targets": ("hardness",)}, "unknown targets 'hardness'"),
-        ({"volume_fraction_range": (0.5, 1.2)}, "volume_fraction_range must satisfy"),
+        ({"volume_fraction_range": (0.5, 1.2)},
+         r"volume_fraction_range high must be a number in \[0, 1\], got 1.2"),
+        ({"volume_fraction_range": (0.4, 0.4)},
+         r"volume_fraction_range must have low < high, got \(0.4, 0.4\)"),
+        ({"correlation_length_range": (0.0, 3.0)},
+         "correlation_length_range low must be a finite number > 0, got 0.0"),
+        ({"correlation_length_range": 3.0}, "correlation_length_range must be a"),
+        ({"alpha": -1.0}, "alpha must be a finite number >= 0, got -1.0"),
+        ({"alpha": "1"}, "alpha must be a finite number >= 0, got '1'"),
         ({"size": 4}, "size must be at least 8"),
         ({"conductivities": (1.0, 2.0, 3.0)}, "conductivities must be two values"),
         ({"conductivities": (1.0, -2.0)}, "finite and > 0"),

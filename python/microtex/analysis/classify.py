@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from microtex._validation import check_non_negative_int, check_positive_int
+from microtex._validation import check_positive_int
+from microtex.analysis._splits import Split, check_groups, check_split_options, repeated_kfold
 from microtex.engine.session import default_threads
 
 __all__ = [
@@ -68,9 +69,6 @@ def _labels(y) -> tuple[np.ndarray, np.ndarray]:
     return classes, codes
 
 
-Split = tuple[int, int, np.ndarray, np.ndarray]
-
-
 def cv_splits(y, groups=None, *, n_splits: int = 3, n_repeats: int = 10,
               random_state: int | None = 0) -> list[Split]:  # fmt: skip
     """``(repeat, fold, train indices, test indices)`` of repeated stratified (grouped) K-fold.
@@ -94,13 +92,7 @@ def cv_splits(y, groups=None, *, n_splits: int = 3, n_repeats: int = 10,
     >>> len(splits), sorted(len(test) for _, _, _, test in splits[:3])
     (6, [4, 4, 4])
     """
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
-    n_splits = check_positive_int("n_splits", n_splits)
-    if n_splits < 2:
-        raise ValueError(f"n_splits must be at least 2, got {n_splits}")
-    n_repeats = check_positive_int("n_repeats", n_repeats)
-    seed = 0 if random_state is None else check_non_negative_int("random_state", random_state)
+    n_splits, n_repeats, seed = check_split_options(n_splits, n_repeats, random_state)
     classes, codes = _labels(y)
     if groups is None:
         counts = np.bincount(codes)
@@ -110,32 +102,13 @@ def cv_splits(y, groups=None, *, n_splits: int = 3, n_repeats: int = 10,
                 f"class {rare!r} has {counts.min()} samples, fewer than n_splits={n_splits}"
             )
     else:
-        groups = np.asarray(groups)
-        if groups.shape != codes.shape:
-            raise ValueError(f"groups has {groups.size} entries for {codes.size} labels")
-        n_groups = len(np.unique(groups))
-        if n_groups < n_splits:
-            raise ValueError(f"{n_groups} groups cannot make n_splits={n_splits} grouped folds")
+        groups = check_groups(groups, len(codes), n_splits, of="labels")
         lonely = [c.item() for i, c in enumerate(classes) if len(np.unique(groups[codes == i])) < 2]
         if lonely:  # never in training when tested: F1 0 for it, macro F1 capped
             log.warning("class %s has all its samples in one group: a grouped split never "
                         "trains on it when it tests it", ", ".join(map(repr, lonely)))
-    splits = []
-    index = np.zeros(len(codes))
-    for repeat in range(n_repeats):
-        if groups is None:
-            folds = StratifiedKFold(n_splits, shuffle=True, random_state=seed + repeat)
-            pairs = folds.split(index, codes)
-        else:
-            folds = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed + repeat)
-            pairs = folds.split(index, codes, groups)
-        for fold, (train, test) in enumerate(pairs):
-            if groups is not None:
-                shared = np.intersect1d(groups[train], groups[test])
-                if shared.size:  # cannot happen with StratifiedGroupKFold; checked anyway
-                    raise RuntimeError(f"groups {shared[:5].tolist()} on both sides of a split")
-            splits.append((repeat, fold, train, test))
-    return splits
+    return repeated_kfold(len(codes), groups=groups, strata=codes, n_splits=n_splits,
+                          n_repeats=n_repeats, seed=seed)  # fmt: skip
 
 
 @dataclasses.dataclass

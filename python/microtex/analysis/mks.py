@@ -35,6 +35,7 @@ from microtex._validation import (
     check_choices,
     check_non_negative_int,
     check_positive_int,
+    check_real,
 )
 from microtex.analysis._conductivity import _check_conductivities, effective_conductivity
 from microtex.analysis.eigen import (
@@ -67,16 +68,6 @@ __all__ = [
 log = logging.getLogger("microtex.analysis")
 
 
-def _check_alpha(alpha) -> float:
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    return value
-
-
 def regression_head(n_components: int = 5, degree: int = 1, alpha: float = 0.0, *,
                     svd_solver: str = "full", random_state: int | None = 0) -> list:  # fmt: skip
     """The steps after the features: ``StandardScaler → PCA → PolynomialFeatures → regressor``.
@@ -102,7 +93,7 @@ def regression_head(n_components: int = 5, degree: int = 1, alpha: float = 0.0, 
 
     n_components = check_positive_int("n_components", n_components)
     degree = check_positive_int("degree", degree)
-    alpha = _check_alpha(alpha)
+    alpha = check_real("alpha", alpha, minimum=0.0)
     svd_solver = check_choice("svd_solver", svd_solver, ("full", "randomized"))
     pca = PCA(n_components, whiten=True, svd_solver=svd_solver, random_state=random_state)
     steps: list = [("scale", StandardScaler()), ("pca", pca)]
@@ -175,14 +166,18 @@ METHODS: tuple[str, ...] = ("mks", "cnn")
 SPLITS: tuple[str, ...] = ("grouped", "patch_level")
 
 
-def _check_range(name: str, value, low: float, high: float) -> tuple[float, float]:
+def _check_range(name: str, value, **bounds) -> tuple[float, float]:
+    """A ``(low, high)`` pair to draw from: each end :func:`check_real` with ``bounds``,
+    ``low < high`` (equal ends would give every specimen the same value: a constant target)."""
     try:
-        a, b = (float(v) for v in value)
+        low, high = value
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a (low, high) pair, got {value!r}") from None
-    if not (math.isfinite(a) and math.isfinite(b) and low <= a <= b <= high):
-        raise ValueError(f"{name} must satisfy {low} <= low <= high <= {high}, got {value!r}")
-    return a, b
+    low = check_real(f"{name} low", low, **bounds)
+    high = check_real(f"{name} high", high, **bounds)
+    if not low < high:
+        raise ValueError(f"{name} must have low < high, got {value!r}")
+    return low, high
 
 
 def _specimens(n_specimens, patches_per_specimen, size, lengths, fractions, seed):
@@ -322,7 +317,8 @@ def run_mks(
     n_specimens, patches_per_specimen, size, seed
         The data set (deterministic given ``seed``).
     correlation_length_range, volume_fraction_range
-        Uniform ranges of the specimens' parameters (pixels; fraction of phase 1).
+        Uniform ranges ``(low, high)``, ``low < high``, of the specimens' parameters
+        (pixels, > 0; fraction of phase 1, in [0, 1]).
     conductivities
         Of phase 0 and phase 1.
     cutoff, n_components, degree, alpha
@@ -355,8 +351,10 @@ def run_mks(
     size = check_positive_int("size", size)
     if size < 8:
         raise ValueError(f"size must be at least 8 pixels, got {size}")
-    lengths = _check_range("correlation_length_range", correlation_length_range, 1e-6, math.inf)
-    fractions = _check_range("volume_fraction_range", volume_fraction_range, 0.0, 1.0)
+    lengths = _check_range("correlation_length_range", correlation_length_range, minimum=0.0,
+                           inclusive=False)  # fmt: skip
+    fractions = _check_range("volume_fraction_range", volume_fraction_range, minimum=0.0,
+                             maximum=1.0)  # fmt: skip
     cutoff = check_positive_int("cutoff", cutoff)
     if cutoff > max_cutoff(size, size):
         raise ValueError(f"cutoff {cutoff} is too large for {size}x{size} patches "

@@ -18,36 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from microtex._validation import check_non_negative_int, check_positive_int
+from microtex._validation import check_positive_int
+from microtex.analysis._splits import Split, check_groups, check_split_options, repeated_kfold
 
 __all__ = ["RegressionCVResult", "cross_validate_regression", "regression_splits"]
-
-Split = tuple[int, int, np.ndarray, np.ndarray]
-
-
-def _grouped_folds(codes: np.ndarray, n_splits: int, rng: np.random.Generator) -> np.ndarray:
-    """Fold of every group: groups in random order, largest first, each to the lightest fold."""
-    sizes = np.bincount(codes)
-    order = rng.permutation(len(sizes))
-    order = order[np.argsort(-sizes[order], kind="stable")]  # ties stay in random order
-    load = np.zeros(n_splits, np.int64)
-    fold_of = np.empty(len(sizes), np.int64)
-    for group in order:
-        fold = int(np.argmin(load))
-        fold_of[group] = fold
-        load[fold] += sizes[group]
-    return fold_of
-
 
 def regression_splits(n_samples: int, groups=None, *, n_splits: int = 5, n_repeats: int = 1,
                       random_state: int | None = 0) -> list[Split]:  # fmt: skip
     """``(repeat, fold, train indices, test indices)`` of repeated (grouped) K-fold.
 
     Without ``groups``: scikit-learn's ``KFold(shuffle=True)``, seeded
-    ``random_state + repeat``. With ``groups``: whole groups per fold, in a
-    random order per repeat (same seeds), the largest groups placed first,
-    each on the fold with the fewest samples so far (``GroupKFold``'s
-    balancing, shuffled). Written here rather than taken from
+    ``random_state + repeat``. With ``groups``: whole groups per fold, placed
+    in a random order per repeat (same seeds), each on the fold with the
+    fewest samples so far, so that every repeat draws other folds whatever
+    the group sizes, and the folds stay within the largest group's size of
+    each other. Written here rather than taken from
     ``GroupKFold(shuffle=True)``, which scikit-learn has only from 1.6, so
     that every supported version makes the same folds. Every split is
     checked to keep each group on one side.
@@ -64,44 +49,15 @@ def regression_splits(n_samples: int, groups=None, *, n_splits: int = 5, n_repea
     >>> len(splits), [len(test) for _, _, _, test in splits]
     (4, [4, 4, 4, 4])
     """
-    from sklearn.model_selection import KFold
-
     n_samples = check_positive_int("n_samples", n_samples)
-    n_splits = check_positive_int("n_splits", n_splits)
-    if n_splits < 2:
-        raise ValueError(f"n_splits must be at least 2, got {n_splits}")
+    n_splits, n_repeats, seed = check_split_options(n_splits, n_repeats, random_state)
     if n_splits > n_samples:
         raise ValueError(f"n_splits={n_splits} folds need at least as many samples; "
                          f"got {n_samples}")  # fmt: skip
-    n_repeats = check_positive_int("n_repeats", n_repeats)
-    seed = 0 if random_state is None else check_non_negative_int("random_state", random_state)
-    codes = None
     if groups is not None:
-        groups = np.asarray(groups)
-        if groups.ndim != 1 or len(groups) != n_samples:
-            raise ValueError(f"groups has {groups.size} entries for {n_samples} samples; "
-                             "give one group per sample")  # fmt: skip
-        _, codes = np.unique(groups, return_inverse=True)
-        n_groups = int(codes.max()) + 1
-        if n_groups < n_splits:
-            raise ValueError(f"{n_groups} groups cannot make n_splits={n_splits} grouped folds")
-    splits = []
-    for repeat in range(n_repeats):
-        if codes is None:
-            folds = KFold(n_splits, shuffle=True, random_state=seed + repeat)
-            pairs = list(folds.split(np.zeros(n_samples)))
-        else:
-            fold_of = _grouped_folds(codes, n_splits, np.random.default_rng(seed + repeat))
-            sample_fold = fold_of[codes]
-            pairs = [(np.flatnonzero(sample_fold != f), np.flatnonzero(sample_fold == f))
-                     for f in range(n_splits)]  # fmt: skip
-        for fold, (train, test) in enumerate(pairs):
-            if codes is not None:
-                shared = np.intersect1d(codes[train], codes[test])
-                if shared.size:  # cannot happen by construction; checked anyway
-                    raise RuntimeError(f"a group is on both sides of split {repeat}/{fold}")
-            splits.append((repeat, fold, train, test))
-    return splits
+        groups = check_groups(groups, n_samples, n_splits)
+    return repeated_kfold(n_samples, groups=groups, n_splits=n_splits, n_repeats=n_repeats,
+                          seed=seed)  # fmt: skip
 
 
 def _check_targets(y) -> np.ndarray:
