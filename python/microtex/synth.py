@@ -58,7 +58,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from microtex._validation import check_int
+from microtex._validation import check_int, check_real
 
 __all__ = [
     "DEFAULT_NOISE_SCALE",
@@ -114,20 +114,6 @@ class MarbleDataset(NamedTuple):
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _check_real(name: str, value, *, positive: bool = False, nonnegative: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if positive and number <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    if nonnegative and number < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return number
 
 
 def _check_shape(shape) -> tuple[int, int]:
@@ -264,7 +250,7 @@ def perlin_noise(
     height, width = _check_shape(shape)
     base_frequency = check_int("base_frequency", base_frequency, 1)
     octaves = check_int("octaves", octaves, 1)
-    persistence = _check_real("persistence", persistence, positive=True)
+    persistence = check_real("persistence", persistence, minimum=0.0, inclusive=False)
     rng = np.random.default_rng(rng)
 
     lefts, rights = [], []
@@ -369,10 +355,10 @@ def perlin_texture(
     True
     """
     size = check_int("size", size, 8)
-    k = _check_real("k", k, positive=True)
-    theta = _check_real("theta", theta)
-    amplitude = _check_real("amplitude", amplitude, nonnegative=True)
-    noise_scale = _check_real("noise_scale", noise_scale, nonnegative=True)
+    k = check_real("k", k, minimum=0.0, inclusive=False)
+    theta = check_real("theta", theta)
+    amplitude = check_real("amplitude", amplitude, minimum=0.0)
+    noise_scale = check_real("noise_scale", noise_scale, minimum=0.0)
     base_frequency = check_int("base_frequency", base_frequency, 1)
     octaves = check_int("octaves", octaves, 1)
 
@@ -459,19 +445,19 @@ def marble_dataset(
             k, theta = pair
         except (TypeError, ValueError):
             raise ValueError(f"classes[{index}] must be a (k, theta) pair, got {pair!r}") from None
-        class_k.append(_check_real(f"classes[{index}] k", k, positive=True))
-        class_theta.append(_check_real(f"classes[{index}] theta", theta))
+        class_k.append(check_real(f"classes[{index}] k", k, minimum=0.0, inclusive=False))
+        class_theta.append(check_real(f"classes[{index}] theta", theta))
     try:
         low, high = amplitude_range
     except (TypeError, ValueError):
         raise ValueError(
             f"amplitude_range must be a (low, high) pair, got {amplitude_range!r}"
         ) from None
-    low = _check_real("amplitude_range low", low, nonnegative=True)
-    high = _check_real("amplitude_range high", high, nonnegative=True)
+    low = check_real("amplitude_range low", low, minimum=0.0)
+    high = check_real("amplitude_range high", high, minimum=0.0)
     if high < low:
         raise ValueError(f"amplitude_range must have low <= high, got {amplitude_range!r}")
-    theta_jitter = _check_real("theta_jitter", theta_jitter, nonnegative=True)
+    theta_jitter = check_real("theta_jitter", theta_jitter, minimum=0.0)
 
     rng = np.random.default_rng(seed)
     n_samples = n_per_class * len(classes)
@@ -548,7 +534,7 @@ def gaussian_random_field(
     height, width = _check_shape(shape)
     if height * width < 2:
         raise ValueError(f"shape must hold at least 2 pixels, got {shape!r}")
-    length = _check_real("correlation_length", correlation_length, positive=True)
+    length = check_real("correlation_length", correlation_length, minimum=0.0, inclusive=False)
     noise = np.random.default_rng(seed).standard_normal((height, width))
     k_row = 2.0 * np.pi * np.fft.fftfreq(height)[:, None]
     k_col = 2.0 * np.pi * np.fft.rfftfreq(width)[None, :]
@@ -600,9 +586,7 @@ def two_phase_field(
     >>> image.dtype, float(image.mean()) == round(0.3 * 64 * 64) / (64 * 64)
     (dtype('uint8'), True)
     """
-    fraction = _check_real("volume_fraction", volume_fraction, nonnegative=True)
-    if fraction > 1:
-        raise ValueError(f"volume_fraction must be in [0, 1], got {volume_fraction!r}")
+    fraction = check_real("volume_fraction", volume_fraction, minimum=0.0, maximum=1.0)
     field = gaussian_random_field(shape, correlation_length, seed)
     n_pixels = field.size
     n_phase = int(round(fraction * n_pixels))
@@ -643,10 +627,8 @@ def two_phase_two_point(distance, correlation_length: float, volume_fraction: fl
     """
     from statistics import NormalDist
 
-    length = _check_real("correlation_length", correlation_length, positive=True)
-    fraction = _check_real("volume_fraction", volume_fraction, nonnegative=True)
-    if fraction > 1:
-        raise ValueError(f"volume_fraction must be in [0, 1], got {volume_fraction!r}")
+    length = check_real("correlation_length", correlation_length, minimum=0.0, inclusive=False)
+    fraction = check_real("volume_fraction", volume_fraction, minimum=0.0, maximum=1.0)
     distance = np.asarray(distance, dtype=np.float64)
     if not (np.isfinite(distance).all() and (distance >= 0).all()):
         raise ValueError("distance must be finite and >= 0")
