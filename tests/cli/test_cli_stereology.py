@@ -65,6 +65,7 @@ def test_stereology_writes_one_row_per_image_and_skips_bad_files(image_dir, tmp_
     assert stripes["mean_intercept_h_um"] == pytest.approx(12)
     assert square["V_V"] == pytest.approx(0.25) and square["n_particles"] == 1
     assert square["mean_intercept_px"] == pytest.approx(10)
+    assert stripes["d_f_um"] == stripes["mean_intercept_um"]  # Noguchi's d_f, by name
     assert square["astm_G"] == pytest.approx(6.0, abs=1e-5)  # 40 µm
 
 
@@ -105,11 +106,12 @@ def test_stereology_with_no_measurable_image_exits_1(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--threshold", "1.5"], "threshold must be 'otsu' or a number in [0, 1], got '1.5'"),
+        (["--threshold", "1.5"], "threshold must be 'otsu' or a number in [0, 1], got 1.5"),
         (["--threshold", "mean"], "got 'mean'"),
         (["--phase", "grey"], "invalid choice: 'grey'"),
-        (["--pixel-size", "0"], "must be a number > 0, got '0'"),
-        (["--denoise", "nan"], "must be a number > 0, got 'nan'"),
+        (["--pixel-size", "0"], "must be a finite number > 0, got 0.0"),
+        (["--pixel-size", "um"], "must be a finite number > 0, got 'um'"),
+        (["--denoise", "nan"], "must be a finite number > 0, got nan"),
         (["--spacing", "0"], "spacing"),
         (["--connectivity", "6"], "invalid choice: 6"),
     ],
@@ -124,3 +126,11 @@ def test_stereology_bad_options_are_usage_errors(image_dir, tmp_path, capsys, ar
 def test_stereology_refuses_an_unwritable_output_before_any_work(image_dir, tmp_path, capsys):
     code, _, err = run(capsys, "stereology", image_dir, "-o", tmp_path / "t.xlsx")
     assert code == 2 and "unsupported feature file type '.xlsx'" in err
+
+
+def test_stereology_help_says_what_mean_free_path_and_d_f_are(capsys):
+    with pytest.raises(SystemExit):
+        main(["stereology", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "mean_free_path (Fullman's lambda: the mean intercept of the OTHER phase" in text
+    assert "d_f" in text and "(default otsu)" in text and "(default 8)" in text

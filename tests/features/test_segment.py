@@ -127,7 +127,9 @@ def test_denoise_removes_isolated_bright_pixels():
         ({"threshold": "mean"}, "got 'mean'"),
         ({"threshold": True}, "got True"),
         ({"phase": "grey"}, r"unknown phase 'grey'; choose one of \['bright', 'dark'\]"),
-        ({"denoise": 0}, "denoise must be None or a Gaussian sigma > 0 in pixels, got 0"),
+        ({"denoise": 0}, "denoise must be a Gaussian sigma > 0 in pixels or None, got 0"),
+        ({"denoise": "1"}, "got '1'"),
+        ({"threshold": np.float32(0.5), "denoise": np.bool_(True)}, "denoise must be a Gaussian"),
         ({"denoise": float("nan")}, "got nan"),
     ],
 )

@@ -19,8 +19,8 @@ from microtex.features.stereology import (
     line_intercepts,
     measure,
     particle_sizes,
-    stereology_table,
 )
+from microtex.features.stereology_table import stereology_table
 from microtex.io import FeatureTable
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -57,6 +57,17 @@ def test_periodic_stripes_have_exact_closed_forms(a, p, m):
     assert found.mean_intercept == pytest.approx(2 * a)
     assert found.mean_free_path == pytest.approx(2 * (p - a))
     assert boundary_length_per_area(image, periodic=True) == pytest.approx(math.pi / (2 * p))
+
+
+@pytest.mark.parametrize(("a", "p", "m"), [(2, 6, 4), (3, 10, 5)])
+def test_noguchi_d_f_is_the_mean_intercept_of_the_phase_of_interest_by_name(a, p, m):
+    numbers = measure(stripes(a, p, m), periodic=True, pixel_size_um=0.5).as_dict()
+    assert numbers["d_f_px"] == numbers["mean_intercept_px"] == pytest.approx(2 * a)
+    assert numbers["d_f_um"] == pytest.approx(a)  # 2 a pixels of 0.5 µm
+    # Fullman's λ is the other phase's intercept, not d_f
+    assert numbers["mean_free_path_px"] == pytest.approx(2 * (p - a))
+    matrix = measure(stripes(a, p, m), periodic=True, phase="dark").as_dict()
+    assert matrix["d_f_px"] == pytest.approx(numbers["mean_free_path_px"])
 
 
 def test_stripes_transposed_swap_the_directions():
@@ -139,6 +150,17 @@ def test_bright_and_dark_phases_swap_intercept_and_free_path():
 
 
 # --------------------------------------------------------------------------- particles
+def test_bool_options_take_numpy_bools_and_refuse_truthy_values():
+    image = stripes(2, 6, 4)
+    assert measure(image, periodic=np.bool_(True)).intercepts.periodic is True
+    found = particle_sizes(image, exclude_border=np.bool_(True))
+    assert found.exclude_border is True and found.n_particles == 0  # every stripe touches
+    with pytest.raises(ValueError, match="periodic must be True or False, got 'no'"):
+        line_intercepts(image, periodic="no")
+    with pytest.raises(ValueError, match="exclude_border must be True or False, got 'no'"):
+        particle_sizes(image, exclude_border="no")
+
+
 def test_particles_count_connectivity_and_border():
     image = np.zeros((12, 12), bool)
     image[2:4, 2:4] = True  # 4 px
@@ -207,7 +229,7 @@ def test_every_length_is_also_given_in_micrometres():
                 assert scaled[key[: -len(suffix)] + um_suffix] == pytest.approx(expected)
                 converted += 1
                 break
-    assert converted == 15
+    assert converted == 16
     assert scaled["S_V_per_px"] == pytest.approx(4 / math.pi * scaled["L_A_per_px"])
     assert scaled["S_V_per_px"] == pytest.approx(2 * scaled["P_L_per_px"])  # spacing 1
     assert scaled["N_L_per_px"] == pytest.approx(scaled["P_L_per_px"] / 2)
@@ -250,6 +272,12 @@ def test_spacing_changes_the_intercept_lines_but_not_l_a():
         (np.eye(4), {"spacing": 0}, ValueError, "spacing must be a positive integer, got 0"),
         (np.eye(4), {"pixel_size_um": -1.0}, ValueError, "pixel_size_um must be a length > 0"),
         (np.eye(4), {"connectivity": 6}, ValueError, "connectivity must be 4 or 8, got 6"),
+        (np.eye(4), {"connectivity": 4.0}, ValueError, "connectivity must be 4 or 8, got 4.0"),
+        (np.eye(4), {"periodic": "no"}, ValueError, "periodic must be True or False, got 'no'"),
+        (np.eye(4), {"exclude_border": 1}, ValueError,
+         "exclude_border must be True or False, got 1"),
+        (np.eye(4), {"pixel_size_um": "2"}, ValueError, "pixel_size_um must be a length > 0"),
+        (np.eye(4), {"denoise": True}, ValueError, "denoise must be a Gaussian sigma > 0"),
         (np.eye(4) > 0, {"denoise": 1.0}, ValueError, "denoise applies to gray images"),
         (np.full((4, 4), 0.3), {}, ValueError, r"constant image \(every pixel is 0.3\)"),
         (np.array([[0.0, 1.0, 0.0]]), {}, ValueError, r"shape \(1, 3\) is too small"),
@@ -306,6 +334,10 @@ def test_table_of_a_batch_array_and_bad_options_before_any_work(tmp_path):
     assert table.features[:, table.columns.index("V_V")].tolist() == [0.5, 0.5, 0.5]
     with pytest.raises(ValueError, match="unknown phase 'grey'"):
         stereology_table(tmp_path / "missing.png", phase="grey")
+    with pytest.raises(ValueError, match="periodic must be True or False, got 'no'"):
+        stereology_table(tmp_path / "missing.png", periodic="no")
+    with pytest.raises(ValueError, match="exclude_border must be True or False, got 'yes'"):
+        stereology_table(tmp_path / "missing.png", exclude_border="yes")
     with pytest.raises(TypeError, match=r"unknown measure\(\) option\(s\) \['spcing'\]"):
         stereology_table(batch, spcing=2)
     with pytest.raises(ValueError, match=r"got an array of shape \(8, 8\)"):

@@ -2,69 +2,76 @@
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import sys
 
 from microtex._validation import ON_ERROR
-from microtex.cli._types import crop_bottom, positive
+from microtex.cli._types import crop_bottom, positive, positive_real, real
+from microtex.features.segment import PHASES
+from microtex.features.stereology import CONNECTIVITIES, measure
+
+#: ``otsu`` or a gray level in [0, 1], as :func:`microtex.features.segment.segment` takes it.
+_threshold = real("threshold", minimum=0.0, maximum=1.0, words=("otsu",),
+                  what="'otsu' or a number in [0, 1]")  # fmt: skip
 
 
-def _threshold(text: str):
-    """``otsu`` or a number in [0, 1]."""
-    from microtex.features.segment import check_threshold
-
-    try:
-        return check_threshold(text if text == "otsu" else float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"threshold must be 'otsu' or a number in [0, 1], got {text!r}"
-        ) from None
-
-
-def _positive_number(text: str) -> float:
-    """A finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
+def _defaults() -> dict:
+    """:func:`~microtex.features.stereology.measure`'s defaults: written there once, shown here."""
+    return {name: p.default for name, p in inspect.signature(measure).parameters.items()}
 
 
 def add_parser(subparsers) -> None:
+    d = _defaults()
     s = subparsers.add_parser(
         "stereology",
         help="stereology of micrographs (V_V, S_V, intercepts, ASTM G, particles) -> table",
         description="Segment each micrograph (Otsu by default; the bright phase is the phase "
-        "of interest) and measure it: one row per image.",
+        "of interest) and measure it: one row per image. Among the columns: mean_intercept "
+        "and d_f (the same number: the mean intercept of the phase of interest, Noguchi & "
+        "Inoue's mean free path d_f when that phase is the ferrite) and mean_free_path "
+        "(Fullman's lambda: the mean intercept of the OTHER phase, the edge-to-edge distance "
+        "between regions of the phase of interest). Conventions: the docstring of "
+        "microtex.features.stereology.",
     )
     s.add_argument("images", nargs="+", help="image files and/or directories")
     s.add_argument("-o", "--output", required=True, help="output table: .parquet, .npz or .csv")
     s.add_argument(
         "--pixel-size",
-        type=_positive_number,
-        default=None,
+        type=positive_real,
+        default=d["pixel_size_um"],
         metavar="UM",
         help="pixel side in µm: adds every length in µm and the ASTM E112 grain size G",
     )
     s.add_argument(
-        "--threshold", type=_threshold, default="otsu", help="otsu (default) or a gray level 0..1"
+        "--threshold",
+        type=_threshold,
+        default=d["threshold"],
+        help=f"otsu or a gray level 0..1 (default {d['threshold']})",
     )
     s.add_argument(
         "--phase",
-        default="bright",
-        choices=("bright", "dark"),
-        help="phase of interest: pixels above the threshold (bright, default) or not",
+        default=d["phase"],
+        choices=PHASES,
+        help=f"phase of interest: pixels above the threshold (bright) or not (default "
+        f"{d['phase']})",
     )
     s.add_argument(
-        "--spacing", type=positive, default=1, help="pixels between test lines (default 1)"
+        "--spacing",
+        type=positive,
+        default=d["spacing"],
+        help=f"pixels between test lines (default {d['spacing']})",
     )
     s.add_argument(
-        "--denoise", type=_positive_number, default=None, metavar="SIGMA",
+        "--denoise", type=positive_real, default=d["denoise"], metavar="SIGMA",
         help="Gaussian blur (pixels) before thresholding",
     )  # fmt: skip
-    s.add_argument("--connectivity", type=int, default=8, choices=(4, 8), help="of particles")
+    s.add_argument(
+        "--connectivity",
+        type=int,
+        default=d["connectivity"],
+        choices=CONNECTIVITIES,
+        help=f"of particles (default {d['connectivity']})",
+    )
     s.add_argument(
         "--exclude-border", action="store_true", help="leave particles touching the border out"
     )
@@ -82,7 +89,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from microtex.cli.featurize import check_output, report_failures
     from microtex.errors import NoImagesError
-    from microtex.features.stereology import stereology_table
+    from microtex.features.stereology_table import stereology_table
 
     check_output(args.output)  # before any work
     try:

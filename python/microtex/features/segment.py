@@ -5,50 +5,37 @@ Conventions (DESIGN.md §6): images are 2-D gray arrays as
 or float in ``[0, 1]``; they are converted to float32 in ``[0, 1]`` first).
 A pixel **brighter than the threshold** (``image > threshold``) belongs to the
 *bright* phase, every other pixel to the *dark* phase; the bright (white) phase
-is the phase of interest unless ``phase="dark"`` is asked for.
+is the phase of interest unless ``phase="dark"`` is asked for. :func:`as_phase` checks a
+phase image given as such (bool, or numbers that are all 0 or 1).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from microtex._validation import check_choice, check_int, is_int
+from microtex._validation import check_choice, check_int, check_real, is_int
 from microtex.io.decode import as_float_image
 
-__all__ = ["PHASES", "one_hot", "otsu_threshold", "segment"]
+__all__ = ["PHASES", "as_phase", "one_hot", "otsu_threshold", "segment"]
 
 #: Which side of the threshold is the phase of interest.
 PHASES: tuple[str, ...] = ("bright", "dark")
 
 
-def check_threshold(threshold) -> str | float:
+def _check_threshold(threshold) -> str | float:
     """``"otsu"`` or a real number in ``[0, 1]`` (returned as float)."""
     if isinstance(threshold, str) and threshold == "otsu":
         return threshold
-    if (
-        isinstance(threshold, (int, float, np.integer, np.floating))
-        and not isinstance(threshold, (bool, np.bool_))
-        and 0.0 <= float(threshold) <= 1.0
-    ):
-        return float(threshold)
-    raise ValueError(f"threshold must be 'otsu' or a number in [0, 1], got {threshold!r}")
+    return check_real("threshold", threshold, minimum=0.0, maximum=1.0,
+                      what="'otsu' or a number in [0, 1]")  # fmt: skip
 
 
-def check_sigma(denoise) -> float | None:
+def _check_sigma(denoise) -> float | None:
     """None or a finite Gaussian sigma > 0 (pixels)."""
-    if denoise is None:
-        return None
-    if (
-        isinstance(denoise, (int, float, np.integer, np.floating))
-        and not isinstance(denoise, (bool, np.bool_))
-        and math.isfinite(float(denoise))
-        and float(denoise) > 0.0
-    ):
-        return float(denoise)
-    raise ValueError(f"denoise must be None or a Gaussian sigma > 0 in pixels, got {denoise!r}")
+    return check_real("denoise", denoise, minimum=0.0, inclusive=False, allow_none=True,
+                      what="a Gaussian sigma > 0 in pixels")  # fmt: skip
 
 
 def otsu_threshold(image, bins: int = 256) -> float:
@@ -132,9 +119,9 @@ def otsu_threshold(image, bins: int = 256) -> float:
     return float(middle if low <= middle < high else low)
 
 
-def smooth(image, sigma: float) -> np.ndarray:
+def _smooth(image, sigma: float) -> np.ndarray:
     """Gaussian blur (``scipy.ndimage.gaussian_filter``, mirrored edges) kept in ``[0, 1]``."""
-    from scipy import ndimage  # a dependency of scikit-learn
+    from scipy import ndimage
 
     blurred = ndimage.gaussian_filter(np.asarray(image, np.float32), sigma, mode="reflect")
     return np.clip(blurred, 0.0, 1.0, out=blurred)
@@ -185,17 +172,59 @@ def segment(image, threshold: str | float = "otsu", *, phase: str = "bright",
     >>> segment(image, 0.85, phase="dark").astype(int).tolist()
     [[1, 0], [1, 1]]
     """
-    threshold = check_threshold(threshold)
+    threshold = _check_threshold(threshold)
     check_choice("phase", phase, PHASES)
-    sigma = check_sigma(denoise)
+    sigma = _check_sigma(denoise)
     values = as_float_image(image, "image")
     if sigma is not None:
-        values = smooth(values, sigma)
+        values = _smooth(values, sigma)
     if threshold == "otsu":
         threshold = otsu_threshold(values)
     bright = values > np.float32(threshold)
     mask = bright if phase == "bright" else ~bright
     return (mask, threshold) if return_threshold else mask
+
+
+def as_phase(phase, name: str = "phase image") -> np.ndarray:
+    """A binary phase image as a bool array; anything else is a clear error.
+
+    ``bool`` arrays are taken as they are; numeric arrays must hold only 0 and 1.
+
+    Raises
+    ------
+    ValueError
+        Not 2-D, empty, or values other than 0 and 1 (the message lists them).
+    TypeError
+        A dtype that is neither bool nor numeric.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> as_phase(np.array([[0, 1]], np.uint8)).tolist()
+    [[False, True]]
+    >>> as_phase(np.array([[0, 255]], np.uint8))
+    Traceback (most recent call last):
+    ...
+    ValueError: phase image must be binary (bool, or only 0 and 1); found values [255]
+    """
+    array = np.asarray(phase)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (height, width), got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty: shape {array.shape}")
+    if array.dtype == np.bool_:
+        return array
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be bool or numeric 0/1, got dtype {array.dtype}")
+    other = (array != 0) & (array != 1)
+    if other.any():
+        found = np.unique(array[other])
+        shown = ", ".join(f"{v:g}" for v in found[:8].tolist())
+        more = ", ..." if found.size > 8 else ""
+        raise ValueError(
+            f"{name} must be binary (bool, or only 0 and 1); found values [{shown}{more}]"
+        )
+    return array == 1
 
 
 def one_hot(labels, n_phases: int | None = None, *, phases: Sequence[int] | None = None,

@@ -4,7 +4,9 @@ size, Noguchi's mean free path and particle sizes (DESIGN.md §6).
 The phase image is a binary array (``bool``, or numbers that are all 0 or 1); True is the
 *phase of interest* (α), False the rest. :func:`measure` takes a gray micrograph, segments it
 (:func:`microtex.features.segment.segment`: Otsu, white is α unless told otherwise) and
-returns every number below; the other functions take the phase image.
+returns every number below; the other functions take the phase image. The particle numbers
+come from :mod:`microtex.features.particles` (re-exported here); many images become one table
+with :func:`microtex.features.stereology_table.stereology_table`.
 
 Conventions, the same for every function:
 
@@ -30,17 +32,27 @@ Conventions, the same for every function:
   and with ``spacing=1`` differs from it only by the half weight of the border pixels.
 * **V_V** is the fraction of α pixels of the whole image (point count, = A_A).
 
-**Noguchi & Inoue's mean free path** ``d_f = V_f / (N_L I_u)`` of the ferrite is
-:attr:`Intercepts.mean_intercept` with the ferrite as the phase of interest (white in
-nital-etched steel: the default ``phase="bright"``), which is also
-:attr:`Intercepts.mean_free_path` with the second phase as the phase of interest. Our reading
-of their formula: test lines every ``I_u = spacing`` pixels, horizontal and vertical; N_L
-counts ferrite intercepts (half the boundary crossings, not the crossings) per unit *image
-area*, so that ``N_L I_u`` is intercepts per unit *line length* (the grid has ``area / I_u``
-of line); V_f is the ferrite fraction, here measured on the same lines (L_L); the two
-directions are averaged by averaging L_L and P_L, then dividing (for stripes, whose vertical
-lines cross nothing, the average is twice the horizontal intercept, as an orientation
-average must be).
+**Noguchi & Inoue's mean free path of the ferrite**, ``d_f = V_f / (N_L I_u)``, is the mean
+intercept of the phase of interest with the ferrite as that phase (white in nital-etched
+steel: the default ``phase="bright"``). :meth:`Stereology.as_dict` gives it by name,
+``d_f_px`` (and ``d_f_um``), equal to ``mean_intercept_px``. It is *not*
+``mean_free_path_*``: that is Fullman's λ, the mean intercept of the *other* phase (the
+edge-to-edge distance between regions of the phase of interest); it equals d_f only when the
+second phase is made the phase of interest. Test lines run every ``I_u = spacing`` pixels,
+horizontal and vertical; N_L counts ferrite intercepts per unit *image area*, so that
+``N_L I_u`` is intercepts per unit *line length* (the grid has ``area / I_u`` of line). The
+formula leaves three choices open; ours are:
+
+1. **N_L counts intercepts, not crossing points**: ``N_L = P_L / 2``, each ferrite intercept
+   having an entry and an exit. The paper's notation also reads as crossing points per unit
+   length (P_L), which would halve d_f: a factor-2 ambiguity to keep in mind when comparing
+   with published values.
+2. **V_f is L_L on the same test lines**, not V_V of the whole image, so that numerator and
+   denominator see the same points.
+3. **The directions are combined as a ratio of averages**: ``d_f = <L_L> / <N_L>``, L_L and
+   P_L averaged over horizontal and vertical lines, then divided; not the mean of the
+   per-direction intercepts. For stripes, whose vertical lines cross nothing, d_f is then
+   twice the horizontal intercept, as an orientation average must be.
 
 Every length is in pixels; :meth:`Stereology.as_dict` adds the same numbers in µm when a pixel
 size is given.
@@ -49,18 +61,26 @@ size is given.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
-import os
-import time
 
 import numpy as np
 
-from microtex import io as mio
-from microtex._validation import check_choice, check_on_error, check_positive_int
-from microtex.errors import ImageReadError, ImageTooSmallError, NoImagesError
-from microtex.features.segment import PHASES, check_sigma, check_threshold, segment
-from microtex.io.read import report_skip
-from microtex.io.table import FeatureTable
+from microtex._validation import check_bool, check_choice, check_positive_int, check_real
+from microtex.features.particles import (
+    CONNECTIVITIES,
+    Particles,
+    _check_connectivity,
+    particle_sizes,
+)
+from microtex.features.segment import (
+    PHASES,
+    _check_sigma,
+    _check_threshold,
+    as_phase,
+    segment,
+)
 
 __all__ = [
     "CONNECTIVITIES",
@@ -71,59 +91,14 @@ __all__ = [
     "as_phase",
     "astm_grain_size",
     "boundary_length_per_area",
+    "check_measure_options",
     "line_intercepts",
     "measure",
     "particle_sizes",
-    "stereology_table",
 ]
-
-#: Pixel neighbourhoods that make one particle: edge neighbours (4) or edge and corner (8).
-CONNECTIVITIES: tuple[int, ...] = (4, 8)
 
 #: ASTM E112: G = 0 at a mean lineal intercept of 32.00 mm at 100x, i.e. 0.32 mm.
 _ASTM_G0_INTERCEPT_MM = 0.32
-
-
-def as_phase(phase, name: str = "phase image") -> np.ndarray:
-    """A binary phase image as a bool array; anything else is a clear error.
-
-    ``bool`` arrays are taken as they are; numeric arrays must hold only 0 and 1.
-
-    Raises
-    ------
-    ValueError
-        Not 2-D, empty, or values other than 0 and 1 (the message lists them).
-    TypeError
-        A dtype that is neither bool nor numeric.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> as_phase(np.array([[0, 1]], np.uint8)).tolist()
-    [[False, True]]
-    >>> as_phase(np.array([[0, 255]], np.uint8))
-    Traceback (most recent call last):
-    ...
-    ValueError: phase image must be binary (bool, or only 0 and 1); found values [255]
-    """
-    array = np.asarray(phase)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (height, width), got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"{name} is empty: shape {array.shape}")
-    if array.dtype == np.bool_:
-        return array
-    if array.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be bool or numeric 0/1, got dtype {array.dtype}")
-    other = (array != 0) & (array != 1)
-    if other.any():
-        found = np.unique(array[other])
-        shown = ", ".join(f"{v:g}" for v in found[:8].tolist())
-        more = ", ..." if found.size > 8 else ""
-        raise ValueError(
-            f"{name} must be binary (bool, or only 0 and 1); found values [{shown}{more}]"
-        )
-    return array == 1
 
 
 def area_fraction(phase) -> float:
@@ -238,7 +213,11 @@ class Intercepts:
 
     @property
     def mean_free_path(self) -> float:
-        """Mean intercept of the other phase, ``(1 - <L_L>) / <N_L>`` (pixels): Fullman's λ."""
+        """Mean intercept of the other phase, ``(1 - <L_L>) / <N_L>`` (pixels): Fullman's λ.
+
+        The edge-to-edge distance between regions of the phase of interest; Noguchi's d_f
+        of the phase of interest is :attr:`mean_intercept`, not this.
+        """
         return _ratio(1.0 - self.L_L, self.N_L)
 
 
@@ -268,8 +247,9 @@ def line_intercepts(phase, *, spacing: int = 1, periodic: bool = False) -> Inter
       2)``, the α length on the lines over the α intercepts counted on them): ASTM E112's
       mean lineal intercept of α, and Noguchi & Inoue's d_f when α is the ferrite (see the
       module docstring).
-    * Mean free path ``λ = (1 - <L_L>) / <N_L>``: the mean intercept of the other phase, the
-      edge-to-edge distance between α regions along a line (Fullman).
+    * Mean free path ``λ = (1 - <L_L>) / <N_L>``: the mean intercept of the *other* phase,
+      the edge-to-edge distance between α regions along a line (Fullman's λ; not Noguchi's
+      d_f, which is ``L_α``).
 
     For vertical stripes of α, ``a`` pixels wide with period ``p``, on an image ``m p + 1``
     pixels wide whose first column starts a stripe (``m p`` with ``periodic=True``),
@@ -303,6 +283,7 @@ def line_intercepts(phase, *, spacing: int = 1, periodic: bool = False) -> Inter
     """
     array = as_phase(phase)
     spacing = check_positive_int("spacing", spacing)
+    periodic = check_bool("periodic", periodic)
     if min(array.shape) < 2:
         raise ValueError(
             f"phase image of shape {array.shape} is too small for test lines: "
@@ -313,8 +294,7 @@ def line_intercepts(phase, *, spacing: int = 1, periodic: bool = False) -> Inter
     return Intercepts(
         area_fraction=float(np.count_nonzero(array) / array.size),
         crossings_h=crossings_h, crossings_v=crossings_v, length_h=length_h, length_v=length_v,
-        phase_length_h=inside_h, phase_length_v=inside_v, spacing=spacing,
-        periodic=bool(periodic),
+        phase_length_h=inside_h, phase_length_v=inside_v, spacing=spacing, periodic=periodic,
     )  # fmt: skip
 
 
@@ -348,6 +328,14 @@ def astm_grain_size(mean_intercept_mm) -> float:
     agree within 0.0003. For a two-phase structure, ℓ is the mean intercept of the grains'
     phase (:attr:`Intercepts.mean_intercept` with that phase as the phase of interest).
 
+    On an image of a grain-boundary network (thin boundaries between grains), measure the
+    grains as the phase of interest (e.g. ``phase="bright"`` for dark boundaries). The
+    boundary pixels then belong to no grain and are left out of ℓ, the grains' length on
+    the test lines per grain intercept: ℓ comes out low, by roughly the boundary area
+    fraction ``f_b`` (``ℓ ≈ (1 - f_b)`` times the centre-to-centre spacing of the
+    boundaries), and G high, by about ``-2 log2(1 - f_b) ≈ 2.9 f_b``. Thin the boundaries
+    to one pixel, or correct ℓ by ``1 / (1 - f_b)``, where that matters.
+
     Examples
     --------
     >>> [round(astm_grain_size(mm), 4) for mm in (0.32, 0.04, 0.032)]
@@ -359,84 +347,6 @@ def astm_grain_size(mean_intercept_mm) -> float:
     if not value > 0:
         raise ValueError(f"mean intercept must be a length > 0 mm, got {mean_intercept_mm!r}")
     return 2.0 * math.log2(_ASTM_G0_INTERCEPT_MM / value)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Particles:
-    """Connected regions of the phase of interest, and their sizes.
-
-    Attributes
-    ----------
-    areas_px : ndarray of int64
-        Pixel count of each particle (label order: the order in which a row-by-row scan
-        first meets them).
-    image_area_px : int
-        Pixels in the image.
-    connectivity : int
-        4 or 8.
-    exclude_border : bool
-        Whether particles touching the image border were left out.
-    """
-
-    areas_px: np.ndarray
-    image_area_px: int
-    connectivity: int = 8
-    exclude_border: bool = False
-
-    @property
-    def n_particles(self) -> int:
-        return int(self.areas_px.size)
-
-    @property
-    def number_per_area(self) -> float:
-        """N_A: particles per pixel² of image."""
-        return self.n_particles / self.image_area_px
-
-    @property
-    def ecd_px(self) -> np.ndarray:
-        """Equivalent circle diameter of each particle, ``2 sqrt(area / π)`` (pixels)."""
-        return 2.0 * np.sqrt(self.areas_px / np.pi)
-
-    @property
-    def mean_ecd_px(self) -> float:
-        return float(self.ecd_px.mean()) if self.n_particles else math.nan
-
-    @property
-    def median_ecd_px(self) -> float:
-        return float(np.median(self.ecd_px)) if self.n_particles else math.nan
-
-
-def particle_sizes(phase, *, connectivity: int = 8, exclude_border: bool = False) -> Particles:
-    """Particles of the phase of interest: connected components and their areas.
-
-    Pixels of the phase of interest are one particle when joined through edge neighbours
-    (``connectivity=4``) or edge and corner neighbours (``connectivity=8``, the default, as
-    in scikit-image's ``label``), found by ``scipy.ndimage.label``. Particles cut by the image
-    border are counted (a particle's area is then what lies inside); ``exclude_border=True``
-    leaves out every particle with a pixel on the border, which removes the cut sizes but
-    lowers the count (large particles are more often on the border).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> phase = np.zeros((6, 6), bool); phase[1:3, 1:3] = True; phase[3, 3] = True
-    >>> particle_sizes(phase).areas_px.tolist(), particle_sizes(phase, connectivity=4).n_particles
-    ([5], 2)
-    """
-    from scipy import ndimage  # a dependency of scikit-learn
-
-    array = as_phase(phase)
-    if connectivity not in CONNECTIVITIES:
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
-    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-    labels, n_labels = ndimage.label(array, structure=structure)
-    areas = np.bincount(labels.ravel(), minlength=n_labels + 1)[1:].astype(np.int64)
-    if exclude_border and n_labels:
-        edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-        keep = np.ones(n_labels + 1, bool)
-        keep[edge] = False
-        areas = areas[keep[1:]]
-    return Particles(areas, int(array.size), connectivity, bool(exclude_border))
 
 
 # key suffix in pixel units -> (suffix in µm, power of the pixel size)
@@ -471,11 +381,14 @@ class Stereology:
         Keys: ``threshold``, ``V_V``, ``L_L`` (on the test lines); ``L_A_per_px`` and
         ``S_V_per_px`` (= 4/π L_A); ``P_L_h_per_px``, ``P_L_v_per_px``, ``P_L_per_px`` (their
         mean), ``N_L_per_px``; ``mean_intercept_h_px``, ``mean_intercept_v_px``,
-        ``mean_intercept_px`` (the phase of interest; Noguchi's d_f when it is the ferrite),
-        ``mean_free_path_h_px``, ``mean_free_path_v_px``, ``mean_free_path_px`` (the other
-        phase); ``n_particles``, ``N_A_per_px2``, ``ecd_mean_px``, ``ecd_median_px``. With
-        ``pixel_size_um`` the same keys ending ``_um``, ``_per_um``, ``_per_um2``, and
-        ``astm_G`` (:func:`astm_grain_size` of ``mean_intercept_um / 1000``).
+        ``mean_intercept_px`` (the phase of interest); ``d_f_px``, Noguchi & Inoue's mean free
+        path of the phase of interest (the ferrite, when that is the phase of interest): the
+        same number as ``mean_intercept_px``, by the name of their paper;
+        ``mean_free_path_h_px``, ``mean_free_path_v_px``, ``mean_free_path_px``: Fullman's λ,
+        the mean intercept of the *other* phase; ``n_particles``, ``N_A_per_px2``,
+        ``ecd_mean_px``, ``ecd_median_px``. With ``pixel_size_um`` the same keys ending
+        ``_um``, ``_per_um``, ``_per_um2``, and ``astm_G`` (:func:`astm_grain_size` of
+        ``mean_intercept_um / 1000``).
         """
         found, particles = self.intercepts, self.particles
         out = {
@@ -491,6 +404,7 @@ class Stereology:
             "mean_intercept_h_px": found.mean_intercept_h,
             "mean_intercept_v_px": found.mean_intercept_v,
             "mean_intercept_px": found.mean_intercept,
+            "d_f_px": found.mean_intercept,  # Noguchi & Inoue's d_f (module docstring)
             "mean_free_path_h_px": found.mean_free_path_h,
             "mean_free_path_v_px": found.mean_free_path_v,
             "mean_free_path_px": found.mean_free_path,
@@ -510,34 +424,56 @@ class Stereology:
         return out
 
 
-def _check_pixel_size(pixel_size_um) -> float | None:
-    if pixel_size_um is None:
-        return None
-    if (
-        isinstance(pixel_size_um, (int, float, np.integer, np.floating))
-        and not isinstance(pixel_size_um, (bool, np.bool_))
-        and math.isfinite(float(pixel_size_um))
-        and float(pixel_size_um) > 0
-    ):
-        return float(pixel_size_um)
-    raise ValueError(f"pixel_size_um must be a length > 0 in µm, got {pixel_size_um!r}")
+@functools.cache
+def _measure_defaults() -> dict:
+    """:func:`measure`'s options and their defaults, read from its signature (written once)."""
+    parameters = inspect.signature(measure).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
 
 
-def _check_options(threshold, phase, spacing, pixel_size_um, denoise, connectivity) -> dict:
-    """Every option of :func:`measure`, checked once (before a batch starts)."""
-    if threshold is not None:
-        threshold = check_threshold(threshold)
-    check_choice("phase", phase, PHASES)
-    if connectivity not in CONNECTIVITIES:
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
+def check_measure_options(**options) -> dict:
+    """:func:`measure`'s options, checked, with its defaults for those not given.
+
+    For callers that measure many images with one set of options and want a bad one
+    refused before the first image is read, as ``stereology_table`` does (module
+    :mod:`microtex.features.stereology_table`). ``threshold`` comes back as ``"otsu"``, a
+    float or None; the numbers as float or int.
+
+    Raises
+    ------
+    TypeError
+        An option :func:`measure` does not have.
+    ValueError
+        A bad value; the message names the option and the value.
+
+    Examples
+    --------
+    >>> options = check_measure_options(spacing=2, pixel_size_um=1)
+    >>> options["spacing"], options["pixel_size_um"], options["threshold"], options["periodic"]
+    (2, 1.0, 'otsu', False)
+    >>> check_measure_options(periodic="no")
+    Traceback (most recent call last):
+    ...
+    ValueError: periodic must be True or False, got 'no'
+    """
+    defaults = _measure_defaults()
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"unknown measure() option(s) {unknown}; choose from {sorted(defaults)}")
+    given = {**defaults, **options}
+    threshold = given["threshold"]
     return {
-        "threshold": threshold,
-        "phase": phase,
-        "spacing": check_positive_int("spacing", spacing),
-        "pixel_size_um": _check_pixel_size(pixel_size_um),
-        "denoise": check_sigma(denoise),
-        "connectivity": connectivity,
-    }
+        "threshold": None if threshold is None else _check_threshold(threshold),
+        "phase": check_choice("phase", given["phase"], PHASES),
+        "spacing": check_positive_int("spacing", given["spacing"]),
+        "pixel_size_um": check_real("pixel_size_um", given["pixel_size_um"], minimum=0.0,
+                                    inclusive=False, allow_none=True,
+                                    what="a length > 0 in µm"),
+        "denoise": _check_sigma(given["denoise"]),
+        "connectivity": _check_connectivity(given["connectivity"]),
+        "exclude_border": check_bool("exclude_border", given["exclude_border"]),
+        "periodic": check_bool("periodic", given["periodic"]),
+    }  # fmt: skip
 
 
 def measure(image, *, threshold: str | float | None = "otsu", phase: str = "bright",
@@ -593,7 +529,12 @@ def measure(image, *, threshold: str | float | None = "otsu", phase: str = "brig
     >>> numbers["mean_intercept_um"], round(numbers["ecd_mean_um"], 3)
     (5.0, 5.642)
     """
-    options = _check_options(threshold, phase, spacing, pixel_size_um, denoise, connectivity)
+    options = check_measure_options(
+        threshold=threshold, phase=phase, spacing=spacing, pixel_size_um=pixel_size_um,
+        denoise=denoise, connectivity=connectivity, exclude_border=exclude_border,
+        periodic=periodic,
+    )  # fmt: skip
+    periodic = options["periodic"]
     array = np.asarray(image)
     if options["threshold"] is None or array.dtype == np.bool_:
         if options["denoise"] is not None:
@@ -612,134 +553,7 @@ def measure(image, *, threshold: str | float | None = "otsu", phase: str = "brig
         threshold=float(used),
         intercepts=intercepts,
         boundary_length_per_area=(math.pi / 2) * everywhere.P_L,
-        particles=particle_sizes(phases, connectivity=connectivity,
-                                 exclude_border=exclude_border),
+        particles=particle_sizes(phases, connectivity=options["connectivity"],
+                                 exclude_border=options["exclude_border"]),
         pixel_size_um=options["pixel_size_um"],
     )  # fmt: skip
-
-
-def _is_path(x) -> bool:
-    return isinstance(x, (str, os.PathLike))
-
-
-def _inputs(images, crop_bottom, on_error, failures, cropped):
-    """``(id, path or None, image)`` for paths and folders, an (n, h, w) array or 2-D arrays."""
-    if _is_path(images) or (
-        isinstance(images, (list, tuple)) and images and all(_is_path(x) for x in images)
-    ):
-        for path, image, info in mio.iter_images(
-            images, crop_bottom=crop_bottom, on_error=on_error, failures=failures
-        ):
-            if info.rows_cropped:
-                cropped[str(path)] = info.rows_cropped
-            yield str(path), path, image
-        return
-    if isinstance(images, np.ndarray) and images.ndim != 3:
-        raise ValueError(
-            f"images must be an array (n_images, height, width), a list of 2-D arrays or paths; "
-            f"got an array of shape {images.shape} (measure() takes one image)"
-        )
-    for i, item in enumerate(images):
-        if _is_path(item):
-            raise TypeError("mix of paths and arrays in one input; pass one kind")
-        image_id = f"array[{i}]"
-        array = np.asarray(item)
-        try:
-            if crop_bottom is not None:
-                kept, rows = mio.prepare_image(
-                    mio.as_float_image(array, image_id), crop_bottom=crop_bottom, name=image_id
-                )
-                if rows:
-                    cropped[image_id] = rows
-                array = kept > 0.5 if array.dtype == np.bool_ else kept
-        except (ValueError, TypeError) as exc:
-            if on_error == "raise":
-                raise
-            report_skip(failures, image_id, str(exc))
-            continue
-        yield image_id, None, array
-
-
-def stereology_table(images, *, crop_bottom=None, on_error: str = "skip",
-                     **options) -> FeatureTable:  # fmt: skip
-    """:func:`measure` every image: one row per image, the keys of ``as_dict`` as columns.
-
-    Parameters
-    ----------
-    images : paths, folders, an array (n_images, height, width) or a list of 2-D arrays
-        Files are read by :func:`microtex.io.iter_images`; row ids are the paths, or
-        ``"array[i]"``.
-    crop_bottom : None, int or "auto", optional
-        Rows of instrument info band to remove before segmenting (see
-        :func:`microtex.io.read_image`); an info band left in would count as a phase.
-    on_error : {"skip", "raise"}, optional
-        A file that cannot be read, or an image that cannot be measured (e.g. a constant
-        image under Otsu, NaN), is reported in ``failures`` (and logged) and skipped, or
-        raises.
-    **options
-        Keyword arguments of :func:`measure`, the same for every image; checked before
-        any image is read.
-
-    Returns
-    -------
-    microtex.io.FeatureTable
-        float32 ``features`` (one row per measured image), ``columns``, ``ids``,
-        ``failures``, ``seconds``, ``cropped``.
-
-    Raises
-    ------
-    microtex.errors.NoImagesError
-        Images were given but none could be measured.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> images = np.zeros((2, 8, 8), np.float32); images[:, :4] = 1.0; images[1, :, :] = 0.5
-    >>> table = stereology_table(images, pixel_size_um=1.0)
-    >>> table.ids, [f.path for f in table.failures]
-    (['array[0]'], ['array[1]'])
-    >>> float(table.features[0, table.columns.index("V_V")])
-    0.5
-    """
-    start = time.perf_counter()
-    check_on_error(on_error)
-    allowed = {"threshold", "phase", "spacing", "pixel_size_um", "denoise", "connectivity",
-               "exclude_border", "periodic"}  # fmt: skip
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise TypeError(f"unknown measure() option(s) {unknown}; choose from {sorted(allowed)}")
-    defaults = {"threshold": "otsu", "phase": "bright", "spacing": 1, "pixel_size_um": None,
-                "denoise": None, "connectivity": 8}  # fmt: skip
-    _check_options(**{k: options.get(k, v) for k, v in defaults.items()})
-    failures: list = []
-    cropped: dict = {}
-    ids, rows, columns = [], [], None
-    for image_id, path, image in _inputs(images, crop_bottom, on_error, failures, cropped):
-        try:
-            numbers = measure(image, **options).as_dict()
-        except (ValueError, ImageTooSmallError, ImageReadError) as exc:
-            if on_error == "raise":
-                raise
-            report_skip(failures, path if path is not None else image_id, str(exc))
-            cropped.pop(image_id, None)  # the table's crops are those of its rows
-            continue
-        columns = columns or list(numbers)
-        ids.append(image_id)
-        rows.append([numbers[key] for key in columns])
-    if not rows and failures:
-        raise NoImagesError(
-            f"no image could be measured; {len(failures)} skipped, the first "
-            f"{str(failures[0].path)!r}: {failures[0].reason}", failures=failures
-        )  # fmt: skip
-    if columns is None:
-        columns = list(_empty_columns(options))
-    features = np.asarray(rows, np.float32).reshape(len(rows), len(columns))
-    return FeatureTable(features, columns, ids, failures, time.perf_counter() - start, cropped)
-
-
-def _empty_columns(options) -> dict:
-    """The column names for a table with no rows (no images were given)."""
-    phases = np.zeros((2, 2), bool)
-    phases[0, 0] = True
-    kept = {k: v for k, v in options.items() if k in ("pixel_size_um", "spacing")}
-    return measure(phases, **kept).as_dict()
