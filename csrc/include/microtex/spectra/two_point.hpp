@@ -154,11 +154,11 @@ class TwoPointEngine {
 
   private:
     // plan.run over L lanes (row stride L), a block of lanes at a time: a block's
-    // points (about 64 KB of each buffer) stay in cache through all the stages,
+    // points (about 256 KB of each buffer) stay in cache through all the stages,
     // where whole rows of a large image would stream from memory at every stage.
     // Blocks are split across threads when the engine has inner threads.
     void pass(const FftPlan<T>& plan, T* re, T* im, long L, Workspace& ws) const {
-        const long fit = (64 * 1024 / long(sizeof(T))) / std::max(1L, plan.size());
+        const long fit = (256 * 1024 / long(sizeof(T))) / std::max(1L, plan.size());
         const long B = std::min(L, std::max(8L, fit / 8 * 8));
         const long blocks = (L + B - 1) / B;
         const long radix = plan.max_radix();
