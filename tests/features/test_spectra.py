@@ -193,8 +193,10 @@ def test_the_transformer_feeds_a_pipeline():
 
 
 def test_parity_with_pymks():
-    pytest.importorskip("pymks")
-    from pymks import TwoPointCorrelation as PyMKS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyMKS 0.4.1 imports the deprecated pkg_resources
+        pytest.importorskip("pymks")
+        from pymks import TwoPointCorrelation as PyMKS
 
     data = np.stack([indicators((3, 17, 14), 0.4, seed=11)] * 2, axis=-1)
     data[..., 1] = 1 - data[..., 0]
