@@ -76,6 +76,7 @@ _KINDS: dict[str, _Kind] = {}
 _BUILTIN_KINDS = {
     "texture-featurizer": "microtex.features.texture",
     "classifier": "microtex.analysis.classify",
+    "generator": "microtex.generative.sample",
 }
 _V1_KINDS = {"TextureFeaturizer": "texture-featurizer"}
 _KIND_NAME = re.compile(r"[a-z][a-z0-9-]*")

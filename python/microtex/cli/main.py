@@ -17,6 +17,7 @@ from microtex.cli import (
     demo,
     export_triton,
     featurize,
+    generate,
     mks,
     predict,
     serve,
@@ -30,7 +31,7 @@ __all__ = ["main"]
 #: One module per command: each has ``add_parser(subparsers)`` and ``run(args) -> int``.
 COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train,
             "predict": predict, "serve": serve, "bench": bench, "export-triton": export_triton,
-            "stereology": stereology, "mks": mks}
+            "stereology": stereology, "mks": mks, "generate": generate}
 
 
 def _parser() -> argparse.ArgumentParser:

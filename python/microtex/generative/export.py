@@ -24,6 +24,10 @@ offsets :mod:`microtex.generative.pixelcnn` documents; linear layers
 plus a ``"microtex"`` entry: the UTF-8 bytes (uint8) of a JSON document of
 kind ``"pixelcnn-weights"`` with the configuration and the format version.
 
+:func:`save_generator` writes all of it as one ``generator`` bundle
+(:mod:`microtex.bundle`: checksummed files and a manifest), which
+:class:`microtex.generative.sample.Generator` loads without PyTorch.
+
 ``import microtex.generative.export`` does not import PyTorch: the functions
 that need it import it; :func:`load_pixelcnn_weights` and
 :func:`pixelcnn_tensor_shapes` need NumPy only.
@@ -47,6 +51,7 @@ from microtex.engine.export import require_onnx, require_torch
 from microtex.errors import BundleError
 
 __all__ = [
+    "BUNDLE_KIND",
     "DECODER_KIND",
     "ENCODER_KIND",
     "PIXELCNN_KIND",
@@ -58,10 +63,13 @@ __all__ = [
     "load_pixelcnn",
     "load_pixelcnn_weights",
     "pixelcnn_tensor_shapes",
+    "save_generator",
     "save_pixelcnn_weights",
     "weights_sha256",
 ]
 
+#: The bundle kind of a trained generator (:func:`save_generator`).
+BUNDLE_KIND = "generator"
 ENCODER_KIND = "vqvae-encoder"
 DECODER_KIND = "vqvae-decoder"
 PIXELCNN_KIND = "pixelcnn"
@@ -373,3 +381,87 @@ def load_pixelcnn(path: str | os.PathLike):
     model = GatedPixelCNN(PixelCNNConfig.from_dict(config))
     model.load_state_dict({name: torch.from_numpy(array) for name, array in weights.items()})
     return model.eval()
+
+
+# --------------------------------------------------------------------------- the bundle
+
+#: The files of a generator bundle.
+GENERATOR_FILES = ("encoder.onnx", "decoder.onnx", "pixelcnn.onnx", "pixelcnn.npz")
+
+
+def check_condition_range(condition_names, condition_range, n_conditions: int):
+    """Names and ``[[low, high], ...]`` of the conditions, checked against the PixelCNN's count."""
+    names = [str(name) for name in condition_names]
+    if len(names) != n_conditions or len(set(names)) != len(names) or not all(names):
+        raise ValueError(f"condition_names must be {n_conditions} distinct non-empty names "
+                         f"(the PixelCNN's n_conditions), got {condition_names!r}")  # fmt: skip
+    try:
+        bounds = np.asarray(condition_range, dtype=np.float64).reshape(n_conditions, 2)
+    except (TypeError, ValueError):
+        raise ValueError(f"condition_range must be one [low, high] per condition, got "
+                         f"{condition_range!r}") from None  # fmt: skip
+    if not np.isfinite(bounds).all() or (bounds[:, 0] > bounds[:, 1]).any():
+        raise ValueError(f"condition_range must be finite [low, high] pairs with low <= high, "
+                         f"got {bounds.tolist()}")  # fmt: skip
+    return names, bounds.tolist()
+
+
+def save_generator(directory: str | os.PathLike, vqvae, pixelcnn, *, condition_names,
+                   condition_range, training: dict | None = None, overwrite: bool = False,
+                   opset: int | None = None) -> pathlib.Path:  # fmt: skip
+    """Write a trained VQ-VAE and PixelCNN as a ``generator`` bundle.
+
+    The bundle holds ``encoder.onnx``, ``decoder.onnx`` and ``pixelcnn.onnx``
+    (:func:`export_encoder`, :func:`export_decoder`, :func:`export_pixelcnn`),
+    ``pixelcnn.npz`` (:func:`save_pixelcnn_weights`, for the cached sampler)
+    and a manifest with both configurations, the condition names and the
+    range of each condition seen in training (sampling outside it warns), and
+    ``training`` (e.g. losses, data, seeds) as given.
+
+    Parameters
+    ----------
+    directory : path-like
+        The bundle folder (see :func:`microtex.bundle.save_bundle`).
+    vqvae : microtex.generative.vqvae.VQVAE
+    pixelcnn : microtex.generative.pixelcnn.GatedPixelCNN
+        Trained on ``vqvae``'s index maps: same codebook size and latent size.
+    condition_names : sequence of str
+        One name per condition (e.g. ``["ln_time_h"]``).
+    condition_range : sequence of (float, float)
+        ``[low, high]`` of each condition over the training data.
+
+    Returns
+    -------
+    pathlib.Path
+        The bundle folder.
+    """
+    import tempfile
+
+    require_torch("saving a generator")
+    from microtex.generative.pixelcnn import GatedPixelCNN
+    from microtex.generative.vqvae import VQVAE
+
+    if not isinstance(vqvae, VQVAE) or not isinstance(pixelcnn, GatedPixelCNN):
+        raise TypeError(f"save_generator takes a VQVAE and a GatedPixelCNN, got "
+                        f"{type(vqvae).__name__} and {type(pixelcnn).__name__}")  # fmt: skip
+    vq, prior = vqvae.config, pixelcnn.config
+    if vq.n_codes != prior.n_codes or vq.latent_size != prior.latent_size:
+        raise ValueError(
+            f"the PixelCNN models {prior.n_codes} codes on {prior.latent_size}^2 maps; the "
+            f"VQ-VAE has {vq.n_codes} codes on {vq.latent_size}^2 maps"
+        )
+    names, bounds = check_condition_range(condition_names, condition_range, prior.n_conditions)
+    config = {
+        "vqvae": vq.to_dict(),
+        "pixelcnn": prior.to_dict(),
+        "conditions": {"names": names, "range": bounds},
+        "training": dict(training or {}),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = pathlib.Path(tmp)
+        export_encoder(vqvae, folder / "encoder.onnx", opset=opset)
+        export_decoder(vqvae, folder / "decoder.onnx", opset=opset)
+        export_pixelcnn(pixelcnn, folder / "pixelcnn.onnx", opset=opset)
+        save_pixelcnn_weights(pixelcnn, folder / "pixelcnn.npz")
+        files = {name: folder / name for name in GENERATOR_FILES}
+        return bundle.save_bundle(directory, files, config, kind=BUNDLE_KIND, overwrite=overwrite)

@@ -1,0 +1,185 @@
+"""The generator bundle and its reference sampler (microtex.generative.sample)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from microtex import load_bundle
+from microtex.errors import BundleError
+from microtex.generative.sample import categorical, sample_uniforms
+
+pytestmark = pytest.mark.torch
+
+
+def test_uniforms_are_uniform_and_depend_on_seed_sample_and_position_only():
+    u = sample_uniforms(7, np.arange(100_000), 3)
+    assert ((u >= 0) & (u < 1)).all()
+    counts = np.histogram(u, bins=20, range=(0, 1))[0]
+    assert np.abs(counts - 5000).max() < 5 * np.sqrt(5000)  # 5 sigma of a binomial count
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.02
+    np.testing.assert_array_equal(sample_uniforms(7, [5, 99], 3), u[[5, 99]])
+    assert sample_uniforms(8, [5], 3)[0] != u[5] and sample_uniforms(7, [5], 4)[0] != u[5]
+    with pytest.raises(ValueError, match="seed must be in"):
+        sample_uniforms(-1, [0], 0)
+
+
+def test_categorical_draws_follow_the_softmax_and_its_temperature():
+    logits = np.log([0.1, 0.2, 0.3, 0.4])
+    u = sample_uniforms(1, np.arange(200_000), 0)
+    rows = np.broadcast_to(logits, (len(u), 4))
+    counts = np.bincount(categorical(rows, u), minlength=4)
+    expected = np.array([0.1, 0.2, 0.3, 0.4]) * len(u)
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected))
+    hot = np.bincount(categorical(rows, u, temperature=0.5), minlength=4) / len(u)
+    np.testing.assert_allclose(hot, np.array([1, 4, 9, 16]) / 30, atol=0.005)  # p**2 / sum
+    assert (categorical(rows[:3], u[:3], temperature=0) == 3).all()
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from microtex.generative.pixelcnn import GatedPixelCNN, PixelCNNConfig
+    from microtex.generative.vqvae import VQVAE, VQVAEConfig
+
+    torch.manual_seed(0)
+    vqvae = VQVAE(VQVAEConfig(image_size=32, hidden_channels=(8, 16), embedding_dim=8,
+                              n_codes=16, residual_channels=4)).eval()  # fmt: skip
+    prior = GatedPixelCNN(PixelCNNConfig(n_codes=16, embedding_dim=8, hidden_channels=8,
+                                         n_layers=3, head_channels=16, n_conditions=1,
+                                         latent_size=4)).eval()  # fmt: skip
+    with torch.no_grad():  # larger logits than at initialization: draws that matter
+        prior.head_output.weight.mul_(8.0)
+    return vqvae, prior
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(models, tmp_path_factory):
+    from microtex.generative.export import save_generator
+
+    vqvae, prior = models
+    path = tmp_path_factory.mktemp("gen") / "generator"
+    return save_generator(path, vqvae, prior, condition_names=["ln_t"],
+                          condition_range=[[2.0, 4.5]], training={"epochs": 0})  # fmt: skip
+
+
+def torch_sample(prior, condition, n, seed, temperature, first_sample=0):
+    """The same draws made with the PyTorch model, position by position."""
+    import torch
+
+    side = prior.config.latent_size
+    maps = torch.zeros((n, side, side), dtype=torch.int64)
+    conditions = torch.full((n, 1), float(condition))
+    ids = np.arange(first_sample, first_sample + n)
+    with torch.no_grad():
+        for position in range(side * side):
+            i, j = divmod(position, side)
+            logits = prior(maps, conditions)[:, :, i, j].numpy()
+            maps[:, i, j] = torch.from_numpy(
+                categorical(logits, sample_uniforms(seed, ids, position), temperature))
+    return maps.numpy()
+
+
+def test_the_bundle_loads_as_a_generator_without_pytorch_objects(bundle_dir):
+    generator = load_bundle(bundle_dir)
+    assert generator.condition_names == ("ln_t",)
+    np.testing.assert_array_equal(generator.condition_range, [[2.0, 4.5]])
+    assert (generator.latent_size, generator.n_codes, generator.image_size) == (4, 16, 32)
+    assert generator.training == {"epochs": 0}
+    assert "ln_t in [2, 4.5]" in repr(generator)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_the_sampler_draws_what_the_pytorch_model_draws(models, bundle_dir, temperature):
+    generator = load_bundle(bundle_dir)
+    maps = generator.sample_indices(3.0, 6, seed=11, temperature=temperature, batch_size=4)
+    np.testing.assert_array_equal(maps, torch_sample(models[1], 3.0, 6, 11, temperature))
+    if temperature:  # draws, not one index everywhere (greedy maps are alike by design)
+        assert len(np.unique(maps)) > 3
+
+
+def test_a_sample_depends_on_its_seed_and_number_not_on_its_batch(bundle_dir):
+    generator = load_bundle(bundle_dir)
+    maps = generator.sample_indices(3.0, 5, seed=3, batch_size=5)
+    np.testing.assert_array_equal(generator.sample_indices(3.0, 5, seed=3, batch_size=2), maps)
+    np.testing.assert_array_equal(
+        generator.sample_indices(3.0, 2, seed=3, first_sample=3), maps[3:])
+    assert not np.array_equal(generator.sample_indices(3.0, 5, seed=4), maps)
+
+
+def test_decode_and_encode_equal_the_pytorch_model(models, bundle_dir):
+    import torch
+
+    vqvae = models[0]
+    generator = load_bundle(bundle_dir)
+    indices = np.random.default_rng(0).integers(0, 16, (3, 4, 4))
+    with torch.no_grad():
+        expected = vqvae.decode_indices(torch.from_numpy(indices)).numpy()[:, 0]
+    images = generator.decode(indices)
+    assert images.shape == (3, 32, 32) and images.dtype == np.float32
+    np.testing.assert_allclose(images, np.clip((expected + 1) / 2, 0, 1), atol=1e-5)
+    with torch.no_grad():
+        _, expected_indices, _ = vqvae(torch.from_numpy(images[:, None] * 2 - 1))
+    np.testing.assert_array_equal(generator.encode(images), expected_indices.numpy())
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 16\), found \[16, 16\]"):
+        generator.decode(np.full((1, 4, 4), 16))
+
+
+def test_bad_conditions_fail_clearly_and_extrapolation_warns(bundle_dir):
+    generator = load_bundle(bundle_dir)
+    with pytest.raises(ValueError, match="condition 'ln_t' is nan"):
+        generator.check_conditions(float("nan"), 2)
+    with pytest.raises(ValueError, match=r"has 2 value\(s\); this generator takes 1"):
+        generator.check_conditions([1.0, 2.0], 2)
+    with pytest.raises(ValueError, match="condition must be numbers"):
+        generator.check_conditions("3.0", 2)
+    with pytest.warns(UserWarning, match=r"'ln_t' = 9 is outside the training range \[2, 4.5\]"):
+        assert generator.check_conditions(9.0, 2).tolist() == [[9.0], [9.0]]
+    np.testing.assert_array_equal(generator.check_conditions(3.25, 3), np.full((3, 1), 3.25))
+
+
+def test_a_tampered_bundle_and_mismatched_models_are_refused(models, bundle_dir, tmp_path):
+    import shutil
+
+    from microtex.generative.export import save_generator
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir, copy)
+    data = bytearray((copy / "pixelcnn.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "pixelcnn.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="pixelcnn.onnx"):
+        load_bundle(copy)
+    vqvae, prior = models
+    with pytest.raises(ValueError, match="condition_names must be 1 distinct"):
+        save_generator(tmp_path / "g2", vqvae, prior, condition_names=["a", "b"],
+                       condition_range=[[0, 1], [0, 1]])  # fmt: skip
+    with pytest.raises(ValueError, match="low <= high"):
+        save_generator(tmp_path / "g3", vqvae, prior, condition_names=["a"],
+                       condition_range=[[1, 0]])  # fmt: skip
+
+
+def test_the_generate_command_writes_the_samples_it_draws(bundle_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from microtex.cli.main import main
+
+    out = tmp_path / "out"
+    code = main(["generate", str(bundle_dir), "--condition", "3.5", "-n", "3", "--seed", "5",
+                 "-o", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    generator = load_bundle(bundle_dir)
+    expected = generator.generate(3.5, 3, seed=5)
+    written = np.stack([np.asarray(Image.open(out / f"generated_{i:05d}.png")) for i in range(3)])
+    np.testing.assert_array_equal(written, np.round(expected * 255).astype(np.uint8))
+    manifest = __import__("json").loads((out / "generated.json").read_text())
+    assert manifest["condition"] == {"ln_t": 3.5} and manifest["n"] == 3
+    assert main(["generate", str(bundle_dir), "--condition", "3.5", "-o", str(out)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["generate", str(bundle_dir), "--condition", "nan", "-o",
+                 str(tmp_path / "o2")]) == 2  # fmt: skip
+    assert "'ln_t' is nan" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    assert main(["generate", str(bundle_dir), "--condition", "1,2", "-o",
+                 str(tmp_path / "o3")]) == 2  # fmt: skip
+    assert "this generator takes 1" in capsys.readouterr().err
