@@ -1,6 +1,7 @@
 """The compiled kernels (csrc/). Call them through microtex.features.pooling / .vlad /
-.spectra, which check shapes and dtypes; the pooling kernels take float32 or float64
-(n, c, h, w) arrays, two_point C-contiguous (n, h, w, n_phases) ones."""
+.spectra / microtex.generative.sample, which check shapes and dtypes; the pooling kernels
+take float32 or float64 (n, c, h, w) arrays, two_point C-contiguous (n, h, w, n_phases)
+ones, PixelCNNSampler the float32 tensors of a PixelCNN weights file."""
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,3 +29,16 @@ def two_point(
     mask: NDArray[np.floating] | None,
     n_threads: int = 0,
 ) -> NDArray[np.floating]: ...
+
+class PixelCNNSampler:
+    def __init__(self, sizes: list[int], tensors: list[NDArray[np.float32]]) -> None: ...
+    def run(
+        self,
+        conditions: NDArray[np.float32],
+        seed: int,
+        first_sample: int,
+        temperature: float,
+        forced: NDArray[np.integer] | None,
+        want_logits: bool,
+        n_threads: int = 0,
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32] | None]: ...

@@ -90,22 +90,69 @@ def test_the_bundle_loads_as_a_generator_without_pytorch_objects(bundle_dir):
     assert "ln_t in [2, 4.5]" in repr(generator)
 
 
+@pytest.mark.parametrize("sampler", ["cached", "naive"])
 @pytest.mark.parametrize("temperature", [1.0, 0.0])
-def test_the_sampler_draws_what_the_pytorch_model_draws(models, bundle_dir, temperature):
+def test_both_samplers_draw_what_the_pytorch_model_draws(models, bundle_dir, temperature, sampler):
     generator = load_bundle(bundle_dir)
-    maps = generator.sample_indices(3.0, 6, seed=11, temperature=temperature, batch_size=4)
+    maps = generator.sample_indices(3.0, 6, seed=11, temperature=temperature, batch_size=4,
+                                    sampler=sampler)  # fmt: skip
     np.testing.assert_array_equal(maps, torch_sample(models[1], 3.0, 6, 11, temperature))
     if temperature:  # draws, not one index everywhere (greedy maps are alike by design)
         assert len(np.unique(maps)) > 3
 
 
-def test_a_sample_depends_on_its_seed_and_number_not_on_its_batch(bundle_dir):
+@pytest.mark.parametrize("sampler", ["cached", "naive"])
+def test_a_sample_depends_on_its_seed_and_number_not_on_its_batch(bundle_dir, sampler):
     generator = load_bundle(bundle_dir)
-    maps = generator.sample_indices(3.0, 5, seed=3, batch_size=5)
-    np.testing.assert_array_equal(generator.sample_indices(3.0, 5, seed=3, batch_size=2), maps)
-    np.testing.assert_array_equal(
-        generator.sample_indices(3.0, 2, seed=3, first_sample=3), maps[3:])
-    assert not np.array_equal(generator.sample_indices(3.0, 5, seed=4), maps)
+    draw = lambda **kw: generator.sample_indices(3.0, kw.pop("n", 5), sampler=sampler, **kw)  # noqa: E731
+    maps = draw(seed=3, batch_size=5)
+    np.testing.assert_array_equal(draw(seed=3, batch_size=2), maps)
+    np.testing.assert_array_equal(draw(n=2, seed=3, first_sample=3), maps[3:])
+    assert not np.array_equal(draw(seed=4), maps)
+
+
+def test_the_cached_logits_equal_the_full_network_on_every_prefix(models, bundle_dir):
+    import torch
+
+    generator = load_bundle(bundle_dir)
+    rng = np.random.default_rng(2)
+    maps = rng.integers(0, 16, (5, 4, 4))
+    conditions = rng.uniform(2.0, 4.5, (5, 1))
+    cached = generator.logits(maps, conditions)
+    with torch.no_grad():
+        expected = models[1](torch.from_numpy(maps),
+                             torch.from_numpy(conditions.astype(np.float32))).numpy()
+    np.testing.assert_allclose(cached, expected, atol=1e-4)
+    np.testing.assert_allclose(generator.logits(maps, conditions, sampler="naive"), expected,
+                               atol=1e-4)  # fmt: skip
+    # many seeds and a sharper temperature: the two samplers still agree map for map
+    for seed in range(4):
+        np.testing.assert_array_equal(
+            generator.sample_indices(conditions, 5, seed=seed, temperature=0.7),
+            generator.sample_indices(conditions, 5, seed=seed, temperature=0.7, sampler="naive"))
+
+
+def test_the_cached_sampler_at_the_reference_size_equals_the_full_network():
+    torch = pytest.importorskip("torch")
+    from microtex import _kernels
+    from microtex.generative.export import pixelcnn_tensor_shapes
+    from microtex.generative.pixelcnn import GatedPixelCNN, PixelCNNConfig
+
+    torch.manual_seed(4)
+    config = PixelCNNConfig()  # Noguchi & Inoue's: 512 codes, 15 layers, 16 x 16
+    model = GatedPixelCNN(config).eval()
+    state = model.state_dict()
+    sampler = _kernels.PixelCNNSampler(
+        [config.n_codes, config.embedding_dim, config.hidden_channels, config.n_layers,
+         config.first_kernel_size, config.kernel_size, config.head_channels,
+         config.n_conditions, config.latent_size],
+        [state[name].numpy() for name in pixelcnn_tensor_shapes(config)])  # fmt: skip
+    maps = np.random.default_rng(3).integers(0, 512, (2, 16, 16))
+    conditions = np.array([[-1.0], [2.5]], np.float32)
+    _, logits = sampler.run(conditions, 0, 0, 1.0, maps, True)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(maps), torch.from_numpy(conditions)).numpy()
+    np.testing.assert_allclose(logits.transpose(0, 3, 1, 2), expected, atol=1e-4)
 
 
 def test_decode_and_encode_equal_the_pytorch_model(models, bundle_dir):
@@ -183,3 +230,15 @@ def test_the_generate_command_writes_the_samples_it_draws(bundle_dir, tmp_path, 
     assert main(["generate", str(bundle_dir), "--condition", "1,2", "-o",
                  str(tmp_path / "o3")]) == 2  # fmt: skip
     assert "this generator takes 1" in capsys.readouterr().err
+
+
+def test_the_native_sampler_refuses_what_it_cannot_read(bundle_dir):
+    from microtex import _kernels
+
+    generator = load_bundle(bundle_dir)
+    with pytest.raises(ValueError, match="index out of range"):
+        generator.logits(np.full((1, 4, 4), 16), 3.0)
+    with pytest.raises(ValueError, match="too few PixelCNN tensors"):
+        _kernels.PixelCNNSampler([16, 8, 8, 3, 7, 3, 16, 1, 4], [np.zeros(128, np.float32)])
+    with pytest.raises(ValueError, match="unknown sampler 'fast'"):
+        generator.sample_indices(3.0, 1, sampler="fast")
