@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "microtex/activations.hpp"
+#include "microtex/cpu.hpp"
 #include "microtex/parallel.hpp"
 
 namespace microtex::detail {
@@ -74,6 +75,37 @@ inline int draw_categorical(const float* logits, int K, double u, double tempera
     for (int k = 0; k < K; ++k) index += cdf[k] <= target;
     return std::min(index, K - 1);
 }
+
+#define MICROTEX_MATVEC_BODY                                                            \
+    int i = 0;                                                                          \
+    for (; i + 4 <= n_in; i += 4) {                                                     \
+        const float x0 = x[i], x1 = x[i + 1], x2 = x[i + 2], x3 = x[i + 3];             \
+        const float* __restrict r0 = wt + std::size_t(i) * n_out;                      \
+        const float* __restrict r1 = r0 + n_out;                                        \
+        const float* __restrict r2 = r1 + n_out;                                        \
+        const float* __restrict r3 = r2 + n_out;                                        \
+        for (int o = 0; o < n_out; ++o) y[o] += r0[o] * x0 + r1[o] * x1 + r2[o] * x2 + r3[o] * x3; \
+    }                                                                                   \
+    for (; i < n_in; ++i) {                                                             \
+        const float xi = x[i];                                                          \
+        const float* __restrict row = wt + std::size_t(i) * n_out;                     \
+        for (int o = 0; o < n_out; ++o) y[o] += row[o] * xi;                            \
+    }
+
+inline void matvec_add_generic(const float* __restrict wt, const float* __restrict x, int n_in,
+                               int n_out, float* __restrict y) {
+    MICROTEX_MATVEC_BODY
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define MICROTEX_HAVE_AVX2_SAMPLER 1
+__attribute__((target("avx2,fma"))) inline void matvec_add_avx2(const float* __restrict wt,
+                                                                const float* __restrict x, int n_in,
+                                                                int n_out, float* __restrict y) {
+    MICROTEX_MATVEC_BODY
+}
+#endif
+#undef MICROTEX_MATVEC_BODY
 
 class PixelCNNSampler {
   public:
@@ -142,9 +174,13 @@ class PixelCNNSampler {
              int n_threads) const {
         const double work = double(n) * s_.side * s_.side * s_.n_layers * s_.hidden * s_.hidden * 8.0;
         const int nt = threads_for(work, n_threads);
+        if (n < nt) {  // few samples: threads share each row step's columns instead
+            run_chunk(0, n, conditions, seed, first_sample, temperature, forced, indices, logits, nt);
+            return;
+        }
         parallel_chunks(n, nt, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
             run_chunk(int(lo), int(hi - lo), conditions, seed, first_sample, temperature, forced,
-                      indices, logits);
+                      indices, logits, 1);
         });
     }
 
@@ -163,20 +199,20 @@ class PixelCNNSampler {
             for (int c = 0; c < cols; ++c) out[std::size_t(c) * rows + r] = src[std::size_t(r) * cols + c];
         return out;
     }
-    // y[o] += sum_i x[i] wt[i][o], o < n_out
+    // y[o] += sum_i x[i] wt[i][o], o < n_out: four inputs per pass over y, so each
+    // load and store of y carries four multiply-adds; an AVX2/FMA build is chosen
+    // at run time (matvec_add_avx2 below).
     static void matvec_add(const float* wt, const float* x, int n_in, int n_out, float* y) {
-        for (int i = 0; i < n_in; ++i) {
-            const float xi = x[i];
-            if (xi == 0.0f) continue;
-            const float* row = wt + std::size_t(i) * n_out;
-            for (int o = 0; o < n_out; ++o) y[o] += row[o] * xi;
-        }
+#ifdef MICROTEX_HAVE_AVX2_SAMPLER
+        if (cpu_has_avx2_fma()) return matvec_add_avx2(wt, x, n_in, n_out, y);
+#endif
+        matvec_add_generic(wt, x, n_in, n_out, y);
     }
     static float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
     void run_chunk(int lo, int n, const float* conditions, std::uint64_t seed,
                    std::uint64_t first_sample, double temperature, bool forced,
-                   std::int64_t* indices, float* logits) const {
+                   std::int64_t* indices, float* logits, int row_threads) const {
         const int S = s_.side, p = s_.hidden, p2 = 2 * p, E = s_.embedding_dim, K = s_.n_codes;
         const int L = s_.n_layers, nc = s_.n_conditions;
         // caches, [row][col][sample][channel]
@@ -205,7 +241,7 @@ class PixelCNNSampler {
         }
         // per-sample scratch, [sample][channel]: loops run a weight block over every
         // sample of the chunk before the next block, so the block stays in cache
-        std::vector<float> s(std::size_t(n) * p2), pre(p2), gated(p);
+        std::vector<float> pre(p2), gated(p);
         std::vector<float> hidden(std::size_t(n) * s_.head), out(std::size_t(n) * K);
         std::vector<double> cdf(K);
         auto at = [&](int row, int col, int b, int channels) {
@@ -213,37 +249,46 @@ class PixelCNNSampler {
         };
         constexpr int kHeadBlock = 16;  // rows of the output layer's weights per pass (32 KB at K=512)
         for (int i = 0; i < S; ++i) {
-            // row step: vertical stacks of row i-1 and the links of row i
+            // row step: vertical stacks of row i-1 and the links of row i; a layer's
+            // columns are independent (the next layer waits for all of them)
             for (int l = 0; l < L; ++l) {
                 const Layer& Ly = layers_[l];
                 const std::vector<float>& in = l == 0 ? x0 : v[l - 1];
-                for (int c = 0; c < S; ++c) {
-                    for (int b = 0; b < n; ++b) std::copy(Ly.bv.begin(), Ly.bv.end(), s.begin() + std::size_t(b) * p2);
-                    for (int kh = 0; kh <= Ly.half; ++kh) {
-                        const int r = i - 1 - Ly.half + kh;
-                        if (r < 0) continue;
-                        for (int kw = 0; kw < Ly.k; ++kw) {
-                            const int cc = c - Ly.half + kw;
-                            if (cc < 0 || cc >= S) continue;
-                            const float* block = Ly.wv.data() + (std::size_t(kh) * Ly.k + kw) * Ly.cin * p2;
-                            for (int b = 0; b < n; ++b)
-                                matvec_add(block, in.data() + at(r, cc, b, Ly.cin), Ly.cin, p2,
-                                           s.data() + std::size_t(b) * p2);
+                auto columns = [&](std::ptrdiff_t c0, std::ptrdiff_t c1, int) {
+                    std::vector<float> sl(std::size_t(n) * p2);
+                    for (std::ptrdiff_t cp = c0; cp < c1; ++cp) {
+                        const int c = int(cp);
+                        for (int b = 0; b < n; ++b) std::copy(Ly.bv.begin(), Ly.bv.end(), sl.begin() + std::size_t(b) * p2);
+                        for (int kh = 0; kh <= Ly.half; ++kh) {
+                            const int r = i - 1 - Ly.half + kh;
+                            if (r < 0) continue;
+                            for (int kw = 0; kw < Ly.k; ++kw) {
+                                const int cc = c - Ly.half + kw;
+                                if (cc < 0 || cc >= S) continue;
+                                const float* block = Ly.wv.data() + (std::size_t(kh) * Ly.k + kw) * Ly.cin * p2;
+                                for (int b = 0; b < n; ++b)
+                                    matvec_add(block, in.data() + at(r, cc, b, Ly.cin), Ly.cin, p2,
+                                               sl.data() + std::size_t(b) * p2);
+                            }
+                        }
+                        for (int b = 0; b < n; ++b) {
+                            const float* sb = sl.data() + std::size_t(b) * p2;
+                            if (!Ly.last && i > 0) {
+                                const float* vc = vcond[l].data() + std::size_t(b) * p2;
+                                float* dst = v[l].data() + at(i - 1, c, b, p);
+                                for (int q = 0; q < p; ++q)
+                                    dst[q] = std::tanh(sb[q] + vc[q]) * sigmoid(sb[q + p] + vc[q + p]);
+                            }
+                            float* lk = link[l].data() + (std::size_t(c) * n + b) * p2;
+                            std::copy(Ly.bvh.begin(), Ly.bvh.end(), lk);
+                            matvec_add(Ly.wvh.data(), sb, p2, p2, lk);
                         }
                     }
-                    for (int b = 0; b < n; ++b) {
-                        const float* sb = s.data() + std::size_t(b) * p2;
-                        if (!Ly.last && i > 0) {
-                            const float* vc = vcond[l].data() + std::size_t(b) * p2;
-                            float* dst = v[l].data() + at(i - 1, c, b, p);
-                            for (int q = 0; q < p; ++q)
-                                dst[q] = std::tanh(sb[q] + vc[q]) * sigmoid(sb[q + p] + vc[q + p]);
-                        }
-                        float* lk = link[l].data() + (std::size_t(c) * n + b) * p2;
-                        std::copy(Ly.bvh.begin(), Ly.bvh.end(), lk);
-                        matvec_add(Ly.wvh.data(), sb, p2, p2, lk);
-                    }
-                }
+                };
+                if (row_threads > 1 && i > 0)
+                    parallel_chunks(S, row_threads, columns);
+                else
+                    columns(0, S, 0);
             }
             // position steps
             for (int j = 0; j < S; ++j) {
