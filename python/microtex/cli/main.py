@@ -24,6 +24,8 @@ from microtex.cli import (
     stereology,
     study,
     train,
+    train_prior,
+    train_vqvae,
 )
 
 __all__ = ["main"]
@@ -31,7 +33,8 @@ __all__ = ["main"]
 #: One module per command: each has ``add_parser(subparsers)`` and ``run(args) -> int``.
 COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train,
             "predict": predict, "serve": serve, "bench": bench, "export-triton": export_triton,
-            "stereology": stereology, "mks": mks, "generate": generate}
+            "stereology": stereology, "mks": mks, "train-vqvae": train_vqvae,
+            "train-prior": train_prior, "generate": generate}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -11,9 +11,15 @@ position; sampling a map and decoding it makes a new micrograph.
 * :mod:`~microtex.generative.pixelcnn`: :class:`~microtex.generative.pixelcnn.PixelCNNConfig`
   and ``GatedPixelCNN``, the prior over index maps (vertical and horizontal
   stacks without blind spot, condition bias in every gate). Torch.
+* :mod:`~microtex.generative.data`: patches of micrographs with their
+  conditions (a CSV), split by source image. NumPy.
+* :mod:`~microtex.generative.train`: seeded, validated, resumable training of
+  the VQ-VAE and of the prior on its index maps. Torch.
 * :mod:`~microtex.generative.export`: encoder, decoder and PixelCNN to ONNX
-  through :mod:`microtex.engine.export`, and the PixelCNN weights as an
-  ``.npz`` a sampler outside PyTorch reads.
+  through :mod:`microtex.engine.export`, the PixelCNN weights as an ``.npz``,
+  and all of it as a ``generator`` bundle (``save_generator``).
+* :mod:`~microtex.generative.sample`: the ``Generator`` a bundle loads as:
+  the cached C++ sampler and the naive reference, decoding. ONNX Runtime.
 
 ``import microtex.generative`` is cheap: nothing here imports PyTorch; the two
 model modules do, when they are imported.
