@@ -107,6 +107,94 @@ __attribute__((target("avx2,fma"))) inline void matvec_add_avx2(const float* __r
 #endif
 #undef MICROTEX_MATVEC_BODY
 
+// The gate tanh(a) sigmoid(b) of p channels, out[q] = tanh(a[q] + ca[q]) *
+// sigmoid(b[q] + cb[q]) with a = pre[0 .. p), b = pre[p .. 2p), c the optional
+// bias. exp by Cody-Waite reduction and a degree-6 polynomial (relative error
+// about 2e-7, below float32 rounding of the logits' sums): libm's tanhf and expf
+// do not vectorize, and with them the gates cost more than every product.
+#define MICROTEX_GATE_BODY                                                                     \
+    for (int q = 0; q < p; ++q) {                                                              \
+        const float a = pre[q] + (bias ? bias[q] : 0.0f);                                      \
+        const float b = pre[q + p] + (bias ? bias[q + p] : 0.0f);                              \
+        float e[2] = {-2.0f * a, -b};                                                          \
+        for (int t = 0; t < 2; ++t) {                                                          \
+            float x = std::min(88.0f, std::max(-87.0f, e[t]));                                 \
+            const float k = std::floor(x * 1.44269504088896341f + 0.5f);                       \
+            const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-6f;          \
+            float poly = 1.0f / 720.0f;                                                        \
+            poly = poly * r + 1.0f / 120.0f;                                                   \
+            poly = poly * r + 1.0f / 24.0f;                                                    \
+            poly = poly * r + 1.0f / 6.0f;                                                     \
+            poly = poly * r + 0.5f;                                                            \
+            poly = poly * r + 1.0f;                                                            \
+            poly = poly * r + 1.0f;                                                            \
+            const int bits = (int(k) + 127) << 23;                                             \
+            float scale;                                                                       \
+            __builtin_memcpy(&scale, &bits, 4);                                                \
+            e[t] = poly * scale;                                                               \
+        }                                                                                      \
+        out[q] = (2.0f / (1.0f + e[0]) - 1.0f) / (1.0f + e[1]);                                \
+    }
+
+inline void gate_generic(const float* __restrict pre, const float* __restrict bias, int p,
+                         float* __restrict out) {
+    MICROTEX_GATE_BODY
+}
+
+#ifdef MICROTEX_HAVE_AVX2_SAMPLER
+__attribute__((target("avx2,fma"))) inline void gate_avx2(const float* __restrict pre,
+                                                          const float* __restrict bias, int p,
+                                                          float* __restrict out) {
+    MICROTEX_GATE_BODY
+}
+#endif
+#undef MICROTEX_GATE_BODY
+
+#ifdef MICROTEX_HAVE_AVX2_SAMPLER
+// Y[b][o] += sum_i X[b][i] W[i][o] for 4 samples and 16 outputs per tile: each
+// weight vector loaded once serves four samples, the 8 accumulators stay in
+// registers over the whole input loop. Rows of X are ldx apart, of Y ldy apart.
+__attribute__((target("avx2,fma"))) inline void matmat_add_avx2(const float* __restrict w,
+                                                                const float* __restrict x, long ldx,
+                                                                int n, int n_in, int n_out,
+                                                                float* __restrict y, long ldy) {
+    typedef float v8 __attribute__((vector_size(32)));
+    int b = 0;
+    for (; b + 4 <= n; b += 4) {
+        int o = 0;
+        for (; o + 16 <= n_out; o += 16) {
+            v8 acc[4][2];
+            for (int r = 0; r < 4; ++r) {
+                __builtin_memcpy(&acc[r][0], y + (b + r) * ldy + o, 32);
+                __builtin_memcpy(&acc[r][1], y + (b + r) * ldy + o + 8, 32);
+            }
+            for (int i = 0; i < n_in; ++i) {
+                v8 w0, w1;
+                __builtin_memcpy(&w0, w + std::size_t(i) * n_out + o, 32);
+                __builtin_memcpy(&w1, w + std::size_t(i) * n_out + o + 8, 32);
+                for (int r = 0; r < 4; ++r) {
+                    const float xv = x[(b + r) * ldx + i];
+                    const v8 xb = {xv, xv, xv, xv, xv, xv, xv, xv};
+                    acc[r][0] += w0 * xb;
+                    acc[r][1] += w1 * xb;
+                }
+            }
+            for (int r = 0; r < 4; ++r) {
+                __builtin_memcpy(y + (b + r) * ldy + o, &acc[r][0], 32);
+                __builtin_memcpy(y + (b + r) * ldy + o + 8, &acc[r][1], 32);
+            }
+        }
+        for (; o < n_out; ++o)
+            for (int r = 0; r < 4; ++r) {
+                float sum = y[(b + r) * ldy + o];
+                for (int i = 0; i < n_in; ++i) sum += x[(b + r) * ldx + i] * w[std::size_t(i) * n_out + o];
+                y[(b + r) * ldy + o] = sum;
+            }
+    }
+    for (; b < n; ++b) matvec_add_avx2(w, x + b * ldx, n_in, n_out, y + b * ldy);
+}
+#endif
+
 class PixelCNNSampler {
   public:
     PixelCNNSampler(const PixelCNNShape& s, const PixelCNNWeights& w) : s_(s) {
@@ -208,7 +296,20 @@ class PixelCNNSampler {
 #endif
         matvec_add_generic(wt, x, n_in, n_out, y);
     }
-    static float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+    // Y[b] += X[b] W for the n samples of a chunk (rows ldx and ldy apart).
+    static void matmat_add(const float* wt, const float* x, long ldx, int n, int n_in, int n_out,
+                           float* y, long ldy) {
+#ifdef MICROTEX_HAVE_AVX2_SAMPLER
+        if (cpu_has_avx2_fma()) return matmat_add_avx2(wt, x, ldx, n, n_in, n_out, y, ldy);
+#endif
+        for (int b = 0; b < n; ++b) matvec_add_generic(wt, x + b * ldx, n_in, n_out, y + b * ldy);
+    }
+    static void gate(const float* pre, const float* bias, int p, float* out) {
+#ifdef MICROTEX_HAVE_AVX2_SAMPLER
+        if (cpu_has_avx2_fma()) return gate_avx2(pre, bias, p, out);
+#endif
+        gate_generic(pre, bias, p, out);
+    }
 
     void run_chunk(int lo, int n, const float* conditions, std::uint64_t seed,
                    std::uint64_t first_sample, double temperature, bool forced,
@@ -241,7 +342,7 @@ class PixelCNNSampler {
         }
         // per-sample scratch, [sample][channel]: loops run a weight block over every
         // sample of the chunk before the next block, so the block stays in cache
-        std::vector<float> pre(p2), gated(p);
+        std::vector<float> pre(std::size_t(n) * p2), gated(std::size_t(n) * p);
         std::vector<float> hidden(std::size_t(n) * s_.head), out(std::size_t(n) * K);
         std::vector<double> cdf(K);
         auto at = [&](int row, int col, int b, int channels) {
@@ -266,18 +367,15 @@ class PixelCNNSampler {
                                 const int cc = c - Ly.half + kw;
                                 if (cc < 0 || cc >= S) continue;
                                 const float* block = Ly.wv.data() + (std::size_t(kh) * Ly.k + kw) * Ly.cin * p2;
-                                for (int b = 0; b < n; ++b)
-                                    matvec_add(block, in.data() + at(r, cc, b, Ly.cin), Ly.cin, p2,
-                                               sl.data() + std::size_t(b) * p2);
+                                matmat_add(block, in.data() + at(r, cc, 0, Ly.cin), Ly.cin, n, Ly.cin,
+                                           p2, sl.data(), p2);
                             }
                         }
                         for (int b = 0; b < n; ++b) {
                             const float* sb = sl.data() + std::size_t(b) * p2;
                             if (!Ly.last && i > 0) {
-                                const float* vc = vcond[l].data() + std::size_t(b) * p2;
-                                float* dst = v[l].data() + at(i - 1, c, b, p);
-                                for (int q = 0; q < p; ++q)
-                                    dst[q] = std::tanh(sb[q] + vc[q]) * sigmoid(sb[q + p] + vc[q + p]);
+                                gate(sb, vcond[l].data() + std::size_t(b) * p2, p,
+                                     v[l].data() + at(i - 1, c, b, p));
                             }
                             float* lk = link[l].data() + (std::size_t(c) * n + b) * p2;
                             std::copy(Ly.bvh.begin(), Ly.bvh.end(), lk);
@@ -297,39 +395,41 @@ class PixelCNNSampler {
                     for (int b = 0; b < n; ++b) {
                         const float* lk = link[l].data() + (std::size_t(j) * n + b) * p2;
                         const float* hc = hcond[l].data() + std::size_t(b) * p2;
-                        for (int o = 0; o < p2; ++o) pre[o] = Ly.bh[o] + lk[o] + hc[o];
-                        for (int x = 0; x < Ly.width; ++x) {
-                            const int cc = j - Ly.half + x;
-                            if (cc < 0) continue;
-                            const float* in = l == 0 ? x0.data() + at(i, cc, b, E)
-                                                     : h[l - 1].data() + (std::size_t(cc) * n + b) * p;
-                            matvec_add(Ly.wh.data() + std::size_t(x) * Ly.cin * p2, in, Ly.cin, p2,
-                                       pre.data());
-                        }
-                        for (int q = 0; q < p; ++q) gated[q] = std::tanh(pre[q]) * sigmoid(pre[q + p]);
-                        float* dst = h[l].data() + (std::size_t(j) * n + b) * p;
-                        std::copy(Ly.bho.begin(), Ly.bho.end(), dst);
-                        matvec_add(Ly.who.data(), gated.data(), p, p, dst);
-                        if (l > 0) {
-                            const float* res = h[l - 1].data() + (std::size_t(j) * n + b) * p;
-                            for (int q = 0; q < p; ++q) dst[q] += res[q];
-                        }
+                        float* pb = pre.data() + std::size_t(b) * p2;
+                        for (int o = 0; o < p2; ++o) pb[o] = Ly.bh[o] + lk[o] + hc[o];
+                    }
+                    for (int x = 0; x < Ly.width; ++x) {
+                        const int cc = j - Ly.half + x;
+                        if (cc < 0) continue;
+                        const float* in = l == 0 ? x0.data() + at(i, cc, 0, E)
+                                                 : h[l - 1].data() + std::size_t(cc) * n * p;
+                        matmat_add(Ly.wh.data() + std::size_t(x) * Ly.cin * p2, in, Ly.cin, n,
+                                   Ly.cin, p2, pre.data(), p2);
+                    }
+                    float* dst = h[l].data() + std::size_t(j) * n * p;  // (n, p) of column j
+                    for (int b = 0; b < n; ++b) {
+                        const float* pb = pre.data() + std::size_t(b) * p2;
+                        gate(pb, nullptr, p, gated.data() + std::size_t(b) * p);
+                        std::copy(Ly.bho.begin(), Ly.bho.end(), dst + std::size_t(b) * p);
+                    }
+                    matmat_add(Ly.who.data(), gated.data(), p, n, p, p, dst, p);
+                    if (l > 0) {
+                        const float* res = h[l - 1].data() + std::size_t(j) * n * p;
+                        for (std::size_t q = 0; q < std::size_t(n) * p; ++q) dst[q] += res[q];
                     }
                 }
-                // the head, its output weights a block of rows at a time over every sample
+                // the head
                 for (int b = 0; b < n; ++b) {
-                    float* hb = hidden.data() + std::size_t(b) * s_.head;
-                    std::copy(bhh_.begin(), bhh_.end(), hb);
-                    matvec_add(whh_.data(), h[L - 1].data() + (std::size_t(j) * n + b) * p, p, s_.head, hb);
-                    for (int q = 0; q < s_.head; ++q) hb[q] = std::max(hb[q], 0.0f);
+                    std::copy(bhh_.begin(), bhh_.end(), hidden.begin() + std::size_t(b) * s_.head);
                     std::copy(bout_.begin(), bout_.end(), out.begin() + std::size_t(b) * K);
                 }
-                for (int q0 = 0; q0 < s_.head; q0 += kHeadBlock) {
+                matmat_add(whh_.data(), h[L - 1].data() + std::size_t(j) * n * p, p, n, p, s_.head,
+                           hidden.data(), s_.head);
+                for (float& v_ : hidden) v_ = std::max(v_, 0.0f);
+                for (int q0 = 0; q0 < s_.head; q0 += kHeadBlock) {  // output weights in cache-sized blocks
                     const int rows = std::min(kHeadBlock, s_.head - q0);
-                    for (int b = 0; b < n; ++b)
-                        matvec_add(wout_.data() + std::size_t(q0) * K,
-                                   hidden.data() + std::size_t(b) * s_.head + q0, rows, K,
-                                   out.data() + std::size_t(b) * K);
+                    matmat_add(wout_.data() + std::size_t(q0) * K, hidden.data() + q0, s_.head, n,
+                               rows, K, out.data(), K);
                 }
                 for (int b = 0; b < n; ++b) {
                     const float* ob = out.data() + std::size_t(b) * K;
