@@ -15,6 +15,7 @@ import threading
 from microtex.cli import (
     bench,
     demo,
+    evaluate_generated,
     export_triton,
     featurize,
     generate,
@@ -34,7 +35,8 @@ __all__ = ["main"]
 COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train,
             "predict": predict, "serve": serve, "bench": bench, "export-triton": export_triton,
             "stereology": stereology, "mks": mks, "train-vqvae": train_vqvae,
-            "train-prior": train_prior, "generate": generate}
+            "train-prior": train_prior, "generate": generate,
+            "evaluate-generated": evaluate_generated}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -20,6 +20,10 @@ position; sampling a map and decoding it makes a new micrograph.
   and all of it as a ``generator`` bundle (``save_generator``).
 * :mod:`~microtex.generative.sample`: the ``Generator`` a bundle loads as:
   the cached C++ sampler and the naive reference, decoding. ONNX Runtime.
+* :mod:`~microtex.generative.evaluate`: generated vs real micrographs per
+  condition: Otsu V_f, mean free path d_f and particle size (distributions,
+  Wasserstein distances, box plots), a Fréchet distance on VGG features, PCA
+  of the encoder's outputs and of the codebook.
 
 ``import microtex.generative`` is cheap: nothing here imports PyTorch; the two
 model modules do, when they are imported.

@@ -421,26 +421,12 @@ def compare_sets(real, generated, *, threshold: str | float = "otsu", phase: str
 
 
 def _encode(generator, images, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """``z_e`` ``(n, D, h, w)`` and index maps ``(n, h, w)`` of images ``(n, s, s)`` in [0, 1].
-
-    ``Generator.encode`` returns the index maps only; the encoder graph also outputs
-    ``z_e`` (:func:`microtex.generative.export.export_encoder`), read here through the
-    generator's encoder session.
-    """
+    """``z_e`` ``(n, D, h, w)`` and index maps ``(n, h, w)`` of images ``(n, s, s)`` in [0, 1]."""
     images = np.asarray(images, dtype=np.float32)
-    side = generator.image_size
-    if images.ndim != 3 or images.shape[1:] != (side, side) or not len(images):
+    if images.ndim != 3 or not len(images):
+        side = generator.image_size
         raise ValueError(f"images must be (n >= 1, {side}, {side}), got shape {images.shape}")
-    if not np.isfinite(images).all():
-        raise ValueError("images contain NaN or infinite values")
-    session = generator._sessions["encoder"]
-    latents, indices = [], []
-    for lo in range(0, len(images), batch_size):
-        scaled = images[lo:lo + batch_size, None] * np.float32(2.0) - np.float32(1.0)
-        found = session.run(scaled, outputs=["z_e", "indices"])
-        latents.append(found["z_e"])
-        indices.append(found["indices"])
-    return np.concatenate(latents), np.concatenate(indices)
+    return generator.encode_latents(images, batch_size=batch_size)
 
 
 def encoder_latents(generator, images) -> np.ndarray:
@@ -516,7 +502,7 @@ def codebook_vectors(generator) -> np.ndarray:
     onnx = require_onnx("reading the codebook from decoder.onnx")
     from onnx import numpy_helper
 
-    path = generator._sessions["decoder"].path
+    path = generator.decoder_path
     graph = onnx.load(path).graph
     tables = {t.name: t for t in graph.initializer}
     for node in graph.node:

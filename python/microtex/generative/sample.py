@@ -314,18 +314,36 @@ class Generator:
         image = self._sessions["decoder"].run(indices.astype(np.int64), outputs=["image"])["image"]
         return np.clip((image[:, 0] + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
 
-    def encode(self, images) -> np.ndarray:
-        """Index maps ``(n, latent, latent)`` of images ``(n, size, size)`` in [0, 1]."""
+    def encode_latents(self, images, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """The encoder's ``z_e`` ``(n, D, latent, latent)`` and index maps ``(n, latent, latent)``.
+
+        ``images`` is ``(n, size, size)`` (or one ``(size, size)``) in [0, 1].
+        """
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 2:
             images = images[None]
         side = self.image_size
-        if images.ndim != 3 or images.shape[1:] != (side, side):
-            raise ValueError(f"images must be (n, {side}, {side}), got shape {images.shape}")
+        if images.ndim != 3 or images.shape[1:] != (side, side) or not len(images):
+            raise ValueError(f"images must be (n >= 1, {side}, {side}), got shape {images.shape}")
         if not np.isfinite(images).all():
             raise ValueError("images contain NaN or infinite values")
-        scaled = (images[:, None] * 2.0 - 1.0).astype(np.float32)
-        return self._sessions["encoder"].run(scaled, outputs=["indices"])["indices"]
+        batch_size = check_positive_int("batch_size", batch_size)
+        latents, indices = [], []
+        for lo in range(0, len(images), batch_size):
+            scaled = images[lo:lo + batch_size, None] * np.float32(2.0) - np.float32(1.0)
+            found = self._sessions["encoder"].run(scaled, outputs=["z_e", "indices"])
+            latents.append(found["z_e"])
+            indices.append(found["indices"])
+        return np.concatenate(latents), np.concatenate(indices)
+
+    def encode(self, images) -> np.ndarray:
+        """Index maps ``(n, latent, latent)`` of images ``(n, size, size)`` in [0, 1]."""
+        return self.encode_latents(images)[1]
+
+    @property
+    def decoder_path(self):
+        """The bundle's ``decoder.onnx`` (its graph holds the codebook)."""
+        return self._sessions["decoder"].path
 
     def generate(self, condition, n: int, **sampling: Any) -> np.ndarray:
         """``n`` images for ``condition``: :meth:`sample_indices`, then :meth:`decode`."""
