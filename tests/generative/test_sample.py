@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -184,6 +186,9 @@ def test_bad_conditions_fail_clearly_and_extrapolation_warns(bundle_dir):
     with pytest.warns(UserWarning, match=r"'ln_t' = 9 is outside the training range \[2, 4.5\]"):
         assert generator.check_conditions(9.0, 2).tolist() == [[9.0], [9.0]]
     np.testing.assert_array_equal(generator.check_conditions(3.25, 3), np.full((3, 1), 3.25))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the range's own ends, as float32 rounds them, are inside
+        generator.check_conditions([[float(np.float32(4.5))], [2.0 - 1e-7]], 2)
 
 
 def test_a_tampered_bundle_and_mismatched_models_are_refused(models, bundle_dir, tmp_path):

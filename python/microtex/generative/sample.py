@@ -216,7 +216,10 @@ class Generator:
                              f"(sample {row}): conditions must be finite numbers")  # fmt: skip
         for col, name in enumerate(self._condition.names):
             low, high = self._condition.low[col], self._condition.high[col]
-            outside = values[:, col][(values[:, col] < low) | (values[:, col] > high)]
+            # conditions travel as float32: a training value read back is not "outside"
+            slack = 1e-6 * max(1.0, abs(low), abs(high))
+            column = values[:, col]
+            outside = column[(column < low - slack) | (column > high + slack)]
             if outside.size:
                 warnings.warn(f"condition {name!r} = {outside[0]:g} is outside the training "
                               f"range [{low:g}, {high:g}]: the generator extrapolates",
