@@ -8,9 +8,16 @@ Routes (``create_app``):
   FP32 ``[h, w]`` or ``[n, h, w]`` in [0, 1];
 * ``POST /v1/{name}:predict``: one image file (PNG, JPEG, TIFF, BMP) as the raw
   body or as a multipart field; answers features, or class probabilities;
+* a ``generator`` bundle instead answers ``POST /v1/{name}:generate`` (JSON
+  ``{"condition": 3.0 or [..], "n": 4, "seed": 0, "temperature": 1.0}`` →
+  base64 PNGs) and ``/v2/models/{name}/infer`` with input ``conditions`` FP32
+  ``[n, n_conditions]`` (``parameters``: ``seed``, ``temperature``) → output
+  ``image`` FP32 ``[n, h, w]`` in [0, 1]; at most :data:`MAX_GENERATED` images
+  a request;
 * ``GET /metrics``: Prometheus text.
 
-Every request goes through the model's :class:`~microtex.serve.batcher.MicroBatcher`.
+Every request goes through the model's :class:`~microtex.serve.batcher.MicroBatcher`
+(a generator's requests run one at a time: each has its own seed).
 Limits: upload size (413), the decoders' pixel and byte limits (400), a bounded
 queue (503 with ``Retry-After``), a request timeout (504). With a token every
 route but the health checks needs ``Authorization: Bearer <token>`` (401).
@@ -27,6 +34,7 @@ import pathlib
 import re
 import threading
 import time
+import warnings
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -38,18 +46,23 @@ except ImportError:  # pragma: no cover - the serve extra is not installed
 
 from microtex.serve.batcher import MicroBatcher, QueueFullError
 
-__all__ = ["ServedModel", "create_app"]
+__all__ = ["MAX_GENERATED", "ServedModel", "create_app"]
+
+#: Most images one generate request may ask for.
+MAX_GENERATED = 64
 
 log = logging.getLogger("microtex.serve")
 
-_MODEL_ROUTE = re.compile(r"/v[12]/(?:models/)?(?P<name>[^/:]+)(?:/|:)(?P<route>infer|predict)$")
+_MODEL_ROUTE = re.compile(
+    r"/v[12]/(?:models/)?(?P<name>[^/:]+)(?:/|:)(?P<route>infer|predict|generate)$"
+)
 
 #: Upper bounds (seconds) of the latency histogram's buckets.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class ServedModel:
-    """A loaded bundle (texture featurizer or classifier) with its batcher."""
+    """A loaded bundle (texture featurizer, classifier or generator) with its batcher."""
 
     def __init__(self, name: str, path, *, max_batch_size: int, max_delay_ms: float,
                  max_queue: int):  # fmt: skip
@@ -57,22 +70,52 @@ class ServedModel:
 
         self.name, self.path = name, pathlib.Path(path)
         self.model = load_bundle(self.path)  # checksums verified
+        self.generator = hasattr(self.model, "sample_indices")
         self.classifier = hasattr(self.model, "classes_") and hasattr(self.model, "featurizer")
         self.featurizer = self.model.featurizer if self.classifier else self.model
-        self.output = "probabilities" if self.classifier else "features"
-        self.batcher = MicroBatcher(self._run, max_batch_size=max_batch_size,
+        self.output = ("image" if self.generator else
+                       "probabilities" if self.classifier else "features")  # fmt: skip
+        run = self._generate if self.generator else self._run
+        self.batcher = MicroBatcher(run, max_batch_size=1 if self.generator else max_batch_size,
                                     max_delay_ms=max_delay_ms, max_queue=max_queue)  # fmt: skip
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         features = self.featurizer.transform(batch)
         return self.model.predict_proba_features(features) if self.classifier else features
 
+    @staticmethod
+    def generation_request(conditions: np.ndarray, seed: int, temperature: float) -> np.ndarray:
+        """One generate request as the batcher carries it: ``(n, n_conditions + 2)`` float64,
+        the conditions then the temperature and the seed in every row."""
+        n = len(conditions)
+        return np.column_stack([conditions, np.full(n, temperature), np.full(n, float(seed))])
+
+    def _generate(self, batch: np.ndarray) -> np.ndarray:
+        (request,) = batch  # one request a batch: max_batch_size is 1 for a generator
+        conditions, temperature, seed = request[:, :-2], request[0, -2], int(request[0, -1])
+        images = self.model.generate(conditions, len(request), seed=seed, temperature=temperature)
+        return images[None]  # the batcher hands each request its row of the batch
+
     def warm_up(self) -> None:
         """One run at a typical size: first-run costs are paid before the service is ready."""
+        if self.generator:
+            middle = self.model.condition_range.mean(axis=1)
+            self._generate(self.generation_request(middle[None], 0, 1.0)[None])
+            return
         side = max(64, self.featurizer.pipeline_.plan.min_side)
         self._run(np.zeros((1, side, side), np.float32))
 
     def metadata(self) -> dict:
+        if self.generator:
+            side, k = self.model.image_size, len(self.model.condition_names)
+            return {
+                "name": self.name, "versions": ["1"], "platform": "microtex",
+                "inputs": [{"name": "conditions", "datatype": "FP32", "shape": [-1, k]}],
+                "outputs": [{"name": "image", "datatype": "FP32", "shape": [-1, side, side]}],
+                "parameters": {"conditions": list(self.model.condition_names),
+                               "training_range": self.model.condition_range.tolist(),
+                               "max_images": MAX_GENERATED},
+            }  # fmt: skip
         width = len(self.model.classes_) if self.classifier else self.featurizer.n_features_out_
         meta = {
             "name": self.name,
@@ -244,6 +287,8 @@ def create_app(bundles: dict, *, max_batch_size: int = 8, max_delay_ms: float = 
         body = await request.body()
         if (refused := oversized(len(body))) is not None:
             return refused
+        if served.generator:
+            return await generate_tensor(name, served, body)
         try:
             document = json.loads(body)
             (tensor,) = [t for t in document["inputs"] if t["name"] == "image"]
@@ -261,6 +306,88 @@ def create_app(bundles: dict, *, max_batch_size: int = 8, max_delay_ms: float = 
             {"name": served.output, "datatype": "FP32", "shape": list(values.shape),
              "data": values.ravel().tolist()}]}  # fmt: skip
 
+    def generation(served: ServedModel, conditions, n, seed, temperature) -> np.ndarray:
+        """The batcher's request array, every value checked (ValueError names the bad one)."""
+        from microtex._validation import check_int, check_positive_int, check_real
+
+        n = check_positive_int("n", n)
+        if n > MAX_GENERATED:
+            raise ValueError(f"n = {n}: at most {MAX_GENERATED} images a request")
+        seed = check_int("seed", seed, 0)
+        if seed >= 2**53:  # carried as a float64 through the batcher
+            raise ValueError(f"seed must be below 2**53, got {seed}")
+        temperature = check_real("temperature", temperature, minimum=0.0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows = served.model.check_conditions(conditions, n)
+        for warning in caught:  # extrapolation: answered, and logged
+            log.warning("%s: %s", served.name, warning.message)
+        return served.generation_request(rows.astype(np.float64), seed, temperature)
+
+    async def generate_tensor(name: str, served: ServedModel, body: bytes):
+        try:
+            document = json.loads(body)
+            found = [t for t in document["inputs"] if t["name"] == "conditions"]
+            if len(found) != 1:
+                names = [t.get("name") for t in document["inputs"]]
+                raise ValueError(f"a generator takes one input 'conditions'; got {names}")
+            (tensor,) = found
+            shape = [int(n) for n in tensor["shape"]]
+            if tensor.get("datatype", "FP32") != "FP32" or len(shape) != 2:
+                raise ValueError("input 'conditions' must be FP32 of shape [n, n_conditions]")
+            conditions = np.asarray(tensor["data"], dtype=np.float64).reshape(shape)
+            parameters = document.get("parameters") or {}
+            request_array = generation(served, conditions, shape[0], parameters.get("seed", 0),
+                                       parameters.get("temperature", 1.0))  # fmt: skip
+        except (ValueError, KeyError, TypeError) as exc:
+            return error(400, f"bad inference request: {exc}")
+        values, failure = await guarded(served, [request_array])
+        if failure is not None:
+            return failure
+        images = values[0]
+        return {"model_name": name, "model_version": "1", "outputs": [
+            {"name": "image", "datatype": "FP32", "shape": list(images.shape),
+             "data": images.ravel().tolist()}]}  # fmt: skip
+
+    @app.post("/v1/{name}:generate")
+    async def generate(name: str, request: Request):
+        import base64
+        import io
+
+        from PIL import Image
+
+        refused = unknown(name) or declared_oversized(request)
+        if refused is not None:
+            return refused
+        served = models[name]
+        if not served.generator:
+            return error(400, f"model {name!r} is not a generator; use :predict")
+        body = await request.body()
+        if (refused := oversized(len(body))) is not None:
+            return refused
+        try:
+            document = json.loads(body)
+            if not isinstance(document, dict) or "condition" not in document:
+                raise ValueError('send a JSON object with "condition" (and "n", "seed", '
+                                 '"temperature")')  # fmt: skip
+            n, seed = document.get("n", 1), document.get("seed", 0)
+            request_array = generation(served, document["condition"], n, seed,
+                                       document.get("temperature", 1.0))  # fmt: skip
+        except (ValueError, KeyError, TypeError) as exc:
+            return error(400, f"bad generate request: {exc}")
+        values, failure = await guarded(served, [request_array])
+        if failure is not None:
+            return failure
+        pngs = []
+        for image in values[0]:
+            buffer = io.BytesIO()
+            Image.fromarray(np.round(image * 255).astype(np.uint8)).save(buffer, format="PNG")
+            pngs.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+        return {"model": name, "seed": seed, "n": len(pngs),
+                "condition": dict(zip(served.model.condition_names,
+                                      request_array[0, :-2].tolist())),
+                "images_png_base64": pngs}  # fmt: skip
+
     @app.post("/v1/{name}:predict")
     async def predict(name: str, request: Request):
         from microtex.io.decode import decode_bytes
@@ -269,6 +396,8 @@ def create_app(bundles: dict, *, max_batch_size: int = 8, max_delay_ms: float = 
         if refused is not None:
             return refused
         served = models[name]
+        if served.generator:
+            return error(400, f"model {name!r} is a generator; use :generate")
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             async with request.form() as form:  # closes the spooled upload files
