@@ -20,6 +20,7 @@ from microtex.cli import (
     featurize,
     generate,
     mks,
+    perlin_demo,
     predict,
     serve,
     stereology,
@@ -36,7 +37,7 @@ COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train
             "predict": predict, "serve": serve, "bench": bench, "export-triton": export_triton,
             "stereology": stereology, "mks": mks, "train-vqvae": train_vqvae,
             "train-prior": train_prior, "generate": generate,
-            "evaluate-generated": evaluate_generated}
+            "evaluate-generated": evaluate_generated, "perlin-demo": perlin_demo}
 
 
 def _parser() -> argparse.ArgumentParser:
