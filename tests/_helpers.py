@@ -64,3 +64,20 @@ def save_state(state, path):
 
     torch.save(state, path)
     return path
+
+
+def tiny_generator_models(seed: int = 0):
+    """A random-weight VQ-VAE (32×32 images, 4×4 maps of 16 codes) and PixelCNN prior (3 layers,
+    one condition), eval mode: the smallest generator the generative tests build bundles from."""
+    import torch
+
+    from microtex.generative.pixelcnn import GatedPixelCNN, PixelCNNConfig
+    from microtex.generative.vqvae import VQVAE, VQVAEConfig
+
+    torch.manual_seed(seed)
+    vqvae = VQVAE(VQVAEConfig(image_size=32, hidden_channels=(8, 16), embedding_dim=8,
+                              n_codes=16, residual_channels=4)).eval()  # fmt: skip
+    prior = GatedPixelCNN(PixelCNNConfig(n_codes=16, embedding_dim=8, hidden_channels=8,
+                                         n_layers=3, head_channels=16, n_conditions=1,
+                                         latent_size=4)).eval()  # fmt: skip
+    return vqvae, prior

@@ -42,15 +42,9 @@ def test_categorical_draws_follow_the_softmax_and_its_temperature():
 def models():
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from microtex.generative.pixelcnn import GatedPixelCNN, PixelCNNConfig
-    from microtex.generative.vqvae import VQVAE, VQVAEConfig
+    from _helpers import tiny_generator_models
 
-    torch.manual_seed(0)
-    vqvae = VQVAE(VQVAEConfig(image_size=32, hidden_channels=(8, 16), embedding_dim=8,
-                              n_codes=16, residual_channels=4)).eval()  # fmt: skip
-    prior = GatedPixelCNN(PixelCNNConfig(n_codes=16, embedding_dim=8, hidden_channels=8,
-                                         n_layers=3, head_channels=16, n_conditions=1,
-                                         latent_size=4)).eval()  # fmt: skip
+    vqvae, prior = tiny_generator_models()
     with torch.no_grad():  # larger logits than at initialization: draws that matter
         prior.head_output.weight.mul_(8.0)
     return vqvae, prior

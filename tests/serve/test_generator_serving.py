@@ -23,18 +23,13 @@ pytestmark = pytest.mark.torch
 
 @pytest.fixture(scope="module")
 def generator_bundle(tmp_path_factory):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("onnx")
     from microtex.generative.export import save_generator
-    from microtex.generative.pixelcnn import GatedPixelCNN, PixelCNNConfig
-    from microtex.generative.vqvae import VQVAE, VQVAEConfig
 
-    torch.manual_seed(0)
-    vqvae = VQVAE(VQVAEConfig(image_size=32, hidden_channels=(8, 16), embedding_dim=8,
-                              n_codes=16, residual_channels=4)).eval()  # fmt: skip
-    prior = GatedPixelCNN(PixelCNNConfig(n_codes=16, embedding_dim=8, hidden_channels=8,
-                                         n_layers=3, head_channels=16, n_conditions=1,
-                                         latent_size=4)).eval()  # fmt: skip
+    from _helpers import tiny_generator_models
+
+    vqvae, prior = tiny_generator_models()
     path = tmp_path_factory.mktemp("served") / "steel"
     return save_generator(path, vqvae, prior, condition_names=["ln_t"],
                           condition_range=[[2.0, 4.5]])  # fmt: skip

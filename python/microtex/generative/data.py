@@ -44,6 +44,7 @@ __all__ = [
     "load_patch_set",
     "patches_from_image",
     "read_conditions",
+    "read_listed_images",
     "split_sources",
 ]
 
@@ -439,6 +440,24 @@ class PatchSet:
         }  # fmt: skip
 
 
+def read_listed_images(table: ConditionTable, *, crop_bottom=None, failures: list):
+    """``(path, condition row, image)`` of each readable image a conditions table lists.
+
+    A directory or an unreadable file is reported (``io.read.report_skip``
+    into ``failures``) and skipped; images are float32 in [0, 1].
+    """
+    for path, row in zip(table.paths, table.values):
+        if path.is_dir():
+            report_skip(failures, path, "is a directory, not an image")
+            continue
+        try:
+            image = read_image(path, crop_bottom=crop_bottom)
+        except (ImageReadError, ImageTooSmallError) as exc:
+            report_skip(failures, path, getattr(exc, "reason", str(exc)))
+            continue
+        yield path, row, image
+
+
 def load_patch_set(conditions: str | os.PathLike, columns: str | Sequence[str], *,
                    image_dir: str | os.PathLike | None = None, patch_size: int = 128,
                    stride: int = 64, flips: bool = True, crop_bottom: CropBottom = None,
@@ -510,15 +529,7 @@ def load_patch_set(conditions: str | os.PathLike, columns: str | Sequence[str], 
             if os.path.realpath(path) not in listed:
                 report_skip(failures, path, f"not listed in {os.fspath(conditions)!r}")
     chunks, sources, values = [], [], []
-    for path, row in zip(table.paths, table.values):
-        if path.is_dir():
-            report_skip(failures, path, "is a directory, not an image")
-            continue
-        try:
-            image = read_image(path, crop_bottom=crop_bottom)
-        except (ImageReadError, ImageTooSmallError) as exc:
-            report_skip(failures, path, getattr(exc, "reason", str(exc)))
-            continue
+    for path, row, image in read_listed_images(table, crop_bottom=crop_bottom, failures=failures):
         height, width = image.shape
         if height < patch_size or width < patch_size:
             report_skip(failures, path, f"{height}×{width} is smaller than one "

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from microtex._validation import check_choice, check_positive_int, check_real
-from microtex.errors import BundleError, ImageReadError, ImageTooSmallError
+from microtex.errors import BundleError
 from microtex.features.segment import otsu_threshold
 from microtex.features.stereology import check_measure_options, measure
 from microtex.io.decode import as_float_image
@@ -151,21 +151,12 @@ def read_images_by_condition(conditions, columns, *, image_dir=None, crop_bottom
     ValueError
         A bad conditions file (a missing column, a value that is not a number, ...).
     """
-    from microtex.generative.data import read_conditions
-    from microtex.io.read import read_image, report_skip
+    from microtex.generative.data import read_conditions, read_listed_images
 
     table = read_conditions(conditions, columns, base=image_dir, path_column=path_column)
     groups: dict[tuple[float, ...], list[np.ndarray]] = {}
     failures: list = []
-    for path, row in zip(table.paths, table.values):
-        if path.is_dir():
-            report_skip(failures, path, "is a directory, not an image")
-            continue
-        try:
-            image = read_image(path, crop_bottom=crop_bottom)
-        except (ImageReadError, ImageTooSmallError) as exc:
-            report_skip(failures, path, getattr(exc, "reason", str(exc)))
-            continue
+    for _, row, image in read_listed_images(table, crop_bottom=crop_bottom, failures=failures):
         groups.setdefault(_condition_key(row, len(table.columns)), []).append(image)
     return groups, failures
 
