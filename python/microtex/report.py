@@ -40,8 +40,12 @@ def _json_default(value):
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    """Write ``fig`` as a PNG atomically and close it (pyplot keeps open figures alive)."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        _pyplot().close(fig)
     return path
 
 
@@ -73,10 +77,7 @@ def pca_scatter(
     if title:
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, frameon=False)
-    try:
-        return _save(fig, pathlib.Path(path))
-    finally:
-        plt.close(fig)
+    return _save(fig, pathlib.Path(path))
 
 
 def montage(images, titles, path, *, columns: int = 4) -> pathlib.Path:
@@ -90,7 +91,4 @@ def montage(images, titles, path, *, columns: int = 4) -> pathlib.Path:
     for ax, image, title in zip(axes.ravel(), images, titles):
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)
-    try:
-        return _save(fig, pathlib.Path(path))
-    finally:
-        plt.close(fig)
+    return _save(fig, pathlib.Path(path))

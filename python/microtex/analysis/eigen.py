@@ -149,10 +149,7 @@ def plot_eigen_microstructures(
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize="small")
-    try:
-        modes = _save(fig, output / f"{prefix}_modes.png")
-    finally:
-        plt.close(fig)
+    modes = _save(fig, output / f"{prefix}_modes.png")
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     k = np.arange(1, len(ratio) + 1)
     ax.bar(k, ratio, color="tab:blue", label="each mode")
@@ -163,10 +160,7 @@ def plot_eigen_microstructures(
     ax.legend(frameon=False, fontsize="small")
     if title:
         ax.set_title(title, fontsize="small")
-    try:
-        variance = _save(fig, output / f"{prefix}_variance.png")
-    finally:
-        plt.close(fig)
+    variance = _save(fig, output / f"{prefix}_variance.png")
     return modes, variance
 
 

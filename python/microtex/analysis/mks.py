@@ -243,10 +243,7 @@ def _scatter_chart(results: list[dict], cv: dict, groups, targets, methods, path
                 ax.set_ylabel(f"predicted {target.replace('_', ' ')}", fontsize="small")
             if i == len(targets) - 1:
                 ax.set_xlabel("true", fontsize="small")
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def _csv(results: list[dict]) -> str:

@@ -229,10 +229,7 @@ def _plots(output: pathlib.Path, rows: list[dict], real: dict, generated: dict) 
                 if j == 0:
                     held = " (held out)" if row["held_out"] else ""
                     ax.set_ylabel(f"k={row['k']:g}{held}\n{what}", fontsize=7)
-    try:
-        _save(fig, output / "perlin_samples.png")
-    finally:
-        plt.close(fig)
+    _save(fig, output / "perlin_samples.png")
     fig, ax = plt.subplots(figsize=(5.0, 4.0))
     ks = np.array([row["k"] for row in rows])
     fine = np.linspace(ks.min(), ks.max(), 100)
@@ -247,10 +244,7 @@ def _plots(output: pathlib.Path, rows: list[dict], real: dict, generated: dict) 
     ax.set_xlabel("k (stripes per image side)")
     ax.set_ylabel("dominant wavelength (pixels)")
     ax.legend(fontsize=8, frameon=False)
-    try:
-        _save(fig, output / "perlin_wavelength.png")
-    finally:
-        plt.close(fig)
+    _save(fig, output / "perlin_wavelength.png")
     return ["perlin_samples.png", "perlin_wavelength.png"]
 
 

@@ -642,10 +642,7 @@ def _box_plots(output: pathlib.Path, labels: list[str], real: list[dict],
         ax.set_ylabel(titles[name])
         ax.legend(fontsize=8, frameon=False)
         path = output / f"boxplot_{name}.png"
-        try:
-            _save(fig, path)
-        finally:
-            plt.close(fig)
+        _save(fig, path)
         names.append(path.name)
     return names
 
@@ -669,10 +666,7 @@ def _scatter(path: pathlib.Path, coordinates, groups, sets, labels, explained,
     ax.set_ylabel(f"PC 2 ({100 * explained[1]:.1f}% of variance)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, frameon=False)
-    try:
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+    _save(fig, path)
 
 
 def _codebook_plot(path: pathlib.Path, coordinates, usage, explained) -> None:
@@ -693,10 +687,7 @@ def _codebook_plot(path: pathlib.Path, coordinates, usage, explained) -> None:
     ax.set_title("codebook vectors", fontsize=10)
     if (~used).any():
         ax.legend(fontsize=7, frameon=False)
-    try:
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+    _save(fig, path)
 
 
 def evaluate_generated(generator, real_images_by_condition: Mapping, *, n_generated: int = 64,
