@@ -376,3 +376,16 @@ def test_float_data_is_treated_alike_as_an_array_and_as_a_file(tmp_path, caplog,
     assert io.as_float_image(inside).tolist() == inside.tolist()
     assert io.read_image_with_info(save(np.zeros((2, 2), np.uint8), tmp_path / "z.png"))[
         1].scaled_from is None  # fmt: skip
+
+
+def test_encode_png_is_what_decode_bytes_reads_back():
+    import numpy as np
+    import pytest
+
+    from microtex.io.decode import decode_bytes, encode_png
+
+    image = np.linspace(0, 1, 12).reshape(3, 4)
+    decoded, _ = decode_bytes(encode_png(image))
+    np.testing.assert_allclose(decoded, np.round(image * 255) / 255, atol=1e-7)
+    with pytest.raises(ValueError, match=r"finite \(h, w\) image, got shape \(2, 2, 2\)"):
+        encode_png(np.zeros((2, 2, 2)))

@@ -35,16 +35,15 @@ def _condition(text: str) -> list[float]:
 
 
 def run(args) -> int:
-    import io
     import json
     import pathlib
     import time
 
     import numpy as np
-    from PIL import Image
 
     from microtex import _files
     from microtex.generative.sample import load_generator
+    from microtex.io.decode import encode_png
 
     output = pathlib.Path(args.output)
     if output.exists() and not args.overwrite:
@@ -60,9 +59,7 @@ def run(args) -> int:
     seconds = time.perf_counter() - start
     with _files.atomic_directory(output, replace=args.overwrite) as staging:
         for i, image in enumerate(images):
-            buffer = io.BytesIO()
-            Image.fromarray(np.round(image * 255).astype(np.uint8)).save(buffer, format="PNG")
-            (staging / f"generated_{i:05d}.png").write_bytes(buffer.getvalue())
+            (staging / f"generated_{i:05d}.png").write_bytes(encode_png(image))
         np.savez(staging / "indices.npz", indices=indices)
         manifest = {
             "bundle": str(pathlib.Path(args.bundle).resolve()),

@@ -56,7 +56,8 @@ from PIL import Image, ImageOps
 
 from microtex.errors import ImageReadError
 
-__all__ = ["MAX_DECODED_BYTES", "as_float_image", "decode_bytes", "decode_file", "scale_float"]
+__all__ = ["MAX_DECODED_BYTES", "as_float_image", "decode_bytes", "decode_file", "encode_png",
+           "scale_float"]
 
 logger = logging.getLogger("microtex.io")
 
@@ -406,6 +407,31 @@ def decode_bytes(data: bytes, name: str = "upload") -> tuple[np.ndarray, dict]:
     import io
 
     return _decode(name, bytes(data[:4]), io.BytesIO(data))
+
+
+def encode_png(image) -> bytes:
+    """An image in [0, 1] ``(h, w)`` as the bytes of an 8-bit gray PNG (values rounded).
+
+    What microtex writes and answers for generated or synthetic images;
+    :func:`decode_bytes` reads it back (to the nearest 1/255).
+
+    Examples
+    --------
+    >>> data = encode_png(np.array([[0.0, 0.5, 1.0]]))
+    >>> (decode_bytes(data)[0] * 255).round().tolist()
+    [[0.0, 128.0, 255.0]]
+    """
+    import io
+
+    from PIL import Image
+
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or not np.isfinite(image).all():
+        raise ValueError(f"encode_png takes a finite (h, w) image, got shape {image.shape}")
+    buffer = io.BytesIO()
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _decode(path, magic: bytes, source=None) -> tuple[np.ndarray, dict]:

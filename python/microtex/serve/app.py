@@ -352,9 +352,8 @@ def create_app(bundles: dict, *, max_batch_size: int = 8, max_delay_ms: float = 
     @app.post("/v1/{name}:generate")
     async def generate(name: str, request: Request):
         import base64
-        import io
 
-        from PIL import Image
+        from microtex.io.decode import encode_png
 
         refused = unknown(name) or declared_oversized(request)
         if refused is not None:
@@ -378,11 +377,7 @@ def create_app(bundles: dict, *, max_batch_size: int = 8, max_delay_ms: float = 
         values, failure = await guarded(served, [request_array])
         if failure is not None:
             return failure
-        pngs = []
-        for image in values[0]:
-            buffer = io.BytesIO()
-            Image.fromarray(np.round(image * 255).astype(np.uint8)).save(buffer, format="PNG")
-            pngs.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+        pngs = [base64.b64encode(encode_png(image)).decode("ascii") for image in values[0]]
         return {"model": name, "seed": seed, "n": len(pngs),
                 "condition": dict(zip(served.model.condition_names,
                                       request_array[0, :-2].tolist())),

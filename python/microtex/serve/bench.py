@@ -9,7 +9,6 @@ at each concurrency.
 from __future__ import annotations
 
 import dataclasses
-import io
 import threading
 import time
 
@@ -80,12 +79,9 @@ def bench_in_process(model, *, sizes=(224,), batch_sizes=(1,), threads=(None,), 
 
 def upload(size: int, seed: int = 0) -> bytes:
     """A ``size`` x ``size`` synthetic texture as PNG bytes: what a benchmark uploads."""
-    from PIL import Image
+    from microtex.io.decode import encode_png
 
-    buffer = io.BytesIO()
-    image = np.round(_texture(size, seed) * 255).astype(np.uint8)
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_png(_texture(size, seed))
 
 
 def bench_service(url: str, model: str, *, sizes=(224,), concurrency=(1,), requests: int = 40,
