@@ -128,7 +128,7 @@ def _check_cutoff(cutoff, height: int, width: int) -> int:
         warnings.warn(
             f"cutoff {cutoff} capped at {largest}, the largest a {height}x{width} image allows "
             "((min(H, W) - 1) // 2)",
-            stacklevel=3,
+            stacklevel=4,  # the caller of two_point / two_point_reference
         )
         return largest
     return cutoff
@@ -157,6 +157,16 @@ def _check_mask(mask, n: int, height: int, width: int, dtype) -> np.ndarray | No
         which = "" if len(mask) == 1 else f" for image {int(np.flatnonzero(empty)[0])}"
         raise ValueError(f"mask is zero everywhere{which}: no pixel pair counts")
     return np.ascontiguousarray(mask)
+
+
+def _check_inputs(data, correlations, cutoff, mask):
+    """Every argument of :func:`two_point` checked: ``(data, rank, pairs, cutoff, mask)``."""
+    array, rank = _check_data(data)
+    n, height, width, n_phases = array.shape
+    pairs = _check_pairs(correlations, n_phases)
+    c = _check_cutoff(cutoff, height, width)
+    mask = _check_mask(mask, n, height, width, array.dtype)
+    return array, rank, pairs, c, mask
 
 
 def _shape_output(out: np.ndarray, rank: int) -> np.ndarray:
@@ -207,11 +217,7 @@ def two_point(data, correlations=None, *, periodic_boundary: bool = True, cutoff
     >>> s2[2, 2], s2[2, 2 + 2], s2[2 + 2, 2]                     # V_V, 2 columns, 2 rows
     (np.float32(0.5), np.float32(0.25), np.float32(0.5))
     """
-    array, rank = _check_data(data)
-    n, height, width, n_phases = array.shape
-    pairs = _check_pairs(correlations, n_phases)
-    c = _check_cutoff(cutoff, height, width)
-    mask = _check_mask(mask, n, height, width, array.dtype)
+    array, rank, pairs, c, mask = _check_inputs(data, correlations, cutoff, mask)
     from microtex.features.pooling import kernels
 
     out = kernels().two_point(array, pairs, bool(periodic_boundary), c, mask,
@@ -243,11 +249,8 @@ def two_point_reference(data, correlations=None, *, periodic_boundary: bool = Tr
     of at least ``H + c``. It is the reference the C++ kernel is tested and
     benchmarked against.
     """
-    array, rank = _check_data(data)
-    n, height, width, n_phases = array.shape
-    pairs = _check_pairs(correlations, n_phases)
-    c = _check_cutoff(cutoff, height, width)
-    mask = _check_mask(mask, n, height, width, array.dtype)
+    array, rank, pairs, c, mask = _check_inputs(data, correlations, cutoff, mask)
+    n, height, width, _ = array.shape
     if periodic_boundary:
         shape = (height, width)
     else:

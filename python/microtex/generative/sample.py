@@ -66,6 +66,14 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def _check_seed(seed) -> int:
+    """A seed of the counters: an integer in [0, 2**64)."""
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return seed
+
+
 def sample_uniforms(seed: int, samples, position: int) -> np.ndarray:
     """The uniforms in [0, 1) of ``samples`` (sample numbers) at raster ``position``.
 
@@ -77,10 +85,7 @@ def sample_uniforms(seed: int, samples, position: int) -> np.ndarray:
     >>> float(sample_uniforms(0, [1], 5)[0]) == float(u[1])   # the batch does not matter
     True
     """
-    seed = int(seed)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    key = _mix(np.array([seed], dtype=np.uint64))
+    key = _mix(np.array([_check_seed(seed)], dtype=np.uint64))
     ids = np.asarray(samples, dtype=np.uint64).reshape(-1)
     z = _mix(_mix(key + ids) + np.uint64(position))
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
@@ -278,9 +283,7 @@ class Generator:
         first_sample = int(first_sample)
         if first_sample < 0:
             raise ValueError(f"first_sample must be >= 0, got {first_sample}")
-        seed = int(seed)
-        if not 0 <= seed < 2**64:
-            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        seed = _check_seed(seed)
         if sampler == "cached":
             native = self._cached_sampler()
             parts = []
