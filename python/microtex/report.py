@@ -1,7 +1,9 @@
-"""Figures and the numbers behind them: PNG plots (matplotlib, headless) and JSON, atomic."""
+"""Figures and the numbers behind them: PNG plots (matplotlib, headless), JSON and CSV, atomic."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import pathlib
@@ -10,7 +12,7 @@ import numpy as np
 
 from microtex._files import atomic_path, atomic_write_text
 
-__all__ = ["write_json", "pca_scatter", "montage"]
+__all__ = ["csv_text", "write_json", "pca_scatter", "montage"]
 
 
 def _pyplot():
@@ -27,6 +29,26 @@ def _pyplot():
 def write_json(path, payload) -> pathlib.Path:
     """Write ``payload`` as indented JSON, atomically (temporary name, then rename)."""
     return atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+
+def csv_text(header, rows) -> str:
+    """A CSV table (``csv`` module quoting, ``\\n`` line ends) of a header and rows.
+
+    Values are written as ``str`` does (floats exactly, as ``repr``), None as
+    an empty cell.
+
+    Examples
+    --------
+    >>> print(csv_text(["a", "b"], [[1, None], ["x,y", 0.5]]), end="")
+    a,b
+    1,
+    "x,y",0.5
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _json_default(value):

@@ -249,10 +249,9 @@ def _scatter_chart(results: list[dict], cv: dict, groups, targets, methods, path
 def _csv(results: list[dict]) -> str:
     header = ["target", "method", "split", "n_features", "r2_mean", "r2_std", "mae_mean",
               "rmse_mean", "fold_r2_mean", "fold_r2_std", "inflation"]  # fmt: skip
-    lines = [",".join(header)]
-    for row in results:
-        lines.append(",".join("" if row[k] is None else str(row[k]) for k in header))
-    return "\n".join(lines) + "\n"
+    from microtex.report import csv_text
+
+    return csv_text(header, [[row[k] for k in header] for row in results])
 
 
 def run_mks(

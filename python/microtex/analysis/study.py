@@ -415,13 +415,15 @@ def _csv(results: list[dict], splits: list[str]) -> str:
         header += [f"f1_{split}_mean", f"f1_{split}_std"]
     if "grouped" in splits:
         header.append("inflation")
-    lines = [",".join(header)]
+    rows = []
     for row in results:
-        values = [row["layer"], row["pool"], str(row["n_features"])]
+        values = [row["layer"], row["pool"], row["n_features"]]
         for split in splits:
             f1 = row[split]["f1_macro"]
             values += [f"{f1['mean']:.4f}", f"{f1['std']:.4f}"]
         if "grouped" in splits:
             values.append(f"{row['inflation']:.4f}")
-        lines.append(",".join(values))
-    return "\n".join(lines) + "\n"
+        rows.append(values)
+    from microtex.report import csv_text
+
+    return csv_text(header, rows)

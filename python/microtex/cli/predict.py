@@ -16,15 +16,11 @@ def add_parser(subparsers) -> None:
 
 
 def _csv(ids, classes, probabilities) -> str:
-    import csv
-    import io
+    from microtex.report import csv_text
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["id", "class", *(f"p:{c}" for c in classes)])
-    for image_id, row in zip(ids, probabilities):
-        writer.writerow([image_id, classes[int(row.argmax())], *(f"{p:.6g}" for p in row)])
-    return buffer.getvalue()
+    return csv_text(["id", "class", *(f"p:{c}" for c in classes)],
+                    [[image_id, classes[int(row.argmax())], *(f"{p:.6g}" for p in row)]
+                     for image_id, row in zip(ids, probabilities)])  # fmt: skip
 
 
 def run(args) -> int:

@@ -29,9 +29,6 @@ Choices (all parameters of :func:`run_perlin_demo`)
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import pathlib
@@ -41,6 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from microtex._validation import check_bool, check_int, check_positive_int
+from microtex.report import csv_text, write_json
 from microtex.synth import perlin_texture
 
 __all__ = ["DEFAULT_KS", "DEFAULT_HELD_OUT", "dominant_wavelength", "radial_power_spectrum",
@@ -398,11 +396,8 @@ def run_perlin_demo(output: str | os.PathLike, *, ks: Sequence[float] = DEFAULT_
     record["files"]["plots"] = _plots(output, rows, real, generated)
     columns = ["k", "condition", "held_out", "expected", "real_mean", "real_std",
                "generated_mean", "generated_std"]  # fmt: skip
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows([[row[c] for c in columns] for row in rows])
-    _files.atomic_write_text(output / "perlin_demo.csv", text.getvalue())
+    _files.atomic_write_text(output / "perlin_demo.csv",
+                             csv_text(columns, [[row[c] for c in columns] for row in rows]))
     record["seconds"]["total"] = time.perf_counter() - start
-    _files.atomic_write_text(output / "perlin_demo.json", json.dumps(record, indent=2) + "\n")
+    write_json(output / "perlin_demo.json", record)
     return record

@@ -31,8 +31,6 @@ cementite, whose fraction and particle size the same numbers then give.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import pathlib
@@ -46,6 +44,7 @@ from microtex.errors import BundleError
 from microtex.features.segment import otsu_threshold
 from microtex.features.stereology import check_measure_options, measure
 from microtex.io.decode import as_float_image
+from microtex.report import csv_text
 
 __all__ = [
     "DEFAULT_TEXTURE_TAPS",
@@ -584,18 +583,6 @@ def _clean(value):
     return value
 
 
-def _cell(value) -> str:
-    return "" if value is None else repr(value) if isinstance(value, float) else str(value)
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([[_cell(v) for v in row] for row in rows])
-    return buffer.getvalue()
-
-
 def _summary_csv(names: Sequence[str], conditions: list[dict]) -> str:
     header = [*names, "in_training", "quantity", "n_real", "undefined_real", "real_mean",
               "real_std", "n_generated", "undefined_generated", "generated_mean",
@@ -612,7 +599,7 @@ def _summary_csv(names: Sequence[str], conditions: list[dict]) -> str:
             rows.append([*head, "texture", entry["n_real_patches"], None, None, None,
                          entry["n_generated"], None, None, None, entry["texture"]["frechet"],
                          "frechet"])  # fmt: skip
-    return _table(header, rows)
+    return csv_text(header, rows)
 
 
 def _box_plots(output: pathlib.Path, labels: list[str], real: list[dict],
@@ -870,13 +857,13 @@ class _Run:
                     rows += [[what, *key, i, *(_clean(float(stats[s][i])) for s in STATISTICS)]
                              for i in range(len(stats[STATISTICS[0]]))]  # fmt: skip
             _files.atomic_write_text(staging / "statistics.csv",
-                                     _table(["set", *self.names, "image", *STATISTICS], rows))
+                                     csv_text(["set", *self.names, "image", *STATISTICS], rows))
             sets, groups, within = self._sets()
             explained = result["latent_pca"]["explained_variance_ratio"]
             _scatter(staging / "latent_pca.png", self.latent_coordinates, groups, sets,
                      self.labels, explained,
                      f"encoder outputs z_e ({result['latent_pca']['pooling']} pooling)")
-            _files.atomic_write_text(staging / "latent_pca.csv", _table(
+            _files.atomic_write_text(staging / "latent_pca.csv", csv_text(
                 ["set", *self.names, "image", "pc1", "pc2"],
                 [[sets[i], *self.keys[groups[i]], within[i], float(x), float(y)]
                  for i, (x, y) in enumerate(self.latent_coordinates)]))  # fmt: skip
@@ -899,7 +886,7 @@ class _Run:
         _codebook_plot(staging / "codebook_pca.png", book["coordinates"], book["usage"],
                        book["explained_variance_ratio"])  # fmt: skip
         generated = np.bincount(np.concatenate(self.maps).ravel(), minlength=len(book["usage"]))
-        _files.atomic_write_text(staging / "codebook_pca.csv", _table(
+        _files.atomic_write_text(staging / "codebook_pca.csv", csv_text(
             ["code", "pc1", "pc2", "uses_real", "uses_generated"],
             [[k, float(x), float(y), int(book["usage"][k]), int(generated[k])]
              for k, (x, y) in enumerate(book["coordinates"])]))  # fmt: skip
