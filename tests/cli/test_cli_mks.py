@@ -29,6 +29,10 @@ def test_mks_prints_the_table_of_its_report(tmp_path, capsys):
     assert report["settings"]["seed"] == 3 and report["settings"]["n_repeats"] == 2
     assert report["n_patches"] == 24 and report["settings"]["methods"] == ["mks"]
     rows = {(r["target"], r["method"], r["split"]): r for r in report["results"]}
+    first = rows["conductivity", "mks", "grouped"]
+    assert first["n_features"] == (2 * 6 + 1) ** 2  # --cutoff 6: a 13 x 13 S2 window
+    assert first["scores"]["n_splits"] == 3 and len(first["scores"]["fold_r2"]["per_fold"]) == 6
+    assert report["settings"]["size"] == 32 and report["settings"]["n_components"] == 3
     lines = [line.split() for line in printed.splitlines() if line.startswith("  ")]
     assert lines[0] == ["target", "method", "grouped", "patch-level", "inflation"]
     assert len(lines) == 1 + 3  # three targets, one method

@@ -221,6 +221,18 @@ def test_the_generate_command_writes_the_samples_it_draws(bundle_dir, tmp_path, 
     np.testing.assert_array_equal(written, np.round(expected * 255).astype(np.uint8))
     manifest = __import__("json").loads((out / "generated.json").read_text())
     assert manifest["condition"] == {"ln_t": 3.5} and manifest["n"] == 3
+    assert manifest["sampler"] == "cached" and manifest["temperature"] == 1.0
+    code = main(["generate", str(bundle_dir), "--condition", "3.5", "-n", "3", "--seed", "5",
+                 "--temperature", "0", "--sampler", "naive",
+                 "-o", str(tmp_path / "greedy")])  # fmt: skip
+    assert code == 0
+    greedy = np.stack([np.asarray(Image.open(tmp_path / "greedy" / f"generated_{i:05d}.png"))
+                       for i in range(3)])  # fmt: skip
+    expected = generator.generate(3.5, 3, seed=5, temperature=0)
+    np.testing.assert_array_equal(greedy, np.round(expected * 255).astype(np.uint8))
+    assert not np.array_equal(greedy, written)  # the temperature is not ignored
+    assert __import__("json").loads(
+        (tmp_path / "greedy" / "generated.json").read_text())["sampler"] == "naive"
     assert main(["generate", str(bundle_dir), "--condition", "3.5", "-o", str(out)]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert main(["generate", str(bundle_dir), "--condition", "nan", "-o",
