@@ -231,7 +231,7 @@ class TwoPointEngine {
 
     // Spectrum of one real field, rows kp = 0 .. P/2 only: layout [kq][kp], P/2 + 1 lanes.
     void forward_real(const Field& f, Workspace& ws) const {
-        const long W = s_.W, P = P_, Q = Q_, h = P_ / 2, P2 = h + 1;
+        const long W = s_.W, Q = Q_, h = P_ / 2, P2 = h + 1;
         fill(f, ws.b_re.data());  // [P][W]
         for (long y = 0; y < h; ++y) {  // z = even rows + i odd rows
             std::copy(ws.b_re.data() + 2 * y * W, ws.b_re.data() + (2 * y + 1) * W, ws.a_re.data() + y * W);
@@ -261,7 +261,6 @@ class TwoPointEngine {
         pass(fwd_q_, ws.a_re.data(), ws.a_im.data(), P2, ws);
         std::copy(ws.a_re.data(), ws.a_re.data() + Q * P2, ws.spec_re[0].data());
         std::copy(ws.a_im.data(), ws.a_im.data() + Q * P2, ws.spec_im[0].data());
-        (void)P;
     }
 
     // The autocorrelation of the field forward_real transformed, from half its spectrum.
