@@ -70,11 +70,14 @@ class Buffer {
 template <class T>
 class TwoPointEngine {
   public:
-    // One field: value(y, x) = base[(y W + x) stride] * (mask ? mask[y W + x] : 1)
+    // One field: value(y, x) = (base[(y W + x) stride] - center) * scale * (mask ? mask[y W + x] : 1)
+    // (center and scale: the power spectrum's rescaling to [-1, 1]; 0 and 1 leave values exact)
     struct Field {
         const T* base;
         long stride;
         const T* mask;
+        T center = T(0);
+        T scale = T(1);
     };
     // One correlation of fields a and b; its window (2c+1)^2 goes to
     // out[(i (2c+1) + j) out_stride] divided by norm: norm_map[i (2c+1) + j]
@@ -116,6 +119,18 @@ class TwoPointEngine {
 
     // Threads inside each transform (split over lanes): for few, large images.
     void set_inner_threads(int n) { inner_threads_ = n < 1 ? 1 : n; }
+
+    // Splits `threads` for n_groups units of work (one workspace of n_fields
+    // spectra each): inside each transform when there are fewer groups than
+    // threads, or when a thread's buffers are large (one set of buffers rather
+    // than one per thread: 16 threads on 4096^2 float64 images would otherwise
+    // hold 20 GB); else over the groups. Returns the threads over groups.
+    int split_threads(long n_groups, std::size_t n_fields, int threads) {
+        const double workspace_bytes = double(6 + 2 * n_fields) * double(P_) * double(Q_) * sizeof(T);
+        const bool inner = n_groups < threads || workspace_bytes > 64.0 * (1 << 20);
+        set_inner_threads(inner ? threads : 1);
+        return inner ? 1 : threads;
+    }
     long padded_rows() const { return P_; }
     long padded_cols() const { return Q_; }
 
@@ -152,6 +167,26 @@ class TwoPointEngine {
             inverse(corrs[k], k + 1 < corrs.size() ? &corrs[k + 1] : nullptr, ws);
     }
 
+    // The 2-D DFT of f0 + i f1 (f1 null: of f0 alone), zero-padded to P x Q, left in
+    // ws.b_re / ws.b_im with layout [kq][kp] (column frequency major: Q rows of P).
+    // The spectra of the two real fields follow from Hermitian symmetry,
+    // F0(k) = (Z(k) + conj Z(-k)) / 2 and F1(k) = (Z(k) - conj Z(-k)) / 2i.
+    void transform(const Field& f0, const Field* f1, Workspace& ws) const {
+        const long W = s_.W, P = P_, Q = Q_;
+        fill(f0, ws.a_re.data());
+        if (f1)
+            fill(*f1, ws.a_im.data());
+        else
+            std::fill(ws.a_im.begin(), ws.a_im.begin() + P * W, T(0));
+        // along the rows' axis: P points, one lane per image column (zero columns need none)
+        pass(fwd_p_, ws.a_re.data(), ws.a_im.data(), W, ws);
+        transpose(ws.a_re.data(), P, W, W, ws.b_re.data(), P);
+        transpose(ws.a_im.data(), P, W, W, ws.b_im.data(), P);
+        std::fill(ws.b_re.begin() + W * P, ws.b_re.begin() + Q * P, T(0));
+        std::fill(ws.b_im.begin() + W * P, ws.b_im.begin() + Q * P, T(0));
+        pass(fwd_q_, ws.b_re.data(), ws.b_im.data(), P, ws);
+    }
+
   private:
     // plan.run over L lanes (row stride L), a block of lanes at a time: a block's
     // points (about 256 KB of each buffer) stay in cache through all the stages,
@@ -176,33 +211,25 @@ class TwoPointEngine {
 
     void fill(const Field& f, T* dst) const {
         const long H = s_.H, W = s_.W;
+        const bool plain = f.center == T(0) && f.scale == T(1);
         for (long y = 0; y < H; ++y) {
             T* row = dst + y * W;
             const T* src = f.base + y * W * f.stride;
             if (f.mask) {
                 const T* m = f.mask + y * W;
-                for (long x = 0; x < W; ++x) row[x] = src[x * f.stride] * m[x];
-            } else {
+                for (long x = 0; x < W; ++x) row[x] = (src[x * f.stride] - f.center) * f.scale * m[x];
+            } else if (plain) {
                 for (long x = 0; x < W; ++x) row[x] = src[x * f.stride];
+            } else {
+                for (long x = 0; x < W; ++x) row[x] = (src[x * f.stride] - f.center) * f.scale;
             }
         }
         std::fill(dst + H * W, dst + P_ * W, T(0));
     }
 
     void forward(const Field& f0, const Field* f1, Workspace& ws, int slot) const {
-        const long W = s_.W, P = P_, Q = Q_;
-        fill(f0, ws.a_re.data());
-        if (f1)
-            fill(*f1, ws.a_im.data());
-        else
-            std::fill(ws.a_im.begin(), ws.a_im.begin() + P * W, T(0));
-        // along the rows' axis: P points, one lane per image column (zero columns need none)
-        pass(fwd_p_, ws.a_re.data(), ws.a_im.data(), W, ws);
-        transpose(ws.a_re.data(), P, W, W, ws.b_re.data(), P);
-        transpose(ws.a_im.data(), P, W, W, ws.b_im.data(), P);
-        std::fill(ws.b_re.begin() + W * P, ws.b_re.begin() + Q * P, T(0));
-        std::fill(ws.b_im.begin() + W * P, ws.b_im.begin() + Q * P, T(0));
-        pass(fwd_q_, ws.b_re.data(), ws.b_im.data(), P, ws);
+        const long P = P_, Q = Q_;
+        transform(f0, f1, ws);
         // spectrum layout [kq][kp]
         T* s0r = ws.spec_re[slot].data();
         T* s0i = ws.spec_im[slot].data();
@@ -400,16 +427,7 @@ void two_point(const T* data, const TwoPointShape& s, const std::vector<std::pai
     const double work = double(s.n) * double(engine.padded_rows()) * double(engine.padded_cols()) *
                         double(u + n_pairs) * 20.0;
 
-    // Threads inside each transform instead of over images when there are fewer
-    // image groups than threads, or when a thread's buffers are large (one set
-    // of buffers rather than one per thread: 16 threads on 4096^2 float64 images
-    // would otherwise hold 20 GB).
-    const int threads = threads_for(work, n_threads);
-    const double workspace_bytes = double(6 + 2 * u * per_group) * double(engine.padded_rows()) *
-                                   double(engine.padded_cols()) * sizeof(T);
-    const bool inner = n_groups < threads || workspace_bytes > 64.0 * (1 << 20);
-    engine.set_inner_threads(inner ? threads : 1);
-    const int outer = inner ? 1 : threads;
+    const int outer = engine.split_threads(n_groups, std::size_t(u * per_group), threads_for(work, n_threads));
 
     // masks: the valid-pair weight sum_x M(x) M(x + r) of each mask, once per mask
     std::vector<T> norms;
