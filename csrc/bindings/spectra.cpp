@@ -1,14 +1,17 @@
-// Bindings for the two-point statistics kernel. Input checks (shapes, dtype
-// policy, NaN, cutoff, mask range) live in microtex/features/spectra.py; this
-// layer checks what it relies on, dispatches on dtype and runs without the GIL.
+// Bindings for the two-point statistics and power spectrum kernels. Input
+// checks (shapes, dtype policy, NaN, cutoff, mask range, frequency bins) live in
+// microtex/features/spectra.py; this layer checks what it relies on, dispatches
+// on dtype and runs without the GIL.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "microtex/spectra/power_spectrum.hpp"
 #include "microtex/spectra/two_point.hpp"
 
 namespace py = pybind11;
@@ -63,9 +66,49 @@ py::object two_point(const py::array& data, const py::array_t<long long>& pair_a
                          " (expected float32 or float64)");
 }
 
+template <class T>
+py::object power_spectrum_typed(const py::array& images, bool rescale, const int* bins, long n_bins,
+                                int n_threads) {
+    const microtex::detail::PowerSpectrumShape s{images.shape(0), images.shape(1), images.shape(2),
+                                                 rescale, bins, n_bins};
+    py::array_t<T> out = bins ? py::array_t<T>({s.n, n_bins}) : py::array_t<T>({s.n, s.H, s.W});
+    T* out_ptr = out.mutable_data();
+    const T* in = static_cast<const T*>(images.data());
+    {
+        py::gil_scoped_release release;
+        microtex::detail::power_spectrum<T>(in, s, out_ptr, n_threads);
+    }
+    return out;
+}
+
+// bins: None (the full shifted spectrum) or C-contiguous int32 (H, W) labels in [-1, n_bins).
+py::object power_spectrum(const py::array& images, bool rescale, const py::object& bins_obj, long n_bins,
+                          int n_threads) {
+    if (images.ndim() != 3 || !(images.flags() & py::array::c_style))
+        throw std::invalid_argument("images must be C-contiguous (n, H, W)");
+    const int* bins = nullptr;
+    py::array bins_arr;
+    if (!bins_obj.is_none()) {
+        bins_arr = py::array::ensure(bins_obj);
+        if (!bins_arr || !bins_arr.dtype().equal(py::dtype::of<std::int32_t>()) || bins_arr.ndim() != 2 ||
+            !(bins_arr.flags() & py::array::c_style) || bins_arr.shape(0) != images.shape(1) ||
+            bins_arr.shape(1) != images.shape(2))
+            throw std::invalid_argument("bins must be C-contiguous int32 (H, W)");
+        bins = static_cast<const int*>(bins_arr.data());
+    }
+    if (images.dtype().equal(py::dtype::of<float>()))
+        return power_spectrum_typed<float>(images, rescale, bins, n_bins, n_threads);
+    if (images.dtype().equal(py::dtype::of<double>()))
+        return power_spectrum_typed<double>(images, rescale, bins, n_bins, n_threads);
+    throw py::type_error("unsupported image dtype " + std::string(py::str(images.dtype())) +
+                         " (expected float32 or float64)");
+}
+
 }  // namespace
 
 void register_spectra(py::module_& m) {
     m.def("two_point", &two_point, py::arg("data"), py::arg("pairs"), py::arg("periodic"),
           py::arg("cutoff"), py::arg("mask"), py::arg("n_threads") = 0);
+    m.def("power_spectrum", &power_spectrum, py::arg("images"), py::arg("rescale"), py::arg("bins"),
+          py::arg("n_bins"), py::arg("n_threads") = 0);
 }
