@@ -1,4 +1,9 @@
-"""Two-point statistics of phase fields, their radial averages, and a scikit-learn transformer.
+"""Two-point statistics and power spectra of images, radial averages, scikit-learn transformers.
+
+Power spectra (Lubbers et al.'s baseline descriptor): :func:`power_spectrum`
+and :class:`PowerSpectrum`; definitions in :func:`power_spectrum` and
+:func:`frequency_bins`. The rest of this docstring is about two-point
+statistics.
 
 Definitions (DESIGN.md §5; the conventions of PyMKS 0.4.1's
 ``TwoPointCorrelation``, so results can be compared): for phase fields ``a``
@@ -48,12 +53,16 @@ import warnings
 
 import numpy as np
 
-from microtex._validation import check_int
+from microtex._validation import check_bool, check_choice, check_int
 from microtex.engine.session import check_threads
 
 __all__ = [
+    "PowerSpectrum",
     "TwoPointCorrelation",
+    "frequency_bins",
     "max_cutoff",
+    "power_spectrum",
+    "power_spectrum_reference",
     "radial_average",
     "two_point",
     "two_point_reference",
@@ -67,37 +76,51 @@ def max_cutoff(height: int, width: int) -> int:
     return (min(height, width) - 1) // 2
 
 
-def _check_data(data) -> tuple[np.ndarray, int]:
-    """``(n, H, W, k)`` float32/float64 C-contiguous data, and the rank it came as."""
+def _numeric_array(data, what: str) -> np.ndarray:
     array = np.asarray(data)
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.floating)
         or np.issubdtype(array.dtype, np.integer)
         or array.dtype == np.bool_
     ):
-        raise TypeError(f"phase data has unsupported dtype {array.dtype}; expected a numeric array")
-    rank = array.ndim
-    if rank == 2:
-        array = array[None, :, :, None]
-    elif rank == 3:
-        array = array[..., None]
-    elif rank != 4:
-        raise ValueError(
-            "phase data must be (H, W), (n_samples, H, W) or (n_samples, H, W, n_phases); "
-            f"got shape {array.shape}"
-        )
+        raise TypeError(f"{what} has unsupported dtype {array.dtype}; expected a numeric array")
+    return array
+
+
+def _finite_float(array: np.ndarray, what: str, leading: int, trailing: int) -> np.ndarray:
+    """``array`` in its compute dtype, C-contiguous, refused if a value is not finite.
+
+    float32 and float64 keep their dtype; bool, integers and float16 become
+    float32 (indicators, labels and 8/16-bit gray levels are exact in it, and it
+    halves the FFT work of float64), 64-bit integers float64. ``leading`` and
+    ``trailing`` axes were added to the caller's array: the index of a bad
+    value is reported without them.
+    """
     if 0 in array.shape:
-        raise ValueError(f"phase data is empty (shape {array.shape})")
+        raise ValueError(f"{what} is empty (shape {array.shape})")
     if array.dtype not in (np.float32, np.float64):
-        # indicators and labels: exact in float32, which halves the FFT work of float64
         array = array.astype(np.float64 if array.dtype.itemsize > 4 else np.float32)
     # a finite sum means every value is finite, without a temporary the size of the
     # data; only a NaN, an infinity (or an overflowing sum) pays for the exact check
     if not np.isfinite(array.sum(dtype=np.float64)) and not np.isfinite(array).all():
         bad = [int(i) for i in np.argwhere(~np.isfinite(array))[0]]
-        index = {2: bad[1:3], 3: bad[:3], 4: bad}[rank]
-        raise ValueError(f"phase data has a non-finite value (NaN or inf) at index {tuple(index)}")
-    return np.ascontiguousarray(array), rank
+        index = bad[leading : len(bad) - trailing]
+        raise ValueError(f"{what} has a non-finite value (NaN or inf) at index {tuple(index)}")
+    return np.ascontiguousarray(array)
+
+
+def _check_data(data) -> tuple[np.ndarray, int]:
+    """``(n, H, W, k)`` float32/float64 C-contiguous data, and the rank it came as."""
+    array = _numeric_array(data, "phase data")
+    rank = array.ndim
+    if rank not in (2, 3, 4):
+        raise ValueError(
+            "phase data must be (H, W), (n_samples, H, W) or (n_samples, H, W, n_phases); "
+            f"got shape {array.shape}"
+        )
+    array = array.reshape((1,) * (rank == 2) + array.shape + (1,) * (rank < 4))
+    leading, trailing = int(rank == 2), int(rank < 4)
+    return _finite_float(array, "phase data", leading, trailing), rank
 
 
 def _check_pairs(correlations, n_phases: int) -> np.ndarray:
@@ -327,6 +350,219 @@ def radial_average(s2, *, cutoff: int | None = None) -> tuple[np.ndarray, np.nda
     return np.arange(c + 1), (sums / counts).astype(s2.dtype if s2.dtype.kind == "f" else float)
 
 
+# ---------------------------------------------------------------------------
+# Power spectra (Lubbers et al.'s baseline descriptor)
+
+RESCALES = ("minmax", "none")
+
+
+def _check_images(images) -> tuple[np.ndarray, int]:
+    """``(n, H, W)`` float32/float64 C-contiguous images, and the rank they came as."""
+    array = _numeric_array(images, "images")
+    if array.ndim not in (2, 3):
+        raise ValueError(f"images must be (H, W) or (n_samples, H, W); got shape {array.shape}")
+    rank = array.ndim
+    array = array.reshape((1,) * (rank == 2) + array.shape)
+    return _finite_float(array, "images", int(rank == 2), 0), rank
+
+
+def _check_sectors(sectors) -> int | None:
+    return None if sectors is None else check_int("sectors", sectors, 1)
+
+
+def frequency_bins(height: int, width: int, sectors: int | None = None) -> tuple[np.ndarray, int]:
+    """The bin of every frequency of an ``height x width`` shifted spectrum.
+
+    Frequencies are measured on a square-normalized grid: index ``(i, j)`` of
+    the shifted spectrum is the frequency ``q = ((i - H//2) L / H, (j - W//2) L
+    / W)`` with ``L = min(H, W)``, i.e. in cycles per ``L`` pixels whatever the
+    aspect (``q`` is the plain integer index for a square image). The radial
+    bin is ``r = round(|q|)``, kept for ``r = 0 .. L//2`` (up to the Nyquist
+    frequency of the shorter side: every bin holds frequencies along that
+    side, the last one a part ring; the corners beyond are left out). With
+    ``sectors = k``, ring ``r >= 1`` is split by the direction of ``q``: its
+    angle ``arctan2(q_row, q_column)`` (0 for vertical stripes, whose intensity
+    varies along a row; pi/2 for horizontal ones) folded into [0, pi) (a real
+    image has ``S(q) = S(-q)``); sector ``s`` holds angles in ``[s pi/k,
+    (s+1) pi/k)``. Ring 0 has no direction and is one
+    bin shared by every sector.
+
+    Returns ``(labels, n_labels)``: int32 ``(H, W)`` labels in ``[-1,
+    n_labels)`` (-1: left out): ``r`` for rings, else ``0`` for ring 0 and
+    ``1 + s (L//2) + r - 1`` for sector ``s``, ring ``r >= 1``.
+    """
+    # rounding: numpy.rint (a radius of exactly r + 1/2 goes to the even bin)
+    side = min(height, width)
+    n_radii = side // 2 + 1
+    ky = (np.arange(height) - height // 2) * (side / height)
+    kx = (np.arange(width) - width // 2) * (side / width)
+    radius = np.rint(np.hypot(ky[:, None], kx[None, :])).astype(np.int64)
+    if sectors is None:
+        labels, n_labels = radius, n_radii
+    else:
+        angle = np.arctan2(ky[:, None], kx[None, :]) % np.pi
+        # the tolerance puts a direction on a boundary (45 degrees of 4 sectors) in
+        # the sector it starts, whatever the last bit of arctan2
+        sector = np.floor(angle * (sectors / np.pi) + 1e-9).astype(np.int64) % sectors
+        labels = np.where(radius == 0, 0, 1 + sector * (n_radii - 1) + radius - 1)
+        n_labels = 1 + sectors * (n_radii - 1)
+    return np.where(radius < n_radii, labels, -1).astype(np.int32), n_labels
+
+
+def _bin_output(binned: np.ndarray, sectors: int | None) -> np.ndarray:
+    """``(n, n_labels)`` averages as ``(n, R)`` rings or ``(n, sectors, R)``."""
+    if sectors is None:
+        return binned
+    n = len(binned)
+    out = np.empty((n, sectors, 1 + (binned.shape[1] - 1) // sectors), binned.dtype)
+    out[:, :, 0] = binned[:, :1]
+    out[:, :, 1:] = binned[:, 1:].reshape(n, sectors, -1)
+    return out
+
+
+def _rescale_parameters(array: np.ndarray, rescale: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per image ``(center, scale)`` with ``phi = (x - center) scale`` in [-1, 1], as the kernel."""
+    if rescale == "none":
+        return None
+    low = array.min(axis=(1, 2)).astype(np.float64)
+    high = array.max(axis=(1, 2)).astype(np.float64)
+    spread = high - low
+    scale = np.divide(2.0, spread, out=np.zeros_like(spread), where=spread > 0)
+    center = ((low + high) / 2).astype(array.dtype).reshape(-1, 1, 1)
+    return center, scale.astype(array.dtype).reshape(-1, 1, 1)
+
+
+def power_spectrum(images, *, rescale: str = "minmax", radial: bool = False,
+                   sectors: int | None = None,
+                   n_threads: int | None = None) -> np.ndarray:  # fmt: skip
+    """Power spectra ``S(q) = |FFT2(phi)(q)|^2 / (H W)`` of images, zero frequency centred.
+
+    ``phi`` is each image rescaled to [-1, 1] (``rescale="minmax"``, the
+    default: Lubbers et al.'s "image rescaled to [-1, 1]" read as its minimum
+    to -1 and its maximum to +1; a constant image becomes 0) or taken as given
+    (``"none"``, for fields already in [-1, 1]). The division by ``H W`` makes
+    spectra of different sizes comparable (white noise of variance ``v`` has
+    ``S ~ v`` at every ``q``) and gives Parseval's ``sum_q S(q) = sum_x
+    phi(x)^2``; ``S(0) = H W mean(phi)^2``. The zero frequency sits at
+    ``(H//2, W//2)``, as ``numpy.fft.fftshift`` puts it.
+
+    Parameters
+    ----------
+    images : array_like
+        ``(n_samples, H, W)`` or one ``(H, W)`` image, any ``H, W >= 1``.
+        float32 and float64 are computed in their own precision; bool and
+        integer images (8/16-bit gray levels) in float32, 64-bit integers in
+        float64.
+    rescale : {"minmax", "none"}
+        Per-image rescaling to [-1, 1], or none.
+    radial : bool
+        Average ``S`` over rings ``round(|q|) = r``, ``r = 0 .. min(H, W)//2``
+        (:func:`frequency_bins`: frequencies on a square-normalized grid, in
+        cycles per ``min(H, W)`` pixels; the corners past the shorter side's
+        Nyquist frequency are left out).
+    sectors : int, optional
+        Average over rings within ``sectors`` equal angular sectors of [0, pi)
+        (``radial`` need not be set). Ring 0 has no direction: every sector
+        holds the same ring-0 value. A (sector, ring) with no frequency (narrow
+        sectors at small radii) is NaN.
+    n_threads : int, optional
+        Threads (default: every core): over pairs of images, or inside each
+        transform for one or two images. Results agree to rounding whatever
+        the threads or the batch (images share complex transforms in pairs).
+
+    Returns
+    -------
+    numpy.ndarray
+        In the compute dtype (float32 keeps half the memory of float64; its
+        rounding is about 1e-7 of the image's largest ``S``, which a float64
+        output of a float32 transform would not improve): ``(n_samples, H,
+        W)``, ``(n_samples, min(H, W)//2 + 1)`` with ``radial``, ``(n_samples,
+        sectors, min(H, W)//2 + 1)`` with ``sectors``; a 2-D image gives the
+        same without the first axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> stripes = np.cos(2 * np.pi * 4 * np.arange(16) / 16)[None, :].repeat(8, 0)  # 8 x 16
+    >>> s = power_spectrum(stripes, rescale="none")  # all power at q = (0, +-4): H W / 4 each
+    >>> float(s[4, 8 + 4]), float(s[4, 8 - 4]), round(float(s.sum()), 9)  # sum: sum of phi^2
+    (32.0, 32.0, 64.0)
+    >>> int(power_spectrum(stripes, radial=True).argmax())  # 4 cycles per 16 px = 2 per 8 px
+    2
+    """
+    array, rank, bins, n_labels, sectors = _check_power_inputs(images, rescale, radial, sectors)
+    from microtex.features.pooling import kernels
+
+    out = kernels().power_spectrum(array, rescale == "minmax", bins, n_labels,
+                                   check_threads(n_threads))  # fmt: skip
+    if bins is not None:
+        out = _bin_output(out, sectors)
+    return out[0] if rank == 2 else out
+
+
+def _check_power_inputs(images, rescale, radial, sectors):
+    """Every argument of :func:`power_spectrum`: ``(array, rank, bins, n_labels, sectors)``."""
+    array, rank = _check_images(images)
+    check_choice("rescale", rescale, RESCALES)
+    radial = check_bool("radial", radial)
+    sectors = _check_sectors(sectors)
+    if sectors is None and not radial:
+        return array, rank, None, 0, None
+    bins, n_labels = frequency_bins(*array.shape[1:], sectors)
+    return array, rank, bins, n_labels, sectors
+
+
+def power_spectrum_reference(images, *, rescale: str = "minmax", radial: bool = False,
+                             sectors: int | None = None,
+                             chunk: int = 32) -> np.ndarray:  # fmt: skip
+    """:func:`power_spectrum` written with NumPy FFTs, the best NumPy formulation we know.
+
+    Same arguments, checks and result. Images go through ``numpy.fft.rfft2``
+    ``chunk`` at a time (half the work of ``fft2`` on real input; the other
+    half of the spectrum is the first half mirrored, ``S(-q) = S(q)``), then
+    ``fftshift``; averages are one ``numpy.bincount`` per chunk over the labels
+    of :func:`frequency_bins`. It is the reference the C++ kernel is tested
+    and benchmarked against.
+    """
+    array, rank, bins, n_labels, sectors = _check_power_inputs(images, rescale, radial, sectors)
+    n, height, width = array.shape
+    rescaling = _rescale_parameters(array, rescale)
+    half = width // 2 + 1
+    # columns past the half spectrum: S(ky, kx) = S(-ky, -kx), -ky as an index is (H - ky) % H
+    mirror_rows = (-np.arange(height)) % height
+    mirror_cols = (width - np.arange(half, width)) % width
+    if bins is None:
+        out = np.empty((n, height, width), array.dtype)
+    else:
+        out = np.empty((n, n_labels), array.dtype)
+        keep = bins.ravel() >= 0
+        labels = bins.ravel()[keep]
+        counts = np.bincount(labels, minlength=n_labels).astype(np.float64)
+    for lo in range(0, n, chunk):
+        phi = array[lo : lo + chunk]
+        if rescaling is not None:
+            phi = (phi - rescaling[0][lo : lo + chunk]) * rescaling[1][lo : lo + chunk]
+        spectrum = np.fft.rfft2(phi)
+        power = np.empty((len(phi), height, width), array.dtype)
+        np.multiply(spectrum.real, spectrum.real, out=power[..., :half])
+        power[..., :half] += spectrum.imag * spectrum.imag
+        power[..., half:] = power[:, mirror_rows[:, None], mirror_cols[None, :]]
+        power *= array.dtype.type(1 / (height * width))
+        shifted = np.fft.fftshift(power, axes=(1, 2))
+        if bins is None:
+            out[lo : lo + chunk] = shifted
+            continue
+        m = len(phi)
+        flat = shifted.reshape(m, -1)[:, keep]
+        offsets = (np.arange(m)[:, None] * n_labels + labels[None, :]).ravel()
+        sums = np.bincount(offsets, weights=flat.ravel(), minlength=m * n_labels)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[lo : lo + chunk] = sums.reshape(m, n_labels) / counts
+    if bins is not None:
+        out = _bin_output(out, sectors)
+    return out[0] if rank == 2 else out
+
+
 def _sklearn_base():
     from sklearn.base import BaseEstimator, TransformerMixin
 
@@ -381,6 +617,72 @@ class TwoPointCorrelation(*_sklearn_base()):
         out = two_point(X, self.correlations, periodic_boundary=self.periodic_boundary,
                         cutoff=self.cutoff, n_threads=self.n_threads)  # fmt: skip
         return out.reshape(len(out), -1) if self.flatten else out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags
+
+
+class PowerSpectrum(*_sklearn_base()):
+    """Power spectra as a scikit-learn transformer: one row of features per image.
+
+    ``transform`` takes ``(n_samples, H, W)`` images and returns
+    :func:`power_spectrum`'s output flattened to ``(n_samples, n_features)``
+    (full spectrum ``H * W``, rings ``R = min(H, W)//2 + 1``, sectors
+    ``sectors * R``), named by :meth:`get_feature_names_out`. Stateless:
+    ``fit`` only checks the data and records the image size.
+
+    Parameters
+    ----------
+    rescale, radial, sectors, n_threads
+        As :func:`power_spectrum`.
+    """
+
+    def __init__(self, rescale="minmax", radial=False, sectors=None, n_threads=None):
+        self.rescale = rescale
+        self.radial = radial
+        self.sectors = sectors
+        self.n_threads = n_threads
+
+    def fit(self, X, y=None):
+        array, rank = _check_images(X)
+        if rank != 3:
+            raise ValueError(f"X must be (n_samples, H, W); got shape {np.shape(X)}")
+        self.image_shape_ = array.shape[1:]
+        self.n_features_out_ = len(self.get_feature_names_out())
+        return self
+
+    def transform(self, X):
+        X = np.asarray(X)
+        if X.ndim != 3:
+            raise ValueError(f"X must be (n_samples, H, W); got shape {X.shape}")
+        fitted = getattr(self, "image_shape_", None)
+        if fitted is not None and X.shape[1:] != tuple(fitted):
+            raise ValueError(
+                f"X has images {X.shape[1:]}; the transformer was fitted on {tuple(fitted)}"
+            )
+        out = power_spectrum(X, rescale=self.rescale, radial=self.radial, sectors=self.sectors,
+                             n_threads=self.n_threads)  # fmt: skip
+        return out.reshape(len(out), -1)
+
+    def get_feature_names_out(self, input_features=None):
+        """Names: ``power_{ky}_{kx}`` (0 centred), ``power_r{r}`` or ``power_s{s}_r{r}``."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "image_shape_")
+        height, width = self.image_shape_
+        rings = range(min(height, width) // 2 + 1)
+        if self.sectors is not None:
+            names = [f"power_s{s}_r{r}" for s in range(self.sectors) for r in rings]
+        elif self.radial:
+            names = [f"power_r{r}" for r in rings]
+        else:
+            names = [f"power_{ky}_{kx}" for ky in range(-(height // 2), height - height // 2)
+                     for kx in range(-(width // 2), width - width // 2)]  # fmt: skip
+        return np.asarray(names, dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
