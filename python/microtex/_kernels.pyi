@@ -1,7 +1,8 @@
 """The compiled kernels (csrc/). Call them through microtex.features.pooling / .vlad /
 .spectra / microtex.generative.sample, which check shapes and dtypes; the pooling kernels
 take float32 or float64 (n, c, h, w) arrays, two_point C-contiguous (n, h, w, n_phases)
-ones, power_spectrum C-contiguous (n, h, w) ones and int32 (h, w) bin labels, PixelCNNSampler the float32 tensors of a PixelCNN weights file."""
+ones, power_spectrum C-contiguous (n, h, w) ones and int32 (h, w) bin labels,
+PixelCNNSampler the float32 tensors of a PixelCNN weights file."""
 
 import numpy as np
 from numpy.typing import NDArray
