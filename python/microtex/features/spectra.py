@@ -473,12 +473,14 @@ def power_spectrum(images, *, rescale: str = "minmax", radial: bool = False,
     Returns
     -------
     numpy.ndarray
-        In the compute dtype (float32 keeps half the memory of float64; its
-        rounding is about 1e-7 of the image's largest ``S``, which a float64
-        output of a float32 transform would not improve): ``(n_samples, H,
-        W)``, ``(n_samples, min(H, W)//2 + 1)`` with ``radial``, ``(n_samples,
-        sectors, min(H, W)//2 + 1)`` with ``sectors``; a 2-D image gives the
-        same without the first axis.
+        ``(n_samples, H, W)``, ``(n_samples, min(H, W)//2 + 1)`` with
+        ``radial``, ``(n_samples, sectors, min(H, W)//2 + 1)`` with
+        ``sectors``; a 2-D image gives the same without the first axis. In the
+        compute dtype: float32 keeps half the memory of float64, and a float64
+        output of a float32 transform would be no more accurate (an FFT's
+        rounding is relative to the image's norm: ``S(q)`` is off by about
+        ``1e-7 sqrt(S(q) sum_q S)``, a few 1e-6 of the largest ``S``, more
+        relative to small ones; pass float64 images where those matter).
 
     Examples
     --------
