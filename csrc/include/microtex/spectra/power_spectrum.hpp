@@ -5,9 +5,14 @@
 //
 // Two images share one complex transform (TwoPointEngine::transform): with
 // Z = FFT2(phi_a + i phi_b), |F_a(k)|^2 = |Z(k) + conj Z(-k)|^2 / 4 and
-// |F_b(k)|^2 = |Z(k) - conj Z(-k)|^2 / 4, so neither spectrum is formed.
-// Pairs of images are split across threads (or, for one pair, the lanes of
-// each transform); each thread owns its buffers.
+// |F_b(k)|^2 = |Z(k) - conj Z(-k)|^2 / 4, so neither spectrum is formed. An
+// image without a partner (one image, the last of an odd batch) of even H
+// takes the real-input path instead (TwoPointEngine::transform_real: half the
+// spectrum, the rest mirrored, S(-k) = S(k)). Pairs of images are split
+// across threads (or, for one pair, the lanes of each transform); each thread
+// owns its buffers. Ring and sector sums add runs of equal labels in four
+// partial sums: the frequencies of one bin are mostly neighbours, and one
+// running sum per bin would wait on the previous add at every frequency.
 // Header-only, no Python.
 #pragma once
 
@@ -40,21 +45,31 @@ void power_spectrum(const T* images, const PowerSpectrumShape& s, T* out, int n_
     const long H = s.H, W = s.W, HW = H * W;
     Engine engine(TwoPointShape{s.n, H, W, 1, 0, true, 0});
 
-    // the label of each frequency in the engine's layout [kq][kp]; frequency
-    // (kp, kq) sits at (kp + H/2) % H, (kq + W/2) % W of the shifted spectrum
-    std::vector<int> labels;
+    // the labels of the frequencies in the engine's layout [kq][kp] as runs
+    // (start, end, label) of equal labels; frequency (kp, kq) sits at
+    // (kp + H/2) % H, (kq + W/2) % W of the shifted spectrum
+    struct Run {
+        long start, end;
+        int label;
+    };
+    std::vector<Run> runs;
     std::vector<double> counts;
     if (s.bins) {
-        labels.resize(std::size_t(HW));
         counts.assign(std::size_t(s.n_bins), 0.0);
         for (long kq = 0; kq < W; ++kq)
             for (long kp = 0; kp < H; ++kp) {
                 const int b = s.bins[((kp + H / 2) % H) * W + (kq + W / 2) % W];
                 if (b < -1 || b >= s.n_bins) throw std::invalid_argument("frequency bin label out of range");
-                labels[kq * H + kp] = b;
-                if (b >= 0) counts[b] += 1;
+                if (b < 0) continue;
+                const long i = kq * H + kp;
+                if (!runs.empty() && runs.back().label == b && runs.back().end == i)
+                    ++runs.back().end;
+                else
+                    runs.push_back({i, i + 1, b});
+                counts[b] += 1;
             }
     }
+    const bool real_path = s.n % 2 == 1 && H % 2 == 0;  // the unpaired image: half a transform
 
     const long n_pairs = (s.n + 1) / 2;
     const int outer = engine.split_threads(n_pairs, 0, threads_for(double(s.n) * double(HW) * 20.0, n_threads));
@@ -62,7 +77,7 @@ void power_spectrum(const T* images, const PowerSpectrumShape& s, T* out, int n_
     const long hp = H - H / 2, hq = W - W / 2;  // frequencies 0 .. hp-1 go to rows H/2 .. H-1
 
     parallel_chunks(n_pairs, outer, [&](std::ptrdiff_t lo, std::ptrdiff_t hi, int) {
-        auto ws = engine.workspace(0);
+        auto ws = engine.workspace(real_path ? 1 : 0);
         std::vector<double> sums(s.bins ? std::size_t(s.n_bins) : 0);
         auto field = [&](long img) {
             typename Engine::Field f{images + img * HW, 1, nullptr};
@@ -89,8 +104,14 @@ void power_spectrum(const T* images, const PowerSpectrumShape& s, T* out, int n_
                 return;
             }
             std::fill(sums.begin(), sums.end(), 0.0);
-            for (long i = 0; i < HW; ++i)
-                if (labels[i] >= 0) sums[labels[i]] += double(S[i]);
+            for (const Run& run : runs) {
+                double part[4] = {0.0, 0.0, 0.0, 0.0};
+                long i = run.start;
+                for (; i + 4 <= run.end; i += 4)
+                    for (int u = 0; u < 4; ++u) part[u] += double(S[i + u]);
+                for (; i < run.end; ++i) part[0] += double(S[i]);
+                sums[run.label] += (part[0] + part[1]) + (part[2] + part[3]);
+            }
             T* dst = out + img * s.n_bins;
             for (long b = 0; b < s.n_bins; ++b)
                 dst[b] = counts[b] > 0 ? T(sums[b] / counts[b]) : std::numeric_limits<T>::quiet_NaN();
@@ -100,10 +121,27 @@ void power_spectrum(const T* images, const PowerSpectrumShape& s, T* out, int n_
             const bool pair = a + 1 < s.n;
             const typename Engine::Field fa = field(a);
             const typename Engine::Field fb = pair ? field(a + 1) : fa;
+            T *sa = ws.a_re.data(), *sb = ws.a_im.data();
+            if (!pair && real_path) {
+                engine.transform_real(fa, ws);
+                const long P2 = H / 2 + 1;
+                const T *fr = ws.spec_re[0].data(), *fi = ws.spec_im[0].data();  // [kq][kp <= H/2]
+                for (long kq = 0; kq < W; ++kq) {
+                    const T *xr = fr + kq * P2, *xi = fi + kq * P2;
+                    T* row = sa + kq * H;
+                    for (long kp = 0; kp < P2; ++kp) row[kp] = (xr[kp] * xr[kp] + xi[kp] * xi[kp]) * norm;
+                }
+                for (long kq = 0; kq < W; ++kq) {  // S(kp, kq) = S(H - kp, -kq) for kp > H/2
+                    const T* mirror = sa + (kq == 0 ? 0 : W - kq) * H;
+                    T* row = sa + kq * H;
+                    for (long kp = P2; kp < H; ++kp) row[kp] = mirror[H - kp];
+                }
+                emit(sa, a);
+                continue;
+            }
             engine.transform(fa, pair ? &fb : nullptr, ws);
             const T *zr = ws.b_re.data(), *zi = ws.b_im.data();  // [kq][kp]
-            T *sa = ws.a_re.data(), *sb = ws.a_im.data();
-            if (!pair) {
+            if (!pair) {  // odd H: the full complex transform of the image alone
                 for (long i = 0; i < HW; ++i) sa[i] = (zr[i] * zr[i] + zi[i] * zi[i]) * norm;
                 emit(sa, a);
                 continue;

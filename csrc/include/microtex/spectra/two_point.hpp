@@ -187,6 +187,15 @@ class TwoPointEngine {
         pass(fwd_q_, ws.b_re.data(), ws.b_im.data(), P, ws);
     }
 
+    // The spectrum of one real field, rows kp = 0 .. P/2 only (the others are
+    // F(P - kp, -kq) conjugated), left in ws.spec_re[0] / ws.spec_im[0] with
+    // layout [kq][kp], P/2 + 1 lanes: half the work of transform(f, nullptr).
+    // Needs P even and a workspace of at least one spectrum.
+    void transform_real(const Field& f, Workspace& ws) const {
+        if (P_ % 2 != 0 || ws.spec_re.empty()) throw std::logic_error("transform_real needs P even and a spectrum");
+        forward_real(f, ws);
+    }
+
   private:
     // plan.run over L lanes (row stride L), a block of lanes at a time: a block's
     // points (about 256 KB of each buffer) stay in cache through all the stages,
