@@ -515,16 +515,18 @@ def _check_power_inputs(images, rescale, radial, sectors):
 
 
 def power_spectrum_reference(images, *, rescale: str = "minmax", radial: bool = False,
-                             sectors: int | None = None,
-                             chunk: int = 32) -> np.ndarray:  # fmt: skip
+                             sectors: int | None = None, chunk: int = 32,
+                             rfft2=None) -> np.ndarray:  # fmt: skip
     """:func:`power_spectrum` written with NumPy FFTs, the best NumPy formulation we know.
 
     Same arguments, checks and result. Images go through ``numpy.fft.rfft2``
-    ``chunk`` at a time (half the work of ``fft2`` on real input; the other
-    half of the spectrum is the first half mirrored, ``S(-q) = S(q)``), then
-    ``fftshift``; averages are one ``numpy.bincount`` per chunk over the labels
-    of :func:`frequency_bins`. It is the reference the C++ kernel is tested
-    and benchmarked against.
+    ``chunk`` at a time (half the work of ``fft2`` on real input, which
+    benchmarks/bench_spectra.py times too; the other half of the spectrum is
+    the first half mirrored, ``S(-q) = S(q)``), then ``fftshift``; averages are
+    one ``numpy.bincount`` per chunk over the labels of
+    :func:`frequency_bins`. ``rfft2`` replaces NumPy's (the benchmark passes
+    ``scipy.fft.rfft2`` with workers). It is the reference the C++ kernel is
+    tested and benchmarked against.
     """
     array, rank, bins, n_labels, sectors = _check_power_inputs(images, rescale, radial, sectors)
     n, height, width = array.shape
@@ -544,7 +546,7 @@ def power_spectrum_reference(images, *, rescale: str = "minmax", radial: bool = 
         phi = array[lo : lo + chunk]
         if rescaling is not None:
             phi = (phi - rescaling[0][lo : lo + chunk]) * rescaling[1][lo : lo + chunk]
-        spectrum = np.fft.rfft2(phi)
+        spectrum = (rfft2 or np.fft.rfft2)(phi, axes=(1, 2))
         power = np.empty((len(phi), height, width), array.dtype)
         np.multiply(spectrum.real, spectrum.real, out=power[..., :half])
         power[..., :half] += spectrum.imag * spectrum.imag
