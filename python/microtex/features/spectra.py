@@ -384,13 +384,15 @@ def frequency_bins(height: int, width: int, sectors: int | None = None) -> tuple
     angle ``arctan2(q_row, q_column)`` (0 for vertical stripes, whose intensity
     varies along a row; pi/2 for horizontal ones) folded into [0, pi) (a real
     image has ``S(q) = S(-q)``); sector ``s`` holds angles in ``[s pi/k,
-    (s+1) pi/k)``. Ring 0 has no direction and is one
-    bin shared by every sector.
+    (s+1) pi/k)``. Ring 0 has no direction and is one bin shared by every
+    sector.
 
     Returns ``(labels, n_labels)``: int32 ``(H, W)`` labels in ``[-1,
     n_labels)`` (-1: left out): ``r`` for rings, else ``0`` for ring 0 and
     ``1 + s (L//2) + r - 1`` for sector ``s``, ring ``r >= 1``.
     """
+    height, width = check_int("height", height, 1), check_int("width", width, 1)
+    sectors = _check_sectors(sectors)
     # rounding: numpy.rint (a radius of exactly r + 1/2 goes to the even bin)
     side = min(height, width)
     n_radii = side // 2 + 1
