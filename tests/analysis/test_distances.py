@@ -3,6 +3,8 @@ path against the in-memory one, the exact zeros, and the errors."""
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist, pdist, squareform
@@ -10,6 +12,8 @@ from scipy.spatial.distance import cdist, pdist, squareform
 from microtex import _kernels
 from microtex.analysis.distances import pairwise_distances
 from microtex.io import FeatureTable
+
+from _helpers import run_python
 
 
 def direct_sq(x, y=None):
@@ -59,6 +63,37 @@ def test_many_blocks_and_threads(dtype):
     assert np.all(np.abs(cross - direct_sq(x, y)) <= tolerance(x, y, dtype))
     # the symmetric case gives what the cross one does for X against itself
     np.testing.assert_array_equal(_kernels.pairwise_sq_distances(x, x.copy(), 2), one)
+
+
+def _simd_cases():
+    rng = np.random.default_rng(5)
+    cases = []
+    for dtype in (np.float32, np.float64):
+        for n, m, n_features in ((7, 5, 5), (200, 131, 300)):
+            x = rng.standard_normal((n, n_features)).astype(dtype)
+            cases += [(x, None), (x, rng.standard_normal((m, n_features)).astype(dtype))]
+    return cases
+
+
+def test_avx2_and_avx512_tiles_agree_bit_for_bit(tmp_path, monkeypatch):
+    # a machine with AVX-512 runs 12 x 32 tiles; without (or MICROTEX_NO_AVX512) 6 x 16: the
+    # same sums per lane, so the same numbers (and the AVX2 path is tested here too)
+    code = (
+        "import numpy as np, sys\n"
+        f"sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\n"
+        "from test_distances import _simd_cases\n"
+        "from microtex import _kernels\n"
+        "out = [_kernels.pairwise_sq_distances(x, y, 2) for x, y in _simd_cases()]\n"
+        f"np.savez({str(tmp_path / 'avx2.npz')!r}, *out)\n"
+    )
+    monkeypatch.setenv("MICROTEX_NO_AVX512", "1")
+    result = run_python("-c", code)
+    assert result.returncode == 0, result.stderr
+    narrow = np.load(tmp_path / "avx2.npz")
+    for k, (x, y) in enumerate(_simd_cases()):
+        here = _kernels.pairwise_sq_distances(x, y, 2)
+        np.testing.assert_array_equal(here, narrow[f"arr_{k}"])
+        assert np.all(np.abs(here - direct_sq(x, y)) <= tolerance(x, y, x.dtype))
 
 
 def test_symmetric_exact_zero_diagonal_and_symmetry():

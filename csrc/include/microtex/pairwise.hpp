@@ -19,6 +19,68 @@
 
 namespace microtex::detail {
 
+#ifdef MICROTEX_HAVE_AVX2_CLONE
+#define MICROTEX_HAVE_AVX512_TILE 1
+namespace avx512 {
+
+// acc[r * ldc + q] (+)= sum_k a[r][k * NR] * B[k * NR + q] for a 12 x 2NR tile
+// whose columns are two packed micro-panels B0 and B1 (NR = 64 / sizeof(T):
+// one 512-bit register per panel and position), as gram_panel_tile does for
+// 6 x NR with 256-bit registers: the same products and sums per lane, so the
+// results are those of the AVX2 tile bit for bit (both use FMA).
+template <class T>
+__attribute__((target("avx512f,fma"))) void pairwise_tile(const T* const* __restrict a, const T* __restrict B0,
+                                                          const T* __restrict B1, long kc, double* __restrict acc,
+                                                          long ldc, bool overwrite) {
+    typedef T V __attribute__((vector_size(64)));
+    typedef double D __attribute__((vector_size(64)));
+    constexpr int NR = 64 / sizeof(T), MR = 12;
+    const T* rows[MR];
+    for (int r = 0; r < MR; ++r) rows[r] = a[r];
+    V c[MR][2];
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) c[r][0] = c[r][1] = V{};
+    for (long k = 0; k < kc; ++k) {
+        V b0, b1;
+        __builtin_memcpy(&b0, B0 + k * NR, 64);
+        __builtin_memcpy(&b1, B1 + k * NR, 64);
+        const long o = k * NR;
+#pragma GCC unroll 12
+        for (int r = 0; r < MR; ++r) {
+            const T x = rows[r][o];
+            c[r][0] += x * b0;
+            c[r][1] += x * b1;
+        }
+    }
+    for (int r = 0; r < MR; ++r) {
+        for (int h = 0; h < 2; ++h) {
+            double* d = acc + r * ldc + h * NR;
+            D part[sizeof(T) == 4 ? 2 : 1];
+            if constexpr (sizeof(T) == 4) {
+                typedef float H __attribute__((vector_size(32)));
+                const H lo = __builtin_shufflevector(c[r][h], c[r][h], 0, 1, 2, 3, 4, 5, 6, 7);
+                const H hi = __builtin_shufflevector(c[r][h], c[r][h], 8, 9, 10, 11, 12, 13, 14, 15);
+                part[0] = __builtin_convertvector(lo, D);
+                part[1] = __builtin_convertvector(hi, D);
+            } else {
+                part[0] = c[r][h];
+            }
+            for (std::size_t p = 0; p < sizeof(part) / sizeof(D); ++p) {
+                D v = part[p];
+                if (!overwrite) {
+                    D old;
+                    __builtin_memcpy(&old, d + 8 * p, 64);
+                    v += old;
+                }
+                __builtin_memcpy(d + 8 * p, &v, 64);
+            }
+        }
+    }
+}
+
+}  // namespace avx512
+#endif
+
 // The dot products are the Gram kernel's (pooling/gram.hpp) with vectors for
 // channels and features for positions: per chunk of KC features, the rows of
 // a block are packed into k-major micro-panels of NR = 2W rows, and each
@@ -47,6 +109,9 @@ class PairwiseDistances {
                       std::ptrdiff_t ldb, std::ptrdiff_t F)
         : a_(a), b_(b ? b : a), n_a_(n_a), n_b_(b ? n_b : n_a), lda_(lda), ldb_(b ? ldb : lda), F_(F),
           symmetric_(b == nullptr), mk_(microkernels<T>()) {
+#ifdef MICROTEX_HAVE_AVX512_TILE
+        wide_ = cpu_has_avx512f();
+#endif
         if (n_a < 0 || n_b_ < 0 || F < 0) throw std::invalid_argument("negative size");
         if (lda < F || ldb_ < F) throw std::invalid_argument("row stride shorter than a row");
     }
@@ -86,12 +151,14 @@ class PairwiseDistances {
 
     std::ptrdiff_t blocks(std::ptrdiff_t n) const { return (n + block_ - 1) / block_; }
 
-    // Rows per block: a multiple of MR and NR (48), at most 192 (the two packed
+    // Rows per block: a multiple of the tile's rows and columns (48 for 6 x 16
+    // or 6 x 8 tiles, 96 for 12 x 32 or 12 x 16), at most 192 (the two packed
     // chunks and the accumulator, ~0.7 MiB in float32, stay in L2), and small
     // enough that every thread gets about three blocks to claim.
     std::ptrdiff_t choose_block(int nt) const {
+        const std::ptrdiff_t quantum = wide_ ? 96 : 48;
         std::ptrdiff_t block = 192;
-        for (; block > 48; block -= 48) {
+        for (; block > quantum; block -= quantum) {
             const std::ptrdiff_t na = (n_a_ + block - 1) / block, nb = (n_b_ + block - 1) / block;
             const std::ptrdiff_t tasks = symmetric_ ? na * (na + 1) / 2 : na * nb;
             if (tasks >= 3 * nt) break;
@@ -130,14 +197,25 @@ class PairwiseDistances {
                 pack(b_, ldb_, j_lo, nj, k0, kc, s.pb.data());
                 pb = s.pb.data();
             }
-            for (std::ptrdiff_t i0 = 0; i0 < ni; i0 += MR) {
-                const T* rows[MR];
-                for (std::ptrdiff_t r = 0; r < MR; ++r) {
+            const std::ptrdiff_t mr = wide_ ? 2 * MR : MR, nr = wide_ ? 2 * NR : NR;
+            const std::ptrdiff_t panel_rows_j = (nj + NR - 1) / NR * NR;
+            for (std::ptrdiff_t i0 = 0; i0 < ni; i0 += mr) {
+                const T* rows[2 * MR];
+                for (std::ptrdiff_t r = 0; r < mr; ++r) {
                     const std::ptrdiff_t i = i0 + r;
                     rows[r] = i < panel_rows_i ? s.pa.data() + (i / NR) * NR * kc + i % NR : s.zeros.data();
                 }
-                for (std::ptrdiff_t j0 = same ? i0 / NR * NR : 0; j0 < nj; j0 += NR)
-                    mk_.gram_panel_tile(rows, pb + j0 * kc, kc, s.acc.data() + i0 * ldc + j0, ldc, k0 == 0);
+                for (std::ptrdiff_t j0 = same ? i0 / nr * nr : 0; j0 < nj; j0 += nr) {
+                    double* acc = s.acc.data() + i0 * ldc + j0;
+#ifdef MICROTEX_HAVE_AVX512_TILE
+                    if (wide_) {
+                        const T* b1 = j0 + NR < panel_rows_j ? pb + (j0 + NR) * kc : s.zeros.data();
+                        avx512::pairwise_tile<T>(rows, pb + j0 * kc, b1, kc, acc, ldc, k0 == 0);
+                        continue;
+                    }
+#endif
+                    mk_.gram_panel_tile(rows, pb + j0 * kc, kc, acc, ldc, k0 == 0);
+                }
             }
             if (norms_a)
                 for (std::ptrdiff_t p0 = 0; p0 < ni; p0 += NR) panel_norms(s.pa.data() + p0 * kc, kc, i_lo + p0, ni - p0, norms_a_);
@@ -218,6 +296,7 @@ class PairwiseDistances {
     std::ptrdiff_t n_a_, n_b_, lda_, ldb_, F_;
     bool symmetric_;
     Microkernels<T> mk_;
+    bool wide_ = false;  // 12 x 2NR tiles in 512-bit registers (AVX-512F) instead of 6 x NR
     std::ptrdiff_t block_ = 192;
     std::vector<double> norms_a_, norms_b_;
 };
