@@ -1,8 +1,9 @@
 """The compiled kernels (csrc/). Call them through microtex.features.pooling / .vlad /
-.spectra / microtex.generative.sample, which check shapes and dtypes; the pooling kernels
-take float32 or float64 (n, c, h, w) arrays, two_point C-contiguous (n, h, w, n_phases)
-ones, power_spectrum C-contiguous (n, h, w) ones and int32 (h, w) bin labels,
-PixelCNNSampler the float32 tensors of a PixelCNN weights file."""
+.spectra / microtex.analysis.distances / microtex.generative.sample, which check shapes and
+dtypes; the pooling kernels take float32 or float64 (n, c, h, w) arrays, two_point
+C-contiguous (n, h, w, n_phases) ones, power_spectrum C-contiguous (n, h, w) ones and int32
+(h, w) bin labels, pairwise_sq_distances (n, F) ones with C-contiguous rows, PixelCNNSampler
+the float32 tensors of a PixelCNN weights file."""
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +38,10 @@ def power_spectrum(
     n_bins: int,
     n_threads: int = 0,
 ) -> NDArray[np.floating]: ...
+
+def pairwise_sq_distances(
+    a: NDArray[np.floating], b: NDArray[np.floating] | None, n_threads: int = 0
+) -> NDArray[np.float64]: ...
 
 class PixelCNNSampler:
     def __init__(self, sizes: list[int], tensors: list[NDArray[np.float32]]) -> None: ...

@@ -39,6 +39,7 @@ struct Microkernels {
     void (*vlad_residual_write)(const double*, const T*, long, double, double, double, bool, T*);
     double (*sum_squares)(const T*, long);
     void (*panel_row_sums)(const T*, const std::ptrdiff_t*, long, T*);
+    void (*panel_sq_norms)(const T*, long, double*);
 };
 
 template <class T>
@@ -48,12 +49,12 @@ inline Microkernels<T> microkernels() {
         return {&avx2::pack_panel<T>,          &avx2::gram_panel_tile<T>,     &avx2::vlad_tile<T>,
                 &avx2::vlad_argmin<T>,         &avx2::sum_run<T>,             &avx2::max_run<T>,
                 &avx2::vlad_residual_stats<T>, &avx2::vlad_residual_write<T>, &avx2::sum_squares<T>,
-                &avx2::panel_row_sums<T>};
+                &avx2::panel_row_sums<T>,      &avx2::panel_sq_norms<T>};
 #endif
     return {&generic::pack_panel<T>,          &generic::gram_panel_tile<T>,     &generic::vlad_tile<T>,
             &generic::vlad_argmin<T>,         &generic::sum_run<T>,             &generic::max_run<T>,
             &generic::vlad_residual_stats<T>, &generic::vlad_residual_write<T>, &generic::sum_squares<T>,
-            &generic::panel_row_sums<T>};
+            &generic::panel_row_sums<T>,      &generic::panel_sq_norms<T>};
 }
 
 }  // namespace microtex::detail
