@@ -12,7 +12,8 @@ import numpy as np
 
 from microtex._files import atomic_path, atomic_write_text
 
-__all__ = ["csv_text", "write_json", "pca_scatter", "montage"]
+__all__ = ["csv_text", "write_json", "pca_scatter", "montage", "line_plot", "value_scatters",
+           "thumbnail_scatter"]
 
 
 def _pyplot():
@@ -113,4 +114,83 @@ def montage(images, titles, path, *, columns: int = 4) -> pathlib.Path:
     for ax, image, title in zip(axes.ravel(), images, titles):
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)
+    return _save(fig, pathlib.Path(path))
+
+
+def line_plot(x, series: dict, path, *, xlabel: str, ylabel: str, title: str = "",
+              ylim=None) -> pathlib.Path:  # fmt: skip
+    """Lines with optional error bars: ``series`` maps a name to ``y`` or ``(y, yerr)``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.8))
+    for name, values in series.items():
+        y, yerr = values if isinstance(values, tuple) else (values, None)
+        ax.errorbar(x, y, yerr=yerr, marker="o", markersize=4, capsize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, pathlib.Path(path))
+
+
+def value_scatters(panels, path, *, columns: int = 3, title: str = "") -> pathlib.Path:
+    """Scatter panels of 2-D points coloured by a value each.
+
+    ``panels`` is a list of ``(coords (n, 2), values (n,), panel title, colour
+    label)``; numeric values get a colour bar, others a legend of categories.
+    """
+    plt = _pyplot()
+    n = len(panels)
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, (coords, values, panel_title, label) in zip(axes.ravel(), panels):
+        coords = np.asarray(coords)
+        values = np.asarray(values)
+        if values.dtype.kind in "fiu":
+            points = ax.scatter(coords[:, 0], coords[:, 1], c=values, s=12, cmap="viridis")
+            fig.colorbar(points, ax=ax, label=label)
+        else:
+            for i, category in enumerate(np.unique(values)):
+                m = values == category
+                ax.scatter(coords[m, 0], coords[m, 1], s=12, color=plt.cm.tab10(i % 10),
+                           label=str(category))  # fmt: skip
+            ax.legend(fontsize=7, frameon=False, title=label, title_fontsize=7)
+        ax.set_title(panel_title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, pathlib.Path(path))
+
+
+def thumbnail_scatter(coords, images, path, *, size: float = 0.06,
+                      title: str = "") -> pathlib.Path:  # fmt: skip
+    """Grayscale images in [0, 1] drawn at their 2-D coordinates (a map of a data set).
+
+    ``size`` is a thumbnail's longer side as a fraction of the plot's larger
+    extent; each keeps its aspect ratio.
+    """
+    plt = _pyplot()
+    coords = np.asarray(coords, dtype=np.float64)[:, :2]
+    fig, ax = plt.subplots(figsize=(8, 8))
+    low, high = coords.min(axis=0), coords.max(axis=0)
+    half = 0.5 * size * max(float((high - low).max()), np.finfo(float).tiny)
+    for (x, y), image in zip(coords, images):
+        height, width = np.shape(image)[:2]
+        dx, dy = half * width / max(height, width), half * height / max(height, width)
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="bilinear",
+                  extent=(x - dx, x + dx, y - dy, y + dy), zorder=2)  # fmt: skip
+    ax.set_xlim(low[0] - 2 * half, high[0] + 2 * half)
+    ax.set_ylim(low[1] - 2 * half, high[1] + 2 * half)
+    ax.set_aspect("equal")
+    ax.set_xlabel("MDS 1")
+    ax.set_ylabel("MDS 2")
+    if title:
+        ax.set_title(title, fontsize=10)
     return _save(fig, pathlib.Path(path))

@@ -86,3 +86,36 @@ def real(name: str = "value", *, minimum: float | None = None, maximum: float | 
 
 #: A finite number > 0 (a length, a sigma).
 positive_real = real(minimum=0.0, inclusive=False)
+
+
+def real_list(name: str = "value", *, minimum: float | None = None) -> Callable[[str], list]:
+    """An argparse type: comma-separated finite numbers, each ``>= minimum``."""
+    one = real(name, minimum=minimum)
+
+    def parse(text: str) -> list:
+        values = [one(part) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"{name} needs at least one number, got {text!r}")
+        return values
+
+    return parse
+
+
+def int_range(text: str) -> list:
+    """Integers >= 1: ``1-10``, ``2,4,8`` or a mix (``1-4,8``)."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            low_value = check_positive_int("value", _number(low))
+            high_value = check_positive_int("value", _number(high)) if high else low_value
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (in {text!r})") from None
+        if high_value < low_value:
+            raise argparse.ArgumentTypeError(f"range {part!r} runs backwards")
+        values.extend(range(low_value, high_value + 1))
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected integers such as 1-10 or 2,4,8; got {text!r}")
+    return sorted(set(values))
