@@ -15,10 +15,12 @@ import threading
 from microtex.cli import (
     bench,
     demo,
+    embed,
     evaluate_generated,
     export_triton,
     featurize,
     generate,
+    manifold,
     mks,
     perlin_demo,
     predict,
@@ -37,7 +39,8 @@ COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train
             "predict": predict, "serve": serve, "bench": bench, "export-triton": export_triton,
             "stereology": stereology, "mks": mks, "train-vqvae": train_vqvae,
             "train-prior": train_prior, "generate": generate,
-            "evaluate-generated": evaluate_generated, "perlin-demo": perlin_demo}
+            "evaluate-generated": evaluate_generated, "perlin-demo": perlin_demo,
+            "manifold": manifold, "embed": embed}
 
 
 def _parser() -> argparse.ArgumentParser:
