@@ -140,7 +140,8 @@ def value_scatters(panels, path, *, columns: int = 3, title: str = "") -> pathli
     """Scatter panels of 2-D points coloured by a value each.
 
     ``panels`` is a list of ``(coords (n, 2), values (n,), panel title, colour
-    label)``; numeric values get a colour bar, others a legend of categories.
+    label[, colour map])``; numeric values get a colour bar (``"twilight"`` suits
+    angles, whose ends meet), others a legend of categories.
     """
     plt = _pyplot()
     n = len(panels)
@@ -149,17 +150,21 @@ def value_scatters(panels, path, *, columns: int = 3, title: str = "") -> pathli
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
-    for ax, (coords, values, panel_title, label) in zip(axes.ravel(), panels):
+    for ax, (coords, values, panel_title, label, *cmap) in zip(axes.ravel(), panels):
         coords = np.asarray(coords)
         values = np.asarray(values)
         if values.dtype.kind in "fiu":
-            points = ax.scatter(coords[:, 0], coords[:, 1], c=values, s=12, cmap="viridis")
+            points = ax.scatter(coords[:, 0], coords[:, 1], c=values, s=12,
+                                cmap=cmap[0] if cmap else "viridis")  # fmt: skip
             fig.colorbar(points, ax=ax, label=label)
         else:
-            for i, category in enumerate(np.unique(values)):
+            categories = np.unique(values)
+            palette = plt.cm.tab10 if len(categories) <= 10 else plt.cm.tab20
+            for i, category in enumerate(categories):
                 m = values == category
-                ax.scatter(coords[m, 0], coords[m, 1], s=12, color=plt.cm.tab10(i % 10),
-                           label=str(category))  # fmt: skip
+                ax.scatter(coords[m, 0], coords[m, 1], s=12, color=palette(i % palette.N),
+                           label=str(category),
+                           marker="os^Dv"[(i // palette.N) % 5])  # fmt: skip
             ax.legend(fontsize=7, frameon=False, title=label, title_fontsize=7)
         ax.set_title(panel_title, fontsize=9)
         ax.set_xticks([])

@@ -16,6 +16,7 @@ from microtex.analysis import manifold_experiments as me
 from microtex.analysis.distances import pairwise_distances
 from microtex.cli.main import main
 from microtex.features.pooling import gram
+from microtex.io import read_image as microtex_read
 
 
 def _distances(points: np.ndarray) -> np.ndarray:
@@ -240,8 +241,41 @@ def test_grid_experiment_rows_and_their_invariants():
     stresses = [r["stress"] for r in rows]
     assert stresses[0] >= stresses[1] - 1e-9 >= stresses[2] - 2e-9
     assert all(0.0 <= r["r2_k"] <= 1.0 and 0.0 <= r["r2_amplitude"] <= 1.0 for r in rows)
-    assert rows[-1]["r2_k"] >= rows[0]["r2_k"] - 1e-9  # nested least squares
     assert result["embeddings"]["gram"].shape == (27, 3)
+    spread = result["embeddings"]["gram"].std(axis=0)
+    assert spread[0] >= spread[1] >= spread[2]  # principal axes, largest first
+
+
+def test_noise_sweep_scores_each_setting_by_its_worse_r2(tmp_path):
+    settings = [me.TextureSetting(size=40), me.TextureSetting(size=40, noise_scale=0.03)]
+    result = me.run_sweep(tmp_path, settings=settings, levels=2, dims=(1, 2),
+                          descriptors=("spectrum", "gram"))  # fmt: skip
+    assert result["parameters"]["scored"] == "gram"
+    for run, setting in zip(result["runs"], settings):
+        assert run["setting"] == setting.as_dict() and run["score_D"] == 2
+        at = run["results"]["gram"][1]
+        assert run["score"] == pytest.approx(min(at["r2_k"], at["r2_amplitude"]))
+    scores = [run["score"] for run in result["runs"]]
+    assert result["best"] == int(np.argmax(scores))
+    with open(tmp_path / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and float(rows[3]["r2_k"]) == pytest.approx(
+        result["runs"][1]["results"]["gram"][1]["r2_k"])
+    with pytest.raises(ValueError, match="unknown descriptor"):
+        me.noise_sweep(settings, descriptors="grams")
+
+
+def test_layer_weights_follow_the_order_the_caller_lists_the_layers():
+    images = np.random.default_rng(11).random((2, 32, 32)).astype(np.float32)
+    forward, _ = mf.gram_vectors(images, taps=["relu1_1", "relu2_1"], layer_weights=[0.0, 4.0])
+    reverse, _ = mf.gram_vectors(images, taps=["relu2_1", "relu1_1"], layer_weights=[4.0, 0.0])
+    named, _ = mf.gram_vectors(images, taps=["relu2_1", "relu1_1"],
+                               layer_weights={"relu2_1": 4.0})  # fmt: skip
+    np.testing.assert_array_equal(forward, reverse)
+    np.testing.assert_array_equal(forward, named)
+    assert not forward[:, :2080].any() and forward[:, 2080:].any()  # relu1_1: 64*65/2 columns
+    with pytest.raises(ValueError, match="2 values for 1 layers"):
+        mf.gram_vectors(images, taps=["relu1_1"], layer_weights=[1.0, 2.0])
 
 
 def test_texture_settings_are_checked():
@@ -285,11 +319,15 @@ def test_manifold_grid_command(tmp_path, capsys):
     with open(out / "grid_embedding.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 27
-    assert {"theta", "k", "amplitude", "spectrum_1", "spectrum_2"} <= set(rows[0])
-    coords = np.array([[float(r["spectrum_1"]), float(r["spectrum_2"])] for r in rows])
+    assert {"theta", "k", "amplitude", "spectrum_D2_1", "spectrum_D2_2"} <= set(rows[0])
+    coords = np.array([[float(r["spectrum_D2_1"]), float(r["spectrum_D2_2"])] for r in rows])
     k = np.array([float(r["k"]) for r in rows])
     assert mf.linear_r2(coords, k) == pytest.approx(report["results"]["spectrum"][1]["r2_k"],
                                                     rel=1e-9)
+    one = tmp_path / "one"  # a 1-D embedding is drawn on a line
+    assert main(["manifold", "grid", "-o", str(one), "--levels", "2", "--dims", "1",
+                 "--size", "40", "--descriptors", "spectrum"]) == 0  # fmt: skip
+    assert (one / "grid_embeddings.png").stat().st_size > 1000
 
 
 def test_embed_a_feature_table_recovers_planar_points(tmp_path, capsys):
@@ -325,14 +363,27 @@ def test_embed_a_folder_of_images_with_thumbnails_and_a_bad_file(tmp_path, capsy
         image = synth.perlin_texture(48, 4 + 4 * (i % 2), 0.3 * i, 1.0, seed=i)
         Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"m{i}.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    out = tmp_path / "emb"
-    assert main(["embed", str(folder), "-o", str(out), "--descriptor", "spectrum"]) == 0
-    captured = capsys.readouterr()
-    assert "broken.png" in captured.err
-    summary = json.loads((out / "embedding.json").read_text())
-    assert summary["n_items"] == 6 and [s["path"] for s in summary["skipped"]] == [
-        str(folder / "broken.png")]
-    assert (out / "thumbnails.png").stat().st_size > 1000
+    good = sorted(str(p) for p in folder.glob("m*.png"))
+    for descriptor in ("spectrum", "gram"):
+        out = tmp_path / descriptor
+        assert main(["embed", str(folder), "-o", str(out), "--descriptor", descriptor]) == 0
+        captured = capsys.readouterr()
+        assert "broken.png" in captured.err
+        summary = json.loads((out / "embedding.json").read_text())
+        assert summary["n_items"] == 6 and [s["path"] for s in summary["skipped"]] == [
+            str(folder / "broken.png")]
+        assert (out / "thumbnails.png").stat().st_size > 1000
+        with open(out / "embedding.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["id"] for r in rows] == good
+        coords = np.array([[float(r["mds_1"]), float(r["mds_2"])] for r in rows])
+        images = np.stack([microtex_read(p) for p in good])
+        vectors = (mf.gram_vectors(images)[0] if descriptor == "gram"
+                   else mf.spectrum_vectors(images))
+        assert mf.kruskal_stress(pairwise_distances(vectors), coords) == pytest.approx(
+            summary["stress"], rel=1e-6)
+    with pytest.raises(ValueError, match="radial averaging applies to power spectra"):
+        mf.run_embed(folder, tmp_path / "x", descriptor="gram", radial=True)
     colors = tmp_path / "c.csv"
     colors.write_text("path,x\nother.png,1\n")
     with pytest.raises(ValueError, match="no row for .*m0.png"):

@@ -98,10 +98,10 @@ def gram_vectors(images, *, layer_weights=None, taps: Sequence[str] = GRAM_TAPS,
     ----------
     images : array (n, h, w), list of 2-D arrays, or paths / directories
     layer_weights : sequence of float or mapping of layer name to float, optional
-        ``w_l`` >= 0 per layer of ``taps`` (a mapping leaves the unnamed ones at
-        0); default 1 for every layer.
-    taps : sequence of str
-        VGG19 layers (default :data:`GRAM_TAPS`).
+        ``w_l`` >= 0 per layer of ``taps``, in the order ``taps`` lists them (a
+        mapping leaves the unnamed ones at 0); default 1 for every layer.
+    taps : str or sequence of str
+        VGG19 layers or a preset (default :data:`GRAM_TAPS`).
     image_size, batch_size, device, n_threads
         As for :class:`~microtex.features.texture.TextureFeaturizer`.
     progress : bool
@@ -112,10 +112,22 @@ def gram_vectors(images, *, layer_weights=None, taps: Sequence[str] = GRAM_TAPS,
     (ndarray float32 (n, n_features), list of str)
         The weighted vectors and the image ids.
     """
+    from microtex.backbones.layers import resolve_taps
     from microtex.features.api import featurize
     from microtex.features.texture import TextureFeaturizer
 
-    taps = tuple(taps)
+    # weights follow the layers as the caller listed them (a preset: forward order);
+    # the featurizer names its columns in forward order
+    order = resolve_taps("vgg19", taps) if isinstance(taps, str) else tuple(taps)
+    taps = resolve_taps("vgg19", taps)
+    if layer_weights is not None and not isinstance(layer_weights, Mapping):
+        if sorted(order) != sorted(taps):
+            raise ValueError(f"to weight layers, list them one by one; got taps {list(order)}")
+        values = list(layer_weights)
+        if len(values) != len(order):
+            raise ValueError(f"layer_weights has {len(values)} values for {len(order)} layers "
+                             f"{list(order)}")  # fmt: skip
+        layer_weights = dict(zip(order, values))
     weights = _layer_weights(layer_weights, taps)
     featurizer = TextureFeaturizer(
         taps=list(taps), pool="gram", block_pooling="avg", gram_normalization="lubbers",
@@ -159,13 +171,17 @@ def spectrum_vectors(images, *, radial: bool = False, sectors: int | None = None
 
     ``images`` is an array ``(n, h, w)`` (or a list of equal-shape 2-D
     arrays); the options are those of
-    :func:`microtex.features.spectra.power_spectrum`.
+    :func:`microtex.features.spectra.power_spectrum`. Bins that hold no
+    frequency (narrow angular sectors near the centre) are left out.
     """
     from microtex.features.spectra import power_spectrum
 
     spectra = power_spectrum(images, rescale=rescale, radial=radial, sectors=sectors,
                              n_threads=n_threads)  # fmt: skip
-    return spectra.reshape(spectra.shape[0], -1)
+    vectors = spectra.reshape(spectra.shape[0], -1)
+    # narrow sectors at small radii hold no frequency (NaN for every image of the shape)
+    empty = np.isnan(vectors[0])
+    return vectors[:, ~empty] if empty.any() else vectors
 
 
 def descriptor_distances(images, descriptor: str = "gram", *, n_threads: int | None = None,
@@ -189,8 +205,10 @@ def descriptor_distances(images, descriptor: str = "gram", *, n_threads: int | N
 def check_distances(distances, name: str = "distances") -> np.ndarray:
     """A float64 copy of a square, symmetric, finite, non-negative matrix with a zero diagonal.
 
-    Symmetric, with a diagonal of 0, within 1e-6 of its largest entry (then averaged with its
-    transpose, so rounding in the producer does not matter).
+    Symmetric, with a diagonal of 0, within 1e-6 of its largest entry, and no
+    entry below -1e-12 of it; the copy is averaged with its transpose, its
+    diagonal set to 0 and negatives to 0, so rounding in the producer does not
+    matter.
     """
     if not isinstance(distances, np.ndarray):
         distances = np.asarray(distances)
@@ -204,10 +222,11 @@ def check_distances(distances, name: str = "distances") -> np.ndarray:
     if not np.isfinite(d).all():
         i, j = np.argwhere(~np.isfinite(d))[0]
         raise ValueError(f"{name}[{i}, {j}] is {d[i, j]}; distances must be finite")
-    if (d < 0).any():
-        i, j = np.argwhere(d < 0)[0]
+    scale = max(float(np.abs(d).max()), np.finfo(np.float64).tiny)
+    if (d < -1e-12 * scale).any():
+        i, j = np.argwhere(d < -1e-12 * scale)[0]
         raise ValueError(f"{name}[{i}, {j}] = {d[i, j]} is negative")
-    scale = max(float(d.max()), np.finfo(np.float64).tiny)
+    np.maximum(d, 0.0, out=d)
     diagonal = np.abs(np.diag(d))
     if diagonal.max() > 1e-6 * scale:
         i = int(diagonal.argmax())
@@ -222,19 +241,29 @@ def check_distances(distances, name: str = "distances") -> np.ndarray:
     return d
 
 
-def _embedding_distances(x: np.ndarray) -> np.ndarray:
+def _embedding_distances(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distances of a few-dimensional embedding's points (diagonal exactly 0)."""
+    n = x.shape[0]
+    out = np.empty((n, n)) if out is None else out
     sq = np.einsum("ij,ij->i", x, x)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
-    np.maximum(d2, 0.0, out=d2)
-    np.fill_diagonal(d2, 0.0)
-    return np.sqrt(d2)
+    np.matmul(x, x.T, out=out)
+    out *= -2.0
+    out += sq[:, None]
+    out += sq[None, :]
+    np.maximum(out, 0.0, out=out)
+    np.sqrt(out, out=out)
+    out[np.diag_indices(n)] = 0.0
+    return out
 
 
 def kruskal_stress(distances, embedding) -> float:
-    """Kruskal's stress-1 ``sqrt(sum (d_ij - D_ij)^2 / sum D_ij^2)`` over pairs ``i < j``.
+    """Normalized stress ``sqrt(sum (d_ij - D_ij)^2 / sum D_ij^2)`` over pairs ``i < j``.
 
     ``D`` are the given distances (the disparities of metric MDS) and ``d``
-    the Euclidean distances of the embedded points. Unlike the raw stress
+    the Euclidean distances of the embedded points. This is Lubbers et al.'s
+    sigma (and scikit-learn's ``normalized_stress`` for metric MDS); Kruskal's
+    own stress-1 divides by ``sum d_ij^2`` of the embedding instead, which
+    differs by a factor near 1 for a good embedding. Unlike the raw stress
     scikit-learn reports, it does not depend on the scale of ``D``: 0 is a
     perfect embedding, Kruskal called 0.05 good and 0.2 poor.
 
@@ -304,7 +333,7 @@ class MDSResult:
     Attributes
     ----------
     embedding : ndarray (n, n_components)
-        Centred coordinates.
+        Centred coordinates on their principal axes (largest spread first).
     stress : float
         Kruskal's stress-1 (:func:`kruskal_stress`).
     raw_stress : float
@@ -336,17 +365,6 @@ def _smacof_run(d: np.ndarray, x: np.ndarray, max_iter: int, tol: float):
     work = np.empty_like(d)
     diagonal = np.diag_indices(n)
 
-    def distances_into(out, points):
-        sq = np.einsum("ij,ij->i", points, points)
-        np.matmul(points, points.T, out=out)
-        out *= -2.0
-        out += sq[:, None]
-        out += sq[None, :]
-        np.maximum(out, 0.0, out=out)
-        np.sqrt(out, out=out)
-        out[diagonal] = 0.0
-        return out
-
     def raw_stress(dx):
         np.subtract(dx, d, out=work)
         return 0.5 * float(np.einsum("ij,ij->", work, work))
@@ -355,7 +373,7 @@ def _smacof_run(d: np.ndarray, x: np.ndarray, max_iter: int, tol: float):
     iteration = 0
     while iteration < max_iter:
         iteration += 1
-        dx = distances_into(ratio, x)
+        dx = _embedding_distances(x, ratio)
         raw = raw_stress(dx)
         if previous < math.inf and previous - raw <= tol * previous:
             break
@@ -373,7 +391,7 @@ def _smacof_run(d: np.ndarray, x: np.ndarray, max_iter: int, tol: float):
         np.negative(dx, out=dx)
         dx[diagonal] = -dx.sum(axis=1)
         x = (dx @ x) / n
-    raw = raw_stress(distances_into(ratio, x))
+    raw = raw_stress(_embedding_distances(x, ratio))
     return x, raw, iteration
 
 
@@ -433,8 +451,19 @@ def smacof(distances, n_components: int = 2, *, n_init: int = 4, max_iter: int =
         if best is None or math.sqrt(raw / total) < math.sqrt(best[1] / total) - 1e-12:
             best = (x, raw, n_iter, name)
     x, raw, n_iter, name = best
+    return MDSResult(_principal_axes(x), math.sqrt(raw / total), raw, n_iter, name,
+                     tuple(stresses))  # fmt: skip
+
+
+def _principal_axes(x: np.ndarray) -> np.ndarray:
+    """``x`` centred and rotated so that its axes are its principal axes (largest spread
+    first), each signed so that its largest entry is positive: distances are unchanged, and
+    the first coordinates of any embedding are its most informative view."""
     x = x - x.mean(axis=0)
-    return MDSResult(x, math.sqrt(raw / total), raw, n_iter, name, tuple(stresses))
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    x = x @ vt.T
+    signs = np.sign(x[np.abs(x).argmax(axis=0), np.arange(x.shape[1])])
+    return x * np.where(signs == 0, 1.0, signs)
 
 
 # --------------------------------------------------------------------------- what it recovers
@@ -666,7 +695,8 @@ def run_embed(inputs, output, *, descriptor: str = "gram", n_components: int = 2
     descriptor : {"gram", "spectrum"}
         Gram vectors (:func:`gram_vectors`) or power spectra
         (:func:`spectrum_vectors`; images of different shapes are centre-cropped
-        to the smallest common shape).
+        to the smallest common shape, ``radial`` averages them over rings).
+        Not used for a feature table.
     color_by : str, optional
         ``labels.csv:COLUMN``: a CSV with a ``path`` column (relative to the
         CSV's folder, or absolute; a unique file name also matches) and the
@@ -693,6 +723,9 @@ def run_embed(inputs, output, *, descriptor: str = "gram", n_components: int = 2
         vectors, ids, descriptor = table.features, list(table.ids), "table"
     else:
         check_choice("descriptor", descriptor, DESCRIPTORS)
+        if radial and descriptor != "spectrum":
+            raise ValueError("radial averaging applies to power spectra: pass "
+                             "descriptor='spectrum'")  # fmt: skip
         images, ids = [], []
         for path, image, _ in iter_images(expand_paths(paths), crop_bottom=crop_bottom,
                                           size=image_size, on_error="skip",
@@ -733,7 +766,10 @@ def run_embed(inputs, output, *, descriptor: str = "gram", n_components: int = 2
         chosen, small = thumbnails
         report.thumbnail_scatter(coords[chosen], small, output / "thumbnails.png", title=title)
         files.append("thumbnails.png")
-    summary = {"descriptor": descriptor, "n_items": len(ids), "n_components": n_components,
+    summary = {"inputs": [str(p) for p in paths], "descriptor": descriptor,
+               "radial": radial if descriptor == "spectrum" else None,
+               "image_size": image_size, "crop_bottom": crop_bottom, "n_init": n_init,
+               "seed": seed, "n_items": len(ids), "n_components": n_components,
                "stress": result.stress, "mds_start": result.start, "color_by": color_by,
                "skipped": [{"path": str(f.path), "reason": f.reason} for f in failures],
                "seconds": time.perf_counter() - start, "files": files}  # fmt: skip

@@ -99,6 +99,8 @@ class TextureSetting:
                                  f"{', '.join(GRAM_TAPS)}); got {self.layer_weights}")  # fmt: skip
             for tap, weight in zip(GRAM_TAPS, self.layer_weights):
                 check_real(f"layer weight of {tap}", weight, minimum=0.0)
+            if not any(self.layer_weights):
+                raise ValueError(f"layer_weights are all zero: {self.layer_weights}")
 
     def label(self) -> str:
         weights = "equal" if self.layer_weights is None else ",".join(
@@ -338,8 +340,9 @@ def sweep_settings(base: TextureSetting = GRID_DEFAULTS) -> list[TextureSetting]
     """The settings :func:`noise_sweep` tries: ``base``, then one factor changed at a time.
 
     Noise scale (x0.5, x2), base frequency (x0.5, x2), octaves (1, 5), image
-    size (128 for a base of 256, else 256) and Gram layer weights (early
-    layers only, late layers only).
+    size (128 for a base of 256, else 256), Gram layer weights (early
+    layers only, late layers only) and, last, :func:`microtex.synth.perlin_texture`'s
+    own defaults at 128 px.
     """
     variants = [base]
     replace = dataclasses.replace
@@ -350,6 +353,8 @@ def sweep_settings(base: TextureSetting = GRID_DEFAULTS) -> list[TextureSetting]
     variants += [replace(base, size=256)] if base.size != 256 else [replace(base, size=128)]
     variants += [replace(base, layer_weights=(1.0, 1.0, 1.0, 0.0, 0.0)),
                  replace(base, layer_weights=(0.0, 0.0, 1.0, 1.0, 1.0))]  # fmt: skip
+    if TextureSetting() not in variants:
+        variants.append(TextureSetting())  # microtex.synth's own noise, for comparison
     return variants
 
 
@@ -359,27 +364,30 @@ def noise_sweep(settings: Sequence[TextureSetting] | None = None, *, levels: int
                 progress: Progress = None) -> dict:  # fmt: skip
     """:func:`grid_experiment` for each setting; which one recovers both ``k`` and ``A`` best.
 
-    The score of a setting is ``min(R²(k), R²(A))`` of the Gram embedding at
-    ``D = 4`` (the smallest ``D`` in ``dims`` from 4 up); the best is reported
-    as ``"best"``.
+    The score of a setting is ``min(R²(k), R²(A))`` of the Gram embedding (of
+    the first descriptor without ``"gram"``) at ``D = 4`` (the smallest ``D``
+    in ``dims`` from 4 up); the best is reported as ``"best"``.
     """
     settings = list(sweep_settings() if settings is None else settings)
     if not settings:
         raise ValueError("settings is empty")
+    descriptors = _check_descriptors(descriptors)
+    scored = "gram" if "gram" in descriptors else descriptors[0]
     runs = []
     for index, setting in enumerate(settings):
         _say(progress, f"sweep {index + 1}/{len(settings)}: {setting.label()}")
         run = grid_experiment(levels, dims=dims, setting=setting, descriptors=descriptors,
                               n_init=n_init, seed=seed, n_threads=n_threads,
                               keep_embeddings=False)  # fmt: skip
-        rows = run["results"][descriptors[0]]
+        rows = run["results"][scored]
         at = next((row for row in rows if row["D"] >= 4), rows[-1])
         runs.append({"setting": setting.as_dict(), "label": setting.label(),
                      "score_D": at["D"], "score": min(at["r2_k"], at["r2_amplitude"]),
                      "results": run["results"], "seconds": run["seconds"]})  # fmt: skip
     best = max(range(len(runs)), key=lambda i: runs[i]["score"])
     return {"parameters": {"levels": levels, "dims": sorted(set(dims)),
-                           "descriptors": list(descriptors), "n_init": n_init, "seed": seed},
+                           "descriptors": list(descriptors), "scored": scored,
+                           "n_init": n_init, "seed": seed},
             "runs": runs, "best": best}  # fmt: skip
 
 
@@ -425,7 +433,7 @@ def run_angle(output, **options) -> dict:
                      output / "angle_stress.png", xlabel="noise amplitude A",
                      ylabel="Kruskal stress (D = 2)", title="2-D embedding stress")  # fmt: skip
     theta = np.degrees(result["embeddings"]["theta"])
-    panels = [(embedding, theta, f"{names[d]}, A = {a:g}", "θ (degrees)")
+    panels = [(embedding, theta, f"{names[d]}, A = {a:g}", "θ (degrees)", "twilight")
               for d in per for a, embedding in zip(amplitudes, result["embeddings"][d])]
     report.value_scatters(panels, output / "angle_embeddings.png", columns=len(amplitudes))
     result["files"] = ["angle.json", "angle.csv", "angle_rmse.png", "angle_stress.png",
@@ -440,8 +448,9 @@ def run_grid(output, **options) -> dict:
     Writes ``grid.json``, ``grid.csv`` (descriptor, D, stress, R² of k and
     A, angle between their directions), ``grid_stress.png`` and
     ``grid_r2.png`` (vs D, Table I and Fig. 8), ``grid_embeddings.png`` (the
-    first two coordinates coloured by theta, k and A) and
-    ``grid_embedding.csv`` (the parameters and the first three coordinates).
+    largest-D embedding's first two principal coordinates coloured by theta,
+    k and A) and ``grid_embedding.csv`` (the parameters and its first three
+    coordinates, columns ``{descriptor}_D{D}_{i}``).
     """
     output = _folder(output)
     result = grid_experiment(**options)
@@ -465,15 +474,17 @@ def run_grid(output, **options) -> dict:
     emb = result.pop("embeddings")
     panels = []
     for d in per:
+        coords = emb[d][:, :2] if emb[d].shape[1] >= 2 else np.column_stack(
+            [emb[d][:, 0], np.zeros(len(emb[d]))])
         for key, label in (("theta", "θ"), ("k", "k"), ("amplitude", "A")):
             values = np.degrees(emb[key]) if key == "theta" else emb[key]
-            panels.append((emb[d][:, :2], values, f"{names[d]} (D = {dims[-1]}), by {label}",
-                           label))  # fmt: skip
+            panels.append((coords, values, f"{names[d]} (D = {dims[-1]}), by {label}", label,
+                           "twilight" if key == "theta" else "viridis"))  # fmt: skip
     report.value_scatters(panels, output / "grid_embeddings.png", columns=3)
     header = ["theta", "k", "amplitude"]
     columns = [emb["theta"], emb["k"], emb["amplitude"]]
     for d in per:
-        header += [f"{d}_{i + 1}" for i in range(emb[d].shape[1])]
+        header += [f"{d}_D{dims[-1]}_{i + 1}" for i in range(emb[d].shape[1])]
         columns += list(emb[d].T)
     atomic_write_text(output / "grid_embedding.csv",
                       report.csv_text(header, np.column_stack(columns).tolist()))  # fmt: skip
@@ -487,7 +498,7 @@ def run_sweep(output, **options) -> dict:
     """:func:`noise_sweep` with its report: ``sweep.json``, ``sweep.csv``, ``sweep_r2.png``."""
     output = _folder(output)
     result = noise_sweep(**options)
-    descriptor = result["parameters"]["descriptors"][0]
+    descriptor = result["parameters"]["scored"]
     rows = [[i, run["label"], r["D"], r["stress"], r["r2_k"], r["r2_amplitude"]]
             for i, run in enumerate(result["runs"]) for r in run["results"][descriptor]]
     atomic_write_text(output / "sweep.csv", report.csv_text(

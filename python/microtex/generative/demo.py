@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from microtex._validation import check_bool, check_int, check_positive_int
+from microtex.features.spectra import power_spectrum
 from microtex.report import csv_text, write_json
 from microtex.synth import perlin_texture
 
@@ -100,14 +101,8 @@ def radial_power_spectrum(images, *, window: bool = True) -> np.ndarray:
     if check_bool("window", window):
         hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(size) / size)
         array = array * np.outer(hann, hann)
-    power = np.abs(np.fft.fft2(array)) ** 2
-    frequency = np.fft.fftfreq(size) * size
-    radius = np.rint(np.hypot(frequency[:, None], frequency[None, :])).astype(np.int64).ravel()
-    keep = radius <= size // 2
-    counts = np.bincount(radius[keep], minlength=size // 2 + 1)
-    sums = np.stack([np.bincount(radius[keep], weights=p.ravel()[keep], minlength=size // 2 + 1)
-                     for p in power])  # fmt: skip
-    return sums / counts
+    # the ring means of |FFT|^2 / size^2, rings r = rint(|q|) up to size // 2
+    return power_spectrum(array, rescale="none", radial=True) * float(size * size)
 
 
 def dominant_wavelength(images, *, window: bool = True) -> np.ndarray:
