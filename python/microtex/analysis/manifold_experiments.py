@@ -15,6 +15,10 @@ known. Two experiments, each returning every number it measured (the
   (Table I and Fig. 8), with the angle between the two regression
   directions.
 
+Every experiment takes ``progress``: True for a progress bar on stderr, or a
+callable that receives each step's message (how ``bench_manifold.py`` times
+the phases).
+
 :func:`noise_sweep` runs the grid over several noise fields, image sizes and
 layer weights: whether ``A`` is recoverable depends on them, and
 :data:`GRID_DEFAULTS` is the setting the sweep found to recover both ``k`` and
@@ -71,7 +75,7 @@ __all__ = [
 K_RANGE: tuple[float, float] = (5.0, 25.0)
 A_RANGE: tuple[float, float] = (0.0, 5.0)
 
-Progress = Callable[[str], None] | None
+Progress = Callable[[str], None] | bool | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,9 +160,32 @@ def _check_descriptors(descriptors) -> tuple[str, ...]:
     return descriptors
 
 
-def _say(progress: Progress, message: str) -> None:
-    if progress is not None:
-        progress(message)
+class _Steps:
+    """Progress of an experiment: a tqdm bar on stderr (``progress=True``), or each step's
+    message passed to a callable (``progress=callable``), or nothing."""
+
+    def __init__(self, progress, total: int, desc: str):
+        self.call = progress if callable(progress) else None
+        self.bar = None
+        if progress is True:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+        self.started = False
+
+    def __call__(self, message: str) -> None:
+        if self.call is not None:
+            self.call(message)
+        if self.bar is not None:
+            if self.started:
+                self.bar.update(1)
+            self.started = True
+            self.bar.set_postfix_str(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.bar.total - self.bar.n)
+            self.bar.close()
 
 
 def _mean_std(values) -> dict:
@@ -206,9 +233,10 @@ def angle_experiment(amplitudes: Sequence[float] = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0
     stress = {d: [[] for _ in amplitudes] for d in descriptors}
     embeddings = {d: [] for d in descriptors}
     seeds_of = np.random.default_rng(seed).integers(0, 2**31, size=(trials, n_angles))
+    say = _Steps(progress, trials * len(amplitudes), "angle")
     for trial in range(trials):
         for index, amplitude in enumerate(amplitudes):
-            _say(progress, f"angle: trial {trial + 1}/{trials}, A = {amplitude:g}")
+            say(f"angle: trial {trial + 1}/{trials}, A = {amplitude:g}")
             images = marble_images(np.full(n_angles, k), theta, np.full(n_angles, amplitude),
                                    seeds_of[trial], setting)  # fmt: skip
             for descriptor in descriptors:
@@ -219,6 +247,7 @@ def angle_experiment(amplitudes: Sequence[float] = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0
                 stress[descriptor][index].append(result.stress)
                 if trial == 0:
                     embeddings[descriptor].append(result.embedding)
+    say.close()
     results = {
         descriptor: [
             {"amplitude": amplitude, "rmse_degrees": _mean_std(rmse[descriptor][i]),
@@ -297,16 +326,17 @@ def grid_experiment(levels: int = 8, *, dims: Sequence[int] = tuple(range(1, 11)
     n = params["k"].size
     if dims[-1] >= n:
         raise ValueError(f"D = {dims[-1]} needs more than {n} images")
-    _say(progress, f"grid: making {n} marbles of {setting.size} px")
+    say = _Steps(progress, 1 + len(descriptors) * (1 + len(dims)), "grid")
+    say(f"grid: making {n} marbles of {setting.size} px")
     images = marble_images(params["k"], params["theta"], params["amplitude"], params["seed"],
                            setting)  # fmt: skip
     results, embeddings = {}, {}
     for descriptor in descriptors:
-        _say(progress, f"grid: {descriptor} distances of {n} images")
-        distances = _distances(images, descriptor, setting, n_threads, progress is not None)
+        say(f"grid: {descriptor} distances of {n} images")
+        distances = _distances(images, descriptor, setting, n_threads, False)
         rows = []
         for d in dims:
-            _say(progress, f"grid: {descriptor} MDS in {d} dimension(s)")
+            say(f"grid: {descriptor} MDS in {d} dimension(s)")
             result = smacof(distances, d, n_init=n_init, random_state=seed)
             row = {"D": d, "stress": result.stress,
                    "r2_k": linear_r2(result.embedding, params["k"]),
@@ -319,6 +349,7 @@ def grid_experiment(levels: int = 8, *, dims: Sequence[int] = tuple(range(1, 11)
             if d == dims[-1] and keep_embeddings:
                 embeddings[descriptor] = result.embedding[:, :3]
         results[descriptor] = rows
+    say.close()
     out = {
         "parameters": {"levels": levels, "n_images": n, "dims": dims, "k_range": list(k_range),
                        "a_range": list(a_range), "theta_range": [0.0, math.pi],
@@ -374,8 +405,9 @@ def noise_sweep(settings: Sequence[TextureSetting] | None = None, *, levels: int
     descriptors = _check_descriptors(descriptors)
     scored = "gram" if "gram" in descriptors else descriptors[0]
     runs = []
+    say = _Steps(progress, len(settings), "sweep")
     for index, setting in enumerate(settings):
-        _say(progress, f"sweep {index + 1}/{len(settings)}: {setting.label()}")
+        say(f"sweep {index + 1}/{len(settings)}: {setting.label()}")
         run = grid_experiment(levels, dims=dims, setting=setting, descriptors=descriptors,
                               n_init=n_init, seed=seed, n_threads=n_threads,
                               keep_embeddings=False)  # fmt: skip
@@ -384,6 +416,7 @@ def noise_sweep(settings: Sequence[TextureSetting] | None = None, *, levels: int
         runs.append({"setting": setting.as_dict(), "label": setting.label(),
                      "score_D": at["D"], "score": min(at["r2_k"], at["r2_amplitude"]),
                      "results": run["results"], "seconds": run["seconds"]})  # fmt: skip
+    say.close()
     best = max(range(len(runs)), key=lambda i: runs[i]["score"])
     return {"parameters": {"levels": levels, "dims": sorted(set(dims)),
                            "descriptors": list(descriptors), "scored": scored,

@@ -95,10 +95,8 @@ def _setting(args):
     return dataclasses.replace(GRID_DEFAULTS, **changes)
 
 
-def _progress(args):
-    if args.no_progress or not sys.stderr.isatty():
-        return None
-    return lambda message: print(f"microtex: {message}", file=sys.stderr, flush=True)
+def _progress(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def _descriptors(text: str) -> list:
