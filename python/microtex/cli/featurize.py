@@ -37,6 +37,7 @@ def add_parser(subparsers) -> None:
     )
     add_batch_options(f)
     add_dataset_options(f)
+    add_runner_options(f)
     f.add_argument(
         "--save-bundle", default=None, help="also save the fitted featurizer as a model bundle"
     )
@@ -130,6 +131,33 @@ def add_dataset_options(f) -> None:
     )  # fmt: skip
 
 
+def add_runner_options(f) -> None:
+    """Where the work runs: this process, or a Ray cluster (into a dataset folder).
+
+    Named ``--runner``, not ``--engine``: ``--engine`` already says where pooling runs.
+    """
+    f.add_argument(
+        "--runner", default="local", choices=["local", "ray"],
+        help="run here (default) or on Ray Data workers (needs -o OUT_DIR/ and the ray extra)",
+    )  # fmt: skip
+    f.add_argument(
+        "--address", default=None,
+        help="Ray cluster address (ray start --head prints it; default: a local instance)",
+    )  # fmt: skip
+    f.add_argument(
+        "--num-workers", type=positive, default=None,
+        help="Ray actors (default: the cluster's CPUs / --threads-per-worker)",
+    )  # fmt: skip
+    f.add_argument(
+        "--threads-per-worker", type=positive, default=1,
+        help="CPUs of each Ray actor and its ONNX Runtime threads (default %(default)s)",
+    )  # fmt: skip
+    f.add_argument(
+        "--gpus-per-worker", type=float, default=0,
+        help="GPUs of each Ray actor; above 0 the actors run on CUDA (default %(default)s)",
+    )  # fmt: skip
+
+
 def open_dataset(args, inputs, config):
     """The sharded job of a command whose ``-o`` is a folder (a rerun resumes it)."""
     from microtex.io.shards import ShardedJob
@@ -205,6 +233,10 @@ def run(args) -> int:
 
     if is_dataset_target(args.output):
         return _run_dataset(args)
+    if args.runner == "ray":
+        raise ValueError(
+            f"--runner ray writes a dataset folder: pass -o OUT_DIR/, not {args.output!r}"
+        )
     check_output(args.output)  # before any work, not after the whole folder is featurized
     featurizer = featurizer_from_args(args)
     if args.save_bundle:  # before the work, not after it
@@ -266,11 +298,23 @@ def _run_dataset(args) -> int:
     def note(job: ShardedJob) -> None:
         pending_before.extend(job.pending())
 
-    job = featurize_dataset(
-        args.images, args.output, shard_size=args.shard_size, overwrite=args.overwrite,
-        on_error=args.on_error, progress=not args.no_progress and sys.stderr.isatty(),
-        featurizer=featurizer_from_args(args), tile=args.tile, tile_stride=args.tile_stride,
-        on_open=note,
-    )  # fmt: skip
+    common = {"shard_size": args.shard_size, "overwrite": args.overwrite,
+              "on_error": args.on_error, "featurizer": featurizer_from_args(args),
+              "on_open": note}  # fmt: skip
+    if args.runner == "ray":
+        from microtex.distributed.ray import featurize_ray
+
+        if args.tile:
+            raise ValueError("--tile is not taken with --runner ray; run it locally")
+        job = featurize_ray(
+            args.images, args.output, address=args.address, num_workers=args.num_workers,
+            threads_per_worker=args.threads_per_worker, gpus_per_worker=args.gpus_per_worker,
+            **common,
+        )  # fmt: skip
+    else:
+        job = featurize_dataset(
+            args.images, args.output, progress=not args.no_progress and sys.stderr.isatty(),
+            tile=args.tile, tile_stride=args.tile_stride, **common,
+        )  # fmt: skip
     report_dataset(job, "featurized", len(pending_before), time.perf_counter() - start)
     return 0 if job.n_rows() else 1
