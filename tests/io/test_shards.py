@@ -237,3 +237,21 @@ def test_featurize_dataset_rows_equal_featurize_with_vlad_across_a_resume(tmp_pa
         featurize_dataset(images, folder, shard_size=2, **{**params, "n_words": 3})
     # threads and batch size change speed, not rows: the job resumes across them
     featurize_dataset(images, folder, shard_size=2, **params, n_threads=1, batch_size=1)
+
+
+def test_wide_tables_go_in_one_list_column_and_read_back_the_same(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import microtex.io.shards as shards
+
+    reference = run_sharded(ShardedJob(tmp_path / "c", INPUTS, CONFIG, 3), compute)
+    assert reference.manifest["layout"] == "columns"
+    monkeypatch.setattr(shards, "WIDE_MAX", 1)  # two features: "wide" here
+    job = run_sharded(ShardedJob(tmp_path / "v", INPUTS, CONFIG, 3), compute)
+    assert job.manifest["layout"] == "vector" and job.manifest["n_columns"] == 2
+    assert json.loads((job.directory / shards.COLUMNS_FILE).read_text()) == ["n", "twice"]
+    table, expected = read_features(job.directory), read_features(reference.directory)
+    assert table.ids == expected.ids and table.columns == expected.columns
+    np.testing.assert_array_equal(table.features, expected.features)
+    frame = pd.read_parquet(job.directory)
+    assert np.stack(frame["features"]).tolist() == expected.features.tolist()

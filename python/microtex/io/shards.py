@@ -2,11 +2,15 @@
 
 A job over a list of inputs (image paths) writes, in its folder::
 
-    part-00000.parquet ...   one shard per ``shard_size`` inputs: a FeatureTable
-                             (column ``image``, then the features), written atomically
+    part-00000.parquet ...   one shard per ``shard_size`` inputs, written atomically: column
+                             ``image``, then one column per feature (layout "columns"), or,
+                             beyond 4096 features (Gram of deep layers), one fixed-size
+                             list column ``features`` (layout "vector": Parquet is slow with
+                             100,000 columns)
     _microtex_job.json       the manifest: configuration and its hash, digest of the
                              input list, shard -> inputs, rows, sha256, failures
     _inputs.json             the input list (written once, when the job starts)
+    _columns.json            the feature names (written with the first shard)
     _state/                  what the job fitted and needs to resume (e.g. the
                              featurizer bundle with its VLAD words); the caller's
 
@@ -36,18 +40,26 @@ import os
 import pathlib
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from microtex._files import atomic_write_text, remove_stale_temporaries, sha256_bytes, sha256_file
+from microtex._files import (
+    atomic_path,
+    atomic_write_text,
+    remove_stale_temporaries,
+    sha256_bytes,
+    sha256_file,
+)
 from microtex.errors import DatasetMismatchError
 from microtex.io.read import ReadFailure
-from microtex.io.table import TABLE_SUFFIXES, FeatureTable
+from microtex.io.table import TABLE_SUFFIXES, FeatureTable, _parquet_ids
 
 __all__ = [
+    "COLUMNS_FILE",
     "INPUTS_FILE",
     "MANIFEST_FILE",
+    "WIDE_MAX",
     "ShardedJob",
     "config_hash",
     "inputs_digest",
@@ -63,6 +75,9 @@ MANIFEST_FILE = "_microtex_job.json"
 INPUTS_FILE = "_inputs.json"
 _FORMAT = 1
 _SHARD = re.compile(r"part-(\d{5,})\.parquet")
+COLUMNS_FILE = "_columns.json"
+#: Most features written one Parquet column each; wider tables go in one list column.
+WIDE_MAX = 4096
 
 
 def _canonical(value) -> str:
@@ -182,6 +197,7 @@ class ShardedJob:
         self.inputs = [str(i) for i in inputs]
         self.config = json.loads(_canonical(config))
         self.shard_size = int(shard_size)
+        self._columns: list | None = None
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"dataset {str(self.directory)!r} is a file, not a folder")
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -203,7 +219,9 @@ class ShardedJob:
                 "inputs_digest": inputs_digest(self.inputs),
                 "n_inputs": len(self.inputs),
                 "shard_size": self.shard_size,
-                "columns": None,
+                "layout": None,
+                "n_columns": None,
+                "columns_sha256": None,
                 "shards": {},
             }
             _write_json(self.directory / INPUTS_FILE, self.inputs)
@@ -230,7 +248,8 @@ class ShardedJob:
     def _clear(self) -> None:
         shutil.rmtree(self.state_dir, ignore_errors=True)
         for path in self.directory.iterdir():
-            if _SHARD.fullmatch(path.name) or path.name in (MANIFEST_FILE, INPUTS_FILE):
+            if _SHARD.fullmatch(path.name) or path.name in (MANIFEST_FILE, INPUTS_FILE,
+                                                            COLUMNS_FILE):
                 path.unlink()
 
     def _check_same_job(self) -> None:
@@ -292,16 +311,20 @@ class ShardedJob:
         that could not be read.
         """
         columns = list(table.columns)
-        if self.manifest["columns"] is None:
-            self.manifest["columns"] = columns
-        elif columns != self.manifest["columns"]:
-            raise ValueError(
-                f"shard {index} has columns {columns[:3]}... but the dataset has "
-                f"{self.manifest['columns'][:3]}... ({len(columns)} vs "
-                f"{len(self.manifest['columns'])})"
-            )
+        if self._columns is None or columns != self._columns:  # hashed once, not per shard
+            digest = _columns_digest(columns)
+            if self.manifest["layout"] is None:
+                _write_json(self.directory / COLUMNS_FILE, columns)
+                self.manifest.update(layout="columns" if len(columns) <= WIDE_MAX else "vector",
+                                     n_columns=len(columns), columns_sha256=digest)  # fmt: skip
+            elif digest != self.manifest["columns_sha256"]:
+                raise ValueError(
+                    f"shard {index} has {len(columns)} columns ({columns[:2]}...) that differ "
+                    f"from the dataset's {self.manifest['n_columns']}"
+                )
+            self._columns = columns
         name = shard_name(index)
-        path = table.write(self.directory / name)
+        path = _write_shard(self.directory / name, table, self.manifest["layout"])
         start = index * self.shard_size
         self.manifest["shards"][str(index)] = {
             "file": name,
@@ -357,10 +380,39 @@ def run_sharded(job: ShardedJob, compute: Callable[[list], FeatureTable], *,
     return job
 
 
-def _iter_shard_tables(directory: pathlib.Path) -> Iterator[FeatureTable]:
-    manifest = _read_json(directory / MANIFEST_FILE)
+def _columns_digest(columns: list) -> str:
+    return sha256_bytes(_canonical([str(c) for c in columns]).encode("utf-8", "surrogateescape"))
+
+
+def _write_shard(path: pathlib.Path, table: FeatureTable, layout: str) -> pathlib.Path:
+    if layout == "columns":
+        return table.write(path)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = np.ascontiguousarray(table.features, np.float32).reshape(len(table.ids), -1)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(features.ravel()), features.shape[1])
+    with atomic_path(path) as tmp:
+        # dictionary encoding and statistics of float features cost time and save nothing
+        pq.write_table(pa.table({"image": _parquet_ids(pa, table.ids), "features": vectors}), tmp,
+                       use_dictionary=["image"], write_statistics=["image"])  # fmt: skip
+    return path
+
+
+def _read_shard(path: pathlib.Path, layout: str, columns: list) -> FeatureTable:
+    if layout == "columns":
+        return FeatureTable.read(path)
+    import pyarrow.parquet as pq
+
+    data = pq.read_table(path)
+    flat = data.column("features").combine_chunks().flatten().to_numpy()
+    ids = [i if isinstance(i, str) else os.fsdecode(i) for i in data.column("image").to_pylist()]
+    return FeatureTable(flat.reshape(len(ids), len(columns)).astype(np.float32), columns, ids)
+
+
+def _iter_shard_tables(directory: pathlib.Path, manifest: dict, columns: list):
     for _, entry in sorted((int(k), v) for k, v in manifest["shards"].items()):
-        table = FeatureTable.read(directory / entry["file"])
+        table = _read_shard(directory / entry["file"], manifest["layout"], columns)
         table.failures = [ReadFailure(pathlib.Path(f["path"]), f["reason"])
                           for f in entry["failures"]]  # fmt: skip
         yield table
@@ -388,8 +440,8 @@ def read_features(path) -> FeatureTable:
         raise FileNotFoundError(f"{str(path)!r} is a folder without a {MANIFEST_FILE}: "
                                 "not a microtex dataset")  # fmt: skip
     manifest = _read_json(path / MANIFEST_FILE)
-    tables = list(_iter_shard_tables(path))
-    columns = manifest["columns"] or []
+    columns = _read_json(path / COLUMNS_FILE) if manifest["layout"] else []
+    tables = list(_iter_shard_tables(path, manifest, columns))
     if not tables:
         return FeatureTable(np.zeros((0, len(columns)), np.float32), list(columns), [])
     return FeatureTable(
