@@ -79,18 +79,19 @@ def test_ray_local_and_in_memory_rows_are_identical_and_a_bad_file_is_reported(
 
 
 def test_cli_runner_ray_writes_the_dataset_a_local_run_would(local_ray, images, tmp_path, capsys):
-    argv = ["featurize", str(images), "--raw", "--pool", "mean,gram", "--shard-size", "4",
-            "--no-progress"]  # fmt: skip
+    # a file listed twice gets two rows, as locally (Ray Data reads it once)
+    argv = ["featurize", str(images), str(images / "0.png"), "--raw", "--pool", "mean,gram",
+            "--shard-size", "4", "--no-progress"]  # fmt: skip
     assert main([*argv, "-o", f"{tmp_path / 'ray'}/", "--runner", "ray", "--num-workers", "2"]) == 0
     out, err = capsys.readouterr()
-    assert "featurized 7 rows (1 skipped) in 2 shards (2 written now, 0 kept)" in out
+    assert "featurized 8 rows (1 skipped) in 3 shards (3 written now, 0 kept)" in out
     assert f"skipped {images / '3-bad.png'}:" in err
     assert main([*argv, "-o", str(tmp_path / "local.npz")]) == 0
     table, reference = read_features(tmp_path / "ray"), read_features(tmp_path / "local.npz")
-    assert table.ids == reference.ids
+    assert table.ids == reference.ids and table.ids[-1] == table.ids[0]
     np.testing.assert_array_equal(table.features, reference.features)
     # resuming a finished Ray job starts no cluster and writes nothing
     assert main([*argv, "-o", str(tmp_path / "ray"), "--runner", "ray"]) == 0
-    assert "(0 written now, 2 kept)" in capsys.readouterr().out
+    assert "(0 written now, 3 kept)" in capsys.readouterr().out
     assert main([*argv, "-o", str(tmp_path / "f.npz"), "--runner", "ray"]) == 2
     assert "--runner ray writes a dataset folder" in capsys.readouterr().err

@@ -201,7 +201,7 @@ def _missing_reason(path: str) -> str:
 
 def _run(ray, job: ShardedJob, featurizer, on_error, num_workers, threads, gpus, batch_size):
     columns = list(featurizer.get_feature_names_out())
-    shards, where, files = {}, {}, []
+    shards, where = {}, {}
 
     def finish(index: int) -> None:
         table = shards.pop(index).table(columns)
@@ -213,13 +213,13 @@ def _run(ray, job: ShardedJob, featurizer, on_error, num_workers, threads, gpus,
     for index, inputs in job.pending():
         shards[index] = _Shard(inputs)
         for position, path in enumerate(inputs):
-            if os.path.isfile(path):
-                where[os.path.abspath(path)] = (index, position)
-                files.append(os.path.abspath(path))
+            if os.path.isfile(path):  # a file listed twice is read once, its row kept twice
+                where.setdefault(os.path.abspath(path), []).append((index, position))
             else:  # Ray's reader would fail the whole job on it
                 shards[index].results[position] = (None, _missing_reason(path))
         if len(shards[index].results) == len(inputs):
             finish(index)
+    files = list(where)
     if not files:
         return
     if num_workers is None:
@@ -237,7 +237,9 @@ def _run(ray, job: ShardedJob, featurizer, on_error, num_workers, threads, gpus,
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         for path, row, error in zip(batch["path"], batch["features"], batch["error"]):
             key = str(path)
-            index, position = where.get(key) or where[os.path.abspath(os.sep + key)]
-            shards[index].results[position] = (row, str(error))
-            if len(shards[index].results) == len(shards[index].inputs):
-                finish(index)
+            for index, position in where.get(key) or where[os.path.abspath(os.sep + key)]:
+                shards[index].results[position] = (row, str(error))
+                if len(shards[index].results) == len(shards[index].inputs):
+                    finish(index)
+    if shards:  # Ray Data returned fewer rows than it was given files
+        raise RuntimeError(f"Ray Data returned no row for some inputs of shards {sorted(shards)}")
