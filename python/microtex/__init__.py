@@ -37,8 +37,8 @@ __all__ = ["__version__", *_PUBLIC]
 # subpackages reachable as attributes (``microtex.io.read_image``), imported on first use;
 # featurizer, pooling and runtime are 0.1's module names, deprecated until 0.3
 _SUBMODULES = frozenset(
-    {"backbones", "bundle", "demo", "engine", "errors", "features", "io", "report", "synth",
-     "featurizer", "pooling", "runtime"}
+    {"backbones", "bundle", "demo", "distributed", "engine", "errors", "features", "io", "report",
+     "synth", "featurizer", "pooling", "runtime"}
 )  # fmt: skip
 
 

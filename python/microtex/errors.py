@@ -64,3 +64,11 @@ class NoImagesError(MicrotexError, ValueError):
     def __init__(self, message: str, failures: list | None = None):
         super().__init__(message)
         self.failures = list(failures or [])
+
+
+class DatasetMismatchError(MicrotexError, ValueError):
+    """A sharded dataset folder made by another job (configuration, inputs or shard size).
+
+    Resuming would mix rows of two jobs; the message names what differs
+    (``--overwrite`` starts the job over).
+    """

@@ -17,7 +17,11 @@ def add_parser(subparsers) -> None:
         "featurize", help="texture descriptors of micrographs -> feature table"
     )
     f.add_argument("images", nargs="+", help="image files and/or directories")
-    f.add_argument("-o", "--output", required=True, help="output table: .parquet, .npz or .csv")
+    f.add_argument(
+        "-o", "--output", required=True,
+        help="output table: .parquet, .npz or .csv; or a folder (OUT/): a sharded Parquet "
+        "dataset that a rerun resumes",
+    )  # fmt: skip
     add_featurizer_options(f)
     f.add_argument(
         "--tile",
@@ -32,6 +36,8 @@ def add_parser(subparsers) -> None:
         help="step between tiles (default: --tile, no overlap)",
     )
     add_batch_options(f)
+    add_dataset_options(f)
+    add_runner_options(f)
     f.add_argument(
         "--save-bundle", default=None, help="also save the fitted featurizer as a model bundle"
     )
@@ -113,6 +119,62 @@ def add_batch_options(f) -> None:
     f.add_argument("--no-progress", action="store_true")
 
 
+def add_dataset_options(f) -> None:
+    """How a command writes a sharded dataset when its output is a folder."""
+    f.add_argument(
+        "--shard-size", type=positive, default=1000,
+        help="images per shard of a dataset folder (default %(default)s)",
+    )  # fmt: skip
+    f.add_argument(
+        "--overwrite", action="store_true",
+        help="start a dataset folder over even if it holds another job's shards",
+    )  # fmt: skip
+
+
+def add_runner_options(f) -> None:
+    """Where the work runs: this process, or a Ray cluster (into a dataset folder).
+
+    Named ``--runner``, not ``--engine``: ``--engine`` already says where pooling runs.
+    """
+    f.add_argument(
+        "--runner", default="local", choices=["local", "ray"],
+        help="run here (default) or on Ray Data workers (needs -o OUT_DIR/ and the ray extra)",
+    )  # fmt: skip
+    f.add_argument(
+        "--address", default=None,
+        help="Ray cluster address (ray start --head prints it; default: a local instance)",
+    )  # fmt: skip
+    f.add_argument(
+        "--num-workers", type=positive, default=None,
+        help="Ray actors (default: the cluster's CPUs / --threads-per-worker)",
+    )  # fmt: skip
+    f.add_argument(
+        "--threads-per-worker", type=positive, default=1,
+        help="CPUs of each Ray actor and its ONNX Runtime threads (default %(default)s)",
+    )  # fmt: skip
+    f.add_argument(
+        "--gpus-per-worker", type=float, default=0,
+        help="GPUs of each Ray actor; above 0 the actors run on CUDA (default %(default)s)",
+    )  # fmt: skip
+
+
+def open_dataset(args, inputs, config):
+    """The sharded job of a command whose ``-o`` is a folder (a rerun resumes it)."""
+    from microtex.io.shards import ShardedJob
+
+    return ShardedJob(args.output, inputs, config, args.shard_size, overwrite=args.overwrite)
+
+
+def report_dataset(job, verb: str, new_shards: int, seconds: float) -> None:
+    """Failures and one summary line of a finished dataset job."""
+    report_failures(job.failures())
+    print(
+        f"{verb} {job.n_rows()} rows ({len(job.failures())} skipped) in {job.n_shards} shards "
+        f"({new_shards} written now, {job.n_shards - new_shards} kept) in {seconds:.2f} s "
+        f"-> {job.directory}"
+    )
+
+
 def featurizer_from_args(args):
     """The (unfitted) TextureFeaturizer that :func:`add_featurizer_options`' options ask for."""
     from microtex.features.texture import TextureFeaturizer
@@ -167,7 +229,14 @@ def run(args) -> int:
     from microtex.bundle import check_target
     from microtex.errors import NoImagesError
     from microtex.features.api import featurize
+    from microtex.io.shards import is_dataset_target
 
+    if is_dataset_target(args.output):
+        return _run_dataset(args)
+    if args.runner == "ray":
+        raise ValueError(
+            f"--runner ray writes a dataset folder: pass -o OUT_DIR/, not {args.output!r}"
+        )
     check_output(args.output)  # before any work, not after the whole folder is featurized
     featurizer = featurizer_from_args(args)
     if args.save_bundle:  # before the work, not after it
@@ -209,3 +278,43 @@ def run(args) -> int:
         f"({rate:.2f} {unit}/s, {featurizer.pipeline_.device()}) -> {args.output}"
     )
     return 0
+
+
+def _run_dataset(args) -> int:
+    """``-o FOLDER``: featurize shard by shard into a dataset; a rerun resumes it."""
+    import time
+
+    from microtex.features.api import featurize_dataset
+    from microtex.io.shards import ShardedJob
+
+    if args.save_bundle:
+        raise ValueError(
+            "--save-bundle is not taken with a dataset folder; a job whose features need a fit "
+            f"(VLAD) keeps its bundle in {args.output}/_state/featurizer"
+        )
+    start = time.perf_counter()
+    pending_before: list = []
+
+    def note(job: ShardedJob) -> None:
+        pending_before.extend(job.pending())
+
+    common = {"shard_size": args.shard_size, "overwrite": args.overwrite,
+              "on_error": args.on_error, "featurizer": featurizer_from_args(args),
+              "on_open": note}  # fmt: skip
+    if args.runner == "ray":
+        from microtex.distributed.ray import featurize_ray
+
+        if args.tile:
+            raise ValueError("--tile is not taken with --runner ray; run it locally")
+        job = featurize_ray(
+            args.images, args.output, address=args.address, num_workers=args.num_workers,
+            threads_per_worker=args.threads_per_worker, gpus_per_worker=args.gpus_per_worker,
+            **common,
+        )  # fmt: skip
+    else:
+        job = featurize_dataset(
+            args.images, args.output, progress=not args.no_progress and sys.stderr.isatty(),
+            tile=args.tile, tile_stride=args.tile_stride, **common,
+        )  # fmt: skip
+    report_dataset(job, "featurized", len(pending_before), time.perf_counter() - start)
+    return 0 if job.n_rows() else 1

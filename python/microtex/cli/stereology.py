@@ -34,7 +34,11 @@ def add_parser(subparsers) -> None:
         "microtex.features.stereology.",
     )
     s.add_argument("images", nargs="+", help="image files and/or directories")
-    s.add_argument("-o", "--output", required=True, help="output table: .parquet, .npz or .csv")
+    s.add_argument(
+        "-o", "--output", required=True,
+        help="output table: .parquet, .npz or .csv; or a folder (OUT/): a sharded Parquet "
+        "dataset that a rerun resumes",
+    )  # fmt: skip
     s.add_argument(
         "--pixel-size",
         type=positive_real,
@@ -84,27 +88,22 @@ def add_parser(subparsers) -> None:
         choices=ON_ERROR,
         help="unreadable or unmeasurable images: report and skip (default) or stop",
     )
+    from microtex.cli.featurize import add_dataset_options
+
+    add_dataset_options(s)
 
 
 def run(args) -> int:
     from microtex.cli.featurize import check_output, report_failures
     from microtex.errors import NoImagesError
     from microtex.features.stereology_table import stereology_table
+    from microtex.io.shards import is_dataset_target
 
+    if is_dataset_target(args.output):
+        return _run_dataset(args)
     check_output(args.output)  # before any work
     try:
-        table = stereology_table(
-            args.images,
-            crop_bottom=args.crop_bottom,
-            on_error=args.on_error,
-            threshold=args.threshold,
-            phase=args.phase,
-            spacing=args.spacing,
-            pixel_size_um=args.pixel_size,
-            denoise=args.denoise,
-            connectivity=args.connectivity,
-            exclude_border=args.exclude_border,
-        )
+        table = stereology_table(args.images, **_options(args))
     except NoImagesError as exc:
         report_failures(exc.failures)
         print("microtex: error: no image could be measured", file=sys.stderr)
@@ -119,3 +118,39 @@ def run(args) -> int:
         f"{len(table.columns)} numbers in {table.seconds:.2f} s -> {args.output}"
     )
     return 0
+
+
+def _options(args) -> dict:
+    return {"crop_bottom": args.crop_bottom, "on_error": args.on_error,
+            "threshold": args.threshold, "phase": args.phase, "spacing": args.spacing,
+            "pixel_size_um": args.pixel_size, "denoise": args.denoise,
+            "connectivity": args.connectivity, "exclude_border": args.exclude_border}  # fmt: skip
+
+
+def _run_dataset(args) -> int:
+    """``-o FOLDER``: measure shard by shard into a dataset; a rerun resumes."""
+    import time
+
+    from microtex.cli.featurize import open_dataset, report_dataset
+    from microtex.errors import NoImagesError
+    from microtex.features.api import dataset_inputs
+    from microtex.features.stereology_table import stereology_table
+    from microtex.io.shards import run_sharded
+    from microtex.io.table import FeatureTable
+
+    start = time.perf_counter()
+    options = _options(args)
+    config = {"kind": "stereology", **{k: v for k, v in options.items() if k != "on_error"}}
+    job = open_dataset(args, dataset_inputs(args.images), config)
+    empty = stereology_table([], **{k: v for k, v in options.items() if k != "crop_bottom"})
+
+    def compute(paths):
+        try:
+            return stereology_table(paths, **options)
+        except NoImagesError as exc:  # a shard of bad files: no rows, its failures recorded
+            return FeatureTable(empty.features, empty.columns, [], exc.failures)
+
+    new_shards = len(job.pending())
+    run_sharded(job, compute)
+    report_dataset(job, "measured", new_shards, time.perf_counter() - start)
+    return 0 if job.n_rows() else 1

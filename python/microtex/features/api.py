@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -11,9 +12,10 @@ from microtex._validation import check_on_error
 from microtex.errors import NoImagesError
 from microtex.features.stream import all_paths
 from microtex.features.texture import TextureFeaturizer
+from microtex.io.shards import ShardedJob, run_sharded
 from microtex.io.table import FeatureTable
 
-__all__ = ["featurize"]
+__all__ = ["featurize", "featurize_dataset", "feature_rows", "texture_job_config"]
 
 
 def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_images=None,
@@ -68,9 +70,6 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
             images if fit_images is None else fit_images, on_error=on_error, tile=tile,
             tile_stride=tile_stride,
         )
-    failures: list = []
-    cropped: dict = {}
-    ids, rows = [], []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -79,23 +78,175 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
         bar = tqdm(total=total, unit="img" if tile is None else "tile", desc="featurize",
                    leave=False)
     try:
-        for batch_ids, features in featurizer.iter_features(
-            images, on_error=on_error, tile=tile, tile_stride=tile_stride, failures=failures,
-            cropped=cropped,
-        ):
-            rows.append(features)
-            ids.extend(batch_ids)
-            if bar is not None:
-                bar.update(len(batch_ids))
+        table = feature_rows(featurizer, images, on_error=on_error, tile=tile,
+                             tile_stride=tile_stride, bar=bar)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
-    if not rows and failures:
+    if not table.ids and table.failures:
         raise NoImagesError(
-            f"no image could be featurized; {len(failures)} skipped, the first "
-            f"{str(failures[0].path)!r}: {failures[0].reason}", failures=failures
+            f"no image could be featurized; {len(table.failures)} skipped, the first "
+            f"{str(table.failures[0].path)!r}: {table.failures[0].reason}",
+            failures=table.failures,
         )
+    table.seconds = time.perf_counter() - start
+    return table
+
+
+def feature_rows(featurizer: TextureFeaturizer, images, *, on_error: str = "skip", tile=None,
+                 tile_stride=None, bar=None) -> FeatureTable:  # fmt: skip
+    """The table of a fitted featurizer over ``images``: no rows is not an error here.
+
+    What :func:`featurize` and each shard of :func:`featurize_dataset` compute.
+    """
+    start = time.perf_counter()
+    failures: list = []
+    cropped: dict = {}
+    ids, rows = [], []
+    for batch_ids, features in featurizer.iter_features(
+        images, on_error=on_error, tile=tile, tile_stride=tile_stride, failures=failures,
+        cropped=cropped,
+    ):
+        rows.append(features)
+        ids.extend(batch_ids)
+        if bar is not None:
+            bar.update(len(batch_ids))
     features = (np.concatenate(rows, axis=0) if rows
                 else np.zeros((0, featurizer.n_features_out_), dtype=np.float32))
     return FeatureTable(features, list(featurizer.get_feature_names_out()), ids, failures,
                         time.perf_counter() - start, cropped)
+
+
+#: Parameters that change how fast rows come, not their values: a job resumes across them.
+_RUNTIME_PARAMS = ("batch_size", "n_threads")
+
+
+def texture_job_config(featurizer: TextureFeaturizer, tile=None, tile_stride=None) -> dict:
+    """What decides the rows of a featurization job: the parameters (and fitted VLAD words).
+
+    The configuration a sharded dataset is checked against on resume.
+    """
+    params = {k: v for k, v in featurizer.get_params().items() if k not in _RUNTIME_PARAMS}
+    config = {"kind": "texture-features", "params": params, "tile": tile,
+              "tile_stride": tile_stride}  # fmt: skip
+    if getattr(featurizer, "vlad_dictionaries_", None):
+        digest = hashlib.sha256()
+        for tap, words in sorted(featurizer.vlad_dictionaries_.items()):
+            digest.update(tap.encode() + np.ascontiguousarray(words).tobytes())
+        config["vlad_words"] = digest.hexdigest()
+    return config
+
+
+def fitted_for_job(
+    job: ShardedJob, featurizer: TextureFeaturizer, images, *, on_error="skip", tile=None,
+    tile_stride=None, save: bool = False,
+) -> TextureFeaturizer:  # fmt: skip
+    """``featurizer`` fitted once per job: a resumed job loads the fit from the job's folder.
+
+    Fitting (VLAD words) reads every image; the fit is saved as a bundle in
+    ``job.state_dir`` when it needs one (or ``save``: Ray actors load it).
+    """
+    state = job.state_dir / "featurizer"
+    if hasattr(featurizer, "feature_names_out_"):
+        if save and not state.is_dir():
+            featurizer.save(state)
+        return featurizer
+    if (state / "microtex.json").is_file():
+        params = featurizer.get_params()
+        return TextureFeaturizer.load(state).with_runtime(
+            **{"n_threads": params["n_threads"], "device": params["device"],
+               "batch_size": params["batch_size"]}  # fmt: skip
+        )
+    featurizer.fit(images, on_error=on_error, tile=tile, tile_stride=tile_stride)
+    if save or featurizer.pipeline_.needs_fit():
+        featurizer.save(state)
+    return featurizer
+
+
+def dataset_inputs(images) -> list[str]:
+    """The input list of a dataset job: files and folders expanded, in order."""
+    if not all_paths(images):
+        raise TypeError("a dataset is written from image files and folders, not arrays")
+    return [str(p) for p in mio.expand_paths(images)]
+
+
+def featurize_dataset(images, directory, *, shard_size: int = 1000, overwrite: bool = False,
+                      on_error: str = "skip", progress: bool = False,
+                      featurizer: TextureFeaturizer | None = None, tile: int | None = None,
+                      tile_stride: int | None = None, on_open=None,
+                      **params) -> ShardedJob:  # fmt: skip
+    """Featurize files into a sharded Parquet dataset in ``directory``, resuming a killed run.
+
+    The rows are those of :func:`featurize` on the same inputs; the layout,
+    the manifest and what resuming keeps are :mod:`microtex.io.shards`'.
+    Read it back with :func:`microtex.io.read_features`.
+
+    Parameters
+    ----------
+    images : paths or folders
+    directory : path
+        The dataset folder.
+    shard_size : int
+        Images per shard (a shard is the unit of work a kill can lose).
+    overwrite : bool
+        Start over in a folder that holds another job's dataset.
+    on_error, progress, featurizer, tile, tile_stride, **params
+        As in :func:`featurize`.
+    on_open : callable, optional
+        Called with the opened job before any work (e.g. to see what is pending).
+
+    Returns
+    -------
+    microtex.io.shards.ShardedJob
+        The finished job (``n_rows()``, ``failures()``, ``manifest``).
+
+    Raises
+    ------
+    microtex.errors.DatasetMismatchError
+        ``directory`` holds a dataset of another configuration or input list.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> from PIL import Image
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for i in range(3):
+    ...     Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    >>> job = featurize_dataset(folder, folder / "features", shard_size=2, taps="raw",
+    ...                         pool="mean")
+    >>> table = mio.read_features(folder / "features")
+    >>> [round(float(v), 3) for v in table.features[:, 0]], job.manifest["shards"]["1"]["inputs"]
+    ([0.0, 0.235, 0.471], [2, 3])
+    """
+    check_on_error(on_error)
+    if featurizer is not None and params:
+        raise TypeError(
+            f"pass either a featurizer or featurizer parameters, not both: {sorted(params)}"
+        )
+    featurizer = TextureFeaturizer(**params) if featurizer is None else featurizer
+    job = ShardedJob(directory, dataset_inputs(images), texture_job_config(featurizer, tile,
+                     tile_stride), shard_size, overwrite=overwrite)  # fmt: skip
+    if on_open is not None:
+        on_open(job)
+    if job.done:
+        return job
+    featurizer = fitted_for_job(job, featurizer, images, on_error=on_error, tile=tile,
+                                tile_stride=tile_stride)  # fmt: skip
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        pending = sum(len(inputs) for _, inputs in job.pending())
+        bar = tqdm(total=pending, unit="img", desc="featurize", leave=False)
+    try:
+        run_sharded(
+            job,
+            lambda paths: feature_rows(featurizer, paths, on_error=on_error, tile=tile,
+                                       tile_stride=tile_stride),  # fmt: skip
+            on_shard=None if bar is None else lambda index, entry: bar.update(
+                len(job.shard_inputs(index))),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    return job

@@ -182,6 +182,17 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
             X, on_error=on_error, failures=failures, cropped=cropped, tiles=tiles
         )
 
+    def with_runtime(self, *, n_threads=None, device=None, batch_size=None) -> TextureFeaturizer:
+        """A copy of this fitted featurizer run with other threads, device or batch size.
+
+        The graph and VLAD words are shared, so the features are the same; what
+        a loaded bundle or a Ray actor uses to fit its own CPUs.
+        """
+        check_is_fitted(self, "feature_names_out_")
+        changes = {"n_threads": n_threads, "device": device, "batch_size": batch_size}
+        params = {**self.params_, **{k: v for k, v in changes.items() if v is not None}}
+        return type(self)(**params)._build(dict(self.vlad_dictionaries_), self.pipeline_.onnx_path)
+
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """Column names ``"{tap}/{pool}/{index}"``."""
         check_is_fitted(self, "feature_names_out_")

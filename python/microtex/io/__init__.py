@@ -9,6 +9,8 @@ errors are raised is documented in :mod:`microtex.io.decode`.
 * :mod:`~microtex.io.preprocess`: crop, resize, tile.
 * :mod:`~microtex.io.read`: paths (files, folders) to images and batches.
 * :mod:`~microtex.io.table`: :class:`FeatureTable`, written to ``.npz``, ``.csv`` or ``.parquet``.
+* :mod:`~microtex.io.shards`: sharded Parquet datasets of resumable jobs; :func:`read_features`
+  reads a table file or a dataset folder.
 
 Everything logs on the ``"microtex.io"`` logger.
 """
@@ -29,6 +31,7 @@ from microtex.io.read import (
     read_image_with_info,
     read_images,
 )
+from microtex.io.shards import read_features
 from microtex.io.table import FeatureTable
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "prepare_image",
     "read_image",
     "read_image_with_info",
+    "read_features",
     "read_images",
     "resize_image",
     "tile",

@@ -158,7 +158,8 @@ class FeatureTable:
         suffix = path.suffix.lower()
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
-                return cls(data["features"], list(data["columns"]), list(data["ids"]))
+                return cls(data["features"], [str(c) for c in data["columns"]],
+                           [str(i) for i in data["ids"]])  # fmt: skip
         if suffix == ".csv":
             import csv
 
