@@ -26,6 +26,7 @@ __all__ = [
     "cache_dir",
     "check_can_write",
     "remove_stale_temporaries",
+    "remove_stale_temporaries_in",
     "sha256_bytes",
     "sha256_file",
 ]
@@ -178,6 +179,27 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[pathlib.Path]:
             candidate.unlink(missing_ok=True)
         removed.append(candidate)
     return removed
+
+
+def remove_stale_temporaries_in(directory: str | os.PathLike) -> list[pathlib.Path]:
+    """:func:`remove_stale_temporaries` for every file of ``directory`` that left some.
+
+    A folder-wide sweep after a killed writer, when the names it was writing
+    are not known (e.g. the shards of a dataset).
+    """
+    removed = []
+    for target in sorted({_temporary_target(p) for p in pathlib.Path(directory).glob(".*.*.*.*")}
+                         - {None}):  # fmt: skip
+        removed.extend(remove_stale_temporaries(target))
+    return removed
+
+
+def _temporary_target(candidate: pathlib.Path) -> pathlib.Path | None:
+    """The path whose temporary ``candidate`` is (``.{name}.{pid}.{random}.tmp|old``), or None."""
+    parts = candidate.name[1:].rsplit(".", 3)
+    if len(parts) != 4 or parts[3] not in ("tmp", "old") or not parts[1].isdigit():
+        return None
+    return candidate.with_name(parts[0])
 
 
 def _sibling_directory(path: pathlib.Path, suffix: str) -> pathlib.Path:
