@@ -12,6 +12,8 @@ __all__ = [
     "BundleError",
     "DeviceError",
     "NoImagesError",
+    "DatasetMismatchError",
+    "DatasetBusyError",
 ]
 
 
@@ -71,4 +73,11 @@ class DatasetMismatchError(MicrotexError, ValueError):
 
     Resuming would mix rows of two jobs; the message names what differs
     (``--overwrite`` starts the job over).
+    """
+
+
+class DatasetBusyError(MicrotexError, RuntimeError):
+    """A sharded dataset folder is in use by another running job (its lock is held).
+
+    Two jobs on one folder would overwrite each other's manifest entries.
     """

@@ -46,7 +46,7 @@ def test_featurize_to_a_folder_resumes_and_matches_the_table_file(images, tmp_pa
     np.testing.assert_array_equal(table.features, reference.features)
     assert main([*argv[:3], "--pool", "mean", *argv[5:], "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "another configuration (params.pool: 'mean,gram' -> 'mean')" in err
+    assert "another configuration (params.pool: ['mean', 'gram'] -> ['mean'])" in err
     assert "--overwrite" in err
     assert main([*argv[:3], "--pool", "mean", *argv[5:], "-o", str(out), "--overwrite"]) == 0
     capsys.readouterr()

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from microtex.errors import DatasetMismatchError
-from microtex.features.api import featurize, featurize_dataset
+from microtex.errors import DatasetBusyError, DatasetMismatchError
+from microtex.features.api import featurize, featurize_dataset, texture_job_config
+from microtex.features.texture import TextureFeaturizer
 from microtex.io import FeatureTable, ReadFailure, read_features
-from microtex.io.shards import MANIFEST_FILE, ShardedJob, config_hash, run_sharded
+from microtex.io.shards import LOCK_FILE, MANIFEST_FILE, ShardedJob, config_hash, run_sharded
 
 from _helpers import run_python
 
@@ -49,7 +50,7 @@ def test_layout_manifest_and_digests(tmp_path):
     m = manifest(folder)
     canonical = json.dumps(CONFIG, sort_keys=True, separators=(",", ":"))
     assert m["config_hash"] == hashlib.sha256(canonical.encode()).hexdigest()
-    listing = "".join(f"{i}\n" for i in INPUTS).encode()
+    listing = "".join(f"{os.path.realpath(i)}\n" for i in INPUTS).encode()
     assert m["inputs_digest"] == hashlib.sha256(listing).hexdigest()
     assert [m["shards"][k]["inputs"] for k in ("0", "1", "2")] == [[0, 3], [3, 6], [6, 7]]
     assert [m["shards"][k]["rows"] for k in ("0", "1", "2")] == [3, 2, 1]
@@ -173,6 +174,7 @@ def test_kill_9_between_shards_from_the_outside(tmp_path):
 
 def test_a_shard_not_recorded_or_not_matching_its_checksum_is_redone(tmp_path):
     job = run_sharded(ShardedJob(tmp_path / "d", INPUTS, CONFIG, 3), compute)
+    job.close()  # the folder's lock: one job at a time
     folder = job.directory
     m = manifest(folder)
     del m["shards"]["1"]  # killed between the shard's rename and the manifest's
@@ -217,16 +219,23 @@ def save_images(folder, n=5, size=20):
     return folder
 
 
-def test_featurize_dataset_rows_equal_featurize_with_vlad_across_a_resume(tmp_path):
+def refit(*args, **kwargs):
+    raise AssertionError("a resumed job refitted its VLAD words")
+
+
+def test_featurize_dataset_rows_equal_featurize_with_vlad_across_a_resume(tmp_path, monkeypatch):
     images = save_images(tmp_path / "images")
     params = {"taps": "raw", "pool": ("mean", "gram", "vlad"), "n_words": 2, "random_state": 0}
     expected = featurize(images, **params)
     folder = tmp_path / "out"
     job = featurize_dataset(images, folder, shard_size=2, **params)
     assert (folder / "_state" / "featurizer" / "microtex.json").is_file()  # VLAD words kept
-    # a resumed run loads the words from the folder instead of refitting them
+    # a resumed run loads the words from the folder instead of refitting them (a refit
+    # with random_state=0 would give the same words: make one fail instead)
     (folder / "part-00001.parquet").unlink()
-    featurize_dataset(images, folder, shard_size=2, **params)
+    with monkeypatch.context() as patch:
+        patch.setattr(TextureFeaturizer, "fit", refit)
+        featurize_dataset(images, folder, shard_size=2, **params)
     table = read_features(folder)
     assert table.ids == expected.ids and table.columns == expected.columns
     np.testing.assert_array_equal(table.features, expected.features)
@@ -255,3 +264,145 @@ def test_wide_tables_go_in_one_list_column_and_read_back_the_same(tmp_path, monk
     np.testing.assert_array_equal(table.features, expected.features)
     frame = pd.read_parquet(job.directory)
     assert np.stack(frame["features"]).tolist() == expected.features.tolist()
+
+
+def test_a_second_job_on_the_same_folder_fails_at_once_naming_it(tmp_path):
+    folder = tmp_path / "d"
+    first = ShardedJob(folder, INPUTS, CONFIG, 3)  # flock: per open file description
+    with pytest.raises(DatasetBusyError, match=f"{folder}.*in use by another running job"):
+        ShardedJob(folder, INPUTS, CONFIG, 3, overwrite=True)
+    run_sharded(first, compute)
+    assert len(manifest(folder)["shards"]) == 3  # the refused opening touched nothing
+    first.close()
+    with ShardedJob(folder, INPUTS, CONFIG, 3) as again:
+        assert again.done
+    # another process is refused too while one holds the folder
+    holder = ShardedJob(folder, INPUTS, CONFIG, 3)
+    code = (f"from microtex.io.shards import ShardedJob\n"
+            f"ShardedJob({str(folder)!r}, {INPUTS!r}, {CONFIG!r}, 3)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode != 0 and "DatasetBusyError" in result.stderr
+    holder.close()
+    assert (folder / LOCK_FILE).is_file() and read_features(folder).ids  # "_" file: skipped
+
+
+def test_the_same_files_named_relatively_or_absolutely_resume_and_others_do_not(
+        tmp_path, monkeypatch):  # fmt: skip
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    relative = ["img0.png", "img1.png"]
+    run_sharded(ShardedJob(tmp_path / "d", relative, CONFIG, 1), compute)  # dropped: unlocked
+    absolute = [str(tmp_path / "a" / p) for p in relative]
+    assert ShardedJob(tmp_path / "d", absolute, CONFIG, 1).done
+    monkeypatch.chdir(tmp_path / "b")  # same names, other files
+    with pytest.raises(DatasetMismatchError, match="same relative paths name other files"):
+        ShardedJob(tmp_path / "d", relative, CONFIG, 1)
+
+
+def test_overwrite_removes_the_manifest_before_the_shards_and_state(tmp_path, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "d"
+    run_sharded(ShardedJob(folder, INPUTS, CONFIG, 3), compute).state_dir.mkdir()
+
+    def killed(*args, **kwargs):  # a kill while the state is being removed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ShardedJob(folder, INPUTS, {**CONFIG, "scale": 3.0}, 3, overwrite=True)
+    assert not (folder / MANIFEST_FILE).exists()  # no shard is listed without its state
+    monkeypatch.undo()
+    job = ShardedJob(folder, INPUTS, CONFIG, 3)
+    assert len(job.pending()) == 3 and not list(folder.glob("part-*"))
+
+
+def test_a_shard_is_synced_to_disk_before_the_manifest_lists_it(tmp_path, monkeypatch):
+    synced = []
+    fsync = os.fsync
+
+    def spy(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    run_sharded(ShardedJob(tmp_path / "d", INPUTS[:2], CONFIG, 1), compute)
+    shards = [i for i, name in enumerate(synced) if name.startswith("part-")]
+    manifests = [i for i, name in enumerate(synced) if name.startswith(f".{MANIFEST_FILE}.")]
+    assert len(shards) == 2 and shards[0] < manifests[1] and shards[1] < manifests[2]
+
+
+def test_stale_temporaries_of_every_file_are_swept_when_a_job_opens(tmp_path):
+    from microtex._files import remove_stale_temporaries_in
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    folder = tmp_path / "d"
+    folder.mkdir()
+    stale = [folder / f".part-00004.parquet.{dead}.x1y2.tmp", folder / f".a.b.{dead}.zz.tmp"]
+    live = folder / f".part-00005.parquet.{os.getpid()}.q.tmp"
+    other = folder / ".hidden.notes"
+    for path in (*stale, live, other):
+        path.write_text("partial")
+    assert sorted(remove_stale_temporaries_in(folder)) == sorted(stale)
+    assert live.exists() and other.exists()
+    live.unlink()
+    stale[0].write_text("partial")
+    ShardedJob(folder, INPUTS, CONFIG, 3).close()
+    assert not stale[0].exists()
+
+
+def test_vlad_words_are_checked_on_resume_and_a_lost_fit_is_not_silently_redone(
+        tmp_path, monkeypatch):  # fmt: skip
+    import shutil
+
+    images = save_images(tmp_path / "images")
+    params = {"taps": "raw", "pool": "mean,vlad", "n_words": 2, "random_state": 0}
+    folder = tmp_path / "out"
+    job = featurize_dataset(images, folder, shard_size=2, **params)
+    digest = job.manifest["fitted_vlad_words"]
+    assert len(digest) == 64 and manifest(folder)["fitted_vlad_words"] == digest
+    m = manifest(folder)
+    m["fitted_vlad_words"] = "0" * 64  # words replaced after the shards were made
+    (folder / MANIFEST_FILE).write_text(json.dumps(m))
+    monkeypatch.setattr(TextureFeaturizer, "fit", refit)
+    (folder / "part-00001.parquet").unlink()  # something left to do
+    with pytest.raises(DatasetMismatchError, match="VLAD words in .* are not those"):
+        featurize_dataset(images, folder, shard_size=2, **params)
+    m["fitted_vlad_words"] = digest
+    (folder / MANIFEST_FILE).write_text(json.dumps(m))
+    shutil.rmtree(folder / "_state")
+    with pytest.raises(DatasetMismatchError, match=r"lists 2 shards but the fit .* is missing"):
+        featurize_dataset(images, folder, shard_size=2, **params)
+    monkeypatch.undo()
+    featurize_dataset(images, folder, shard_size=2, overwrite=True, **params)
+    assert len(read_features(folder).ids) == 5
+
+
+def test_the_job_configuration_is_hashed_by_value(tmp_path, monkeypatch):
+    import microtex.engine.session as session
+
+    def config(**params):
+        return texture_job_config(TextureFeaturizer(**params))
+
+    # option spellings and "auto" as this machine resolves it: the CLI's and the API's agree
+    assert config(taps="raw", pool="mean,gram") == config(taps="raw", pool=("mean", "gram"))
+    assert config(taps="block_first", device="auto") == config(
+        taps="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1", device="cpu")  # fmt: skip
+    cpu = config(taps="relu1_1", device="auto")["params"]
+    assert (cpu["device"], cpu["conv_algorithm"]) == ("cpu", "direct")
+    with monkeypatch.context() as patch:  # a machine where "auto" is CUDA: another job
+        patch.setattr(session, "runs_on_cpu", lambda device="auto": device == "cpu")
+        assert config(taps="relu1_1", device="auto")["params"]["device"] == "cuda"
+        auto, cpu = config(taps="relu1_1"), config(taps="relu1_1", device="cpu")
+        assert config_hash(auto) != config_hash(cpu)
+    # the weights by their bytes: the same file elsewhere is the same job, other bytes are not
+    first, copy = tmp_path / "w.pth", tmp_path / "copy.pth"
+    first.write_bytes(b"weights one")
+    copy.write_bytes(b"weights one")
+    assert config(taps="relu1_1", weights=str(first)) == config(taps="relu1_1", weights=str(copy))
+    before = config(taps="relu1_1", weights=str(first))
+    first.write_bytes(b"weights two")
+    assert config(taps="relu1_1", weights=str(first)) != before

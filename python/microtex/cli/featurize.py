@@ -158,11 +158,24 @@ def add_runner_options(f) -> None:
     )  # fmt: skip
 
 
-def open_dataset(args, inputs, config):
-    """The sharded job of a command whose ``-o`` is a folder (a rerun resumes it)."""
-    from microtex.io.shards import ShardedJob
+def run_dataset(args, config: dict, compute, verb: str) -> int:
+    """``-o FOLDER`` of a command whose shards are ``compute(paths) -> FeatureTable``.
 
-    return ShardedJob(args.output, inputs, config, args.shard_size, overwrite=args.overwrite)
+    Opens (or resumes) the job over ``args.images``, holds the folder's lock
+    while it runs, and reports; what ``predict`` and ``stereology`` share.
+    """
+    import time
+
+    from microtex.features.api import dataset_inputs
+    from microtex.io.shards import ShardedJob, run_sharded
+
+    start = time.perf_counter()
+    with ShardedJob(args.output, dataset_inputs(args.images), config, args.shard_size,
+                    overwrite=args.overwrite) as job:  # fmt: skip
+        new_shards = len(job.pending())
+        run_sharded(job, compute)
+    report_dataset(job, verb, new_shards, time.perf_counter() - start)
+    return 0 if job.n_rows() else 1
 
 
 def report_dataset(job, verb: str, new_shards: int, seconds: float) -> None:

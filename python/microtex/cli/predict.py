@@ -68,15 +68,11 @@ def _run_dataset(args) -> int:
 
     from microtex._files import sha256_file
     from microtex.analysis.classify import load_classifier
-    from microtex.cli.featurize import open_dataset, report_dataset
-    from microtex.features.api import dataset_inputs
-    from microtex.io.shards import run_sharded
+    from microtex.cli.featurize import run_dataset
     from microtex.io.table import FeatureTable
 
-    start = time.perf_counter()
     model = load_classifier(args.bundle)  # verified: its manifest's checksums cover every file
     config = {"kind": "predict", "bundle": sha256_file(pathlib.Path(args.bundle, "microtex.json"))}
-    job = open_dataset(args, dataset_inputs(args.images), config)
     columns = [f"p:{c}" for c in model.classes_]
 
     def compute(paths):
@@ -89,7 +85,4 @@ def _run_dataset(args) -> int:
         rows = np.concatenate(parts) if parts else np.zeros((0, len(columns)), np.float32)
         return FeatureTable(rows, columns, ids, failures, time.perf_counter() - shard_start)
 
-    new_shards = len(job.pending())
-    run_sharded(job, compute)
-    report_dataset(job, "classified", new_shards, time.perf_counter() - start)
-    return 0 if job.n_rows() else 1
+    return run_dataset(args, config, compute, "classified")

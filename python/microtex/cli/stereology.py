@@ -129,19 +129,13 @@ def _options(args) -> dict:
 
 def _run_dataset(args) -> int:
     """``-o FOLDER``: measure shard by shard into a dataset; a rerun resumes."""
-    import time
-
-    from microtex.cli.featurize import open_dataset, report_dataset
+    from microtex.cli.featurize import run_dataset
     from microtex.errors import NoImagesError
-    from microtex.features.api import dataset_inputs
     from microtex.features.stereology_table import stereology_table
-    from microtex.io.shards import run_sharded
     from microtex.io.table import FeatureTable
 
-    start = time.perf_counter()
     options = _options(args)
     config = {"kind": "stereology", **{k: v for k, v in options.items() if k != "on_error"}}
-    job = open_dataset(args, dataset_inputs(args.images), config)
     empty = stereology_table([], **{k: v for k, v in options.items() if k != "crop_bottom"})
 
     def compute(paths):
@@ -150,7 +144,4 @@ def _run_dataset(args) -> int:
         except NoImagesError as exc:  # a shard of bad files: no rows, its failures recorded
             return FeatureTable(empty.features, empty.columns, [], exc.failures)
 
-    new_shards = len(job.pending())
-    run_sharded(job, compute)
-    report_dataset(job, "measured", new_shards, time.perf_counter() - start)
-    return 0 if job.n_rows() else 1
+    return run_dataset(args, config, compute, "measured")

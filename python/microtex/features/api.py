@@ -9,13 +9,15 @@ import numpy as np
 
 from microtex import io as mio
 from microtex._validation import check_on_error
-from microtex.errors import NoImagesError
+from microtex.errors import DatasetMismatchError, NoImagesError
+from microtex.features.plan import make_plan
 from microtex.features.stream import all_paths
 from microtex.features.texture import TextureFeaturizer
 from microtex.io.shards import ShardedJob, run_sharded
 from microtex.io.table import FeatureTable
 
-__all__ = ["featurize", "featurize_dataset", "feature_rows", "texture_job_config"]
+__all__ = ["featurize", "featurize_dataset", "feature_rows", "texture_job_config",
+           "vlad_words_digest"]
 
 
 def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_images=None,
@@ -121,20 +123,50 @@ def feature_rows(featurizer: TextureFeaturizer, images, *, on_error: str = "skip
 _RUNTIME_PARAMS = ("batch_size", "n_threads")
 
 
-def texture_job_config(featurizer: TextureFeaturizer, tile=None, tile_stride=None) -> dict:
+def texture_job_config(featurizer: TextureFeaturizer, tile=None, tile_stride=None, *,
+                       device: str | None = None) -> dict:  # fmt: skip
     """What decides the rows of a featurization job: the parameters (and fitted VLAD words).
 
-    The configuration a sharded dataset is checked against on resume.
+    The configuration a sharded dataset is checked against on resume, by value:
+    ``taps`` and ``pool`` as the plan spells them (``"mean,gram"`` is
+    ``("mean", "gram")``), ``device`` and ``conv_algorithm`` resolved on this
+    machine (``"auto"`` on a CPU is ``"cpu"``, a CUDA run is another job), and
+    ``weights`` by the sha256 of the file's bytes, not its path. ``device``
+    ("cpu" or "cuda", taken as is) overrides the featurizer's: the Ray
+    runner's actors run on their own device, which the driver may not have.
     """
+    from microtex._files import sha256_file
+    from microtex.backbones import resolve_conv_algorithm
+    from microtex.engine.session import runs_on_cpu
+    from microtex.features.plan import make_plan
+
     params = {k: v for k, v in featurizer.get_params().items() if k not in _RUNTIME_PARAMS}
+    if device is not None:
+        params["device"] = device
+    plan = make_plan(**{k: v for k, v in params.items() if k not in ("random_state", "pooling")})
+    on_cpu = plan.device == "cpu" if device is not None else runs_on_cpu(plan.device)
+    params.update(taps=list(plan.taps), pool=list(plan.pools), device="cpu" if on_cpu else "cuda",
+                  conv_algorithm=None if plan.config is None else resolve_conv_algorithm(
+                      plan.conv_algorithm, plan.config, on_cpu=on_cpu))  # fmt: skip
+    if params.get("weights") is not None:
+        params["weights"] = "sha256:" + sha256_file(params["weights"])  # memoized per file state
     config = {"kind": "texture-features", "params": params, "tile": tile,
               "tile_stride": tile_stride}  # fmt: skip
     if getattr(featurizer, "vlad_dictionaries_", None):
-        digest = hashlib.sha256()
-        for tap, words in sorted(featurizer.vlad_dictionaries_.items()):
-            digest.update(tap.encode() + np.ascontiguousarray(words).tobytes())
-        config["vlad_words"] = digest.hexdigest()
+        config["vlad_words"] = vlad_words_digest(featurizer)
     return config
+
+
+def vlad_words_digest(featurizer: TextureFeaturizer) -> str:
+    """sha256 of a fitted featurizer's VLAD words (tap names and float bytes, in tap order)."""
+    digest = hashlib.sha256()
+    for tap, words in sorted((getattr(featurizer, "vlad_dictionaries_", None) or {}).items()):
+        digest.update(tap.encode() + np.ascontiguousarray(words).tobytes())
+    return digest.hexdigest()
+
+
+#: The manifest entry that holds the digest of the VLAD words a job fitted.
+_FITTED_KEY = "fitted_vlad_words"
 
 
 def fitted_for_job(
@@ -144,22 +176,51 @@ def fitted_for_job(
     """``featurizer`` fitted once per job: a resumed job loads the fit from the job's folder.
 
     Fitting (VLAD words) reads every image; the fit is saved as a bundle in
-    ``job.state_dir`` when it needs one (or ``save``: Ray actors load it).
+    ``job.state_dir`` when it needs one (or ``save``: Ray actors load it), and
+    the digest of its words goes in the manifest before any shard is written.
+    A resumed job checks the words it loads against that digest, and refuses
+    to refit when shards are listed but the saved fit is gone (their rows came
+    from words it no longer has).
+
+    Raises
+    ------
+    microtex.errors.DatasetMismatchError
+        The saved fit is missing or does not match the manifest's digest.
     """
     state = job.state_dir / "featurizer"
+    where = f"dataset {str(job.directory)!r}"
+    hint = "; pass --overwrite (overwrite=True) to start the job over"
     if hasattr(featurizer, "feature_names_out_"):
         if save and not state.is_dir():
             featurizer.save(state)
         return featurizer
+    recorded = job.manifest.get(_FITTED_KEY)
     if (state / "microtex.json").is_file():
         params = featurizer.get_params()
-        return TextureFeaturizer.load(state).with_runtime(
+        loaded = TextureFeaturizer.load(state).with_runtime(
             **{"n_threads": params["n_threads"], "device": params["device"],
                "batch_size": params["batch_size"]}  # fmt: skip
+        )
+        digest = vlad_words_digest(loaded)
+        if recorded is None and not job.manifest["shards"]:  # killed between save and record
+            job.record(_FITTED_KEY, digest)
+        elif digest != recorded:
+            raise DatasetMismatchError(
+                f"{where}: the VLAD words in {str(state)!r} are not those its shards were made "
+                f"with (sha256 {digest[:12]}..., manifest {str(recorded)[:12]}...){hint}"
+            )
+        return loaded
+    needs_fit = "vlad" in make_plan(taps="raw", pool=featurizer.get_params()["pool"]).pools
+    if job.manifest["shards"] and (recorded is not None or needs_fit):
+        raise DatasetMismatchError(
+            f"{where} lists {len(job.manifest['shards'])} shards but the fit they were made "
+            f"with ({str(state)!r}) is missing; refitting would mix rows of other VLAD "
+            f"words{hint}"
         )
     featurizer.fit(images, on_error=on_error, tile=tile, tile_stride=tile_stride)
     if save or featurizer.pipeline_.needs_fit():
         featurizer.save(state)
+        job.record(_FITTED_KEY, vlad_words_digest(featurizer))
     return featurizer
 
 
@@ -226,10 +287,16 @@ def featurize_dataset(images, directory, *, shard_size: int = 1000, overwrite: b
     featurizer = TextureFeaturizer(**params) if featurizer is None else featurizer
     job = ShardedJob(directory, dataset_inputs(images), texture_job_config(featurizer, tile,
                      tile_stride), shard_size, overwrite=overwrite)  # fmt: skip
+    with job:  # the folder's lock, held until the job ends
+        _featurize_job(job, featurizer, images, on_error, progress, tile, tile_stride, on_open)
+    return job
+
+
+def _featurize_job(job, featurizer, images, on_error, progress, tile, tile_stride, on_open):
     if on_open is not None:
         on_open(job)
     if job.done:
-        return job
+        return
     featurizer = fitted_for_job(job, featurizer, images, on_error=on_error, tile=tile,
                                 tile_stride=tile_stride)  # fmt: skip
     bar = None
@@ -249,4 +316,3 @@ def featurize_dataset(images, directory, *, shard_size: int = 1000, overwrite: b
     finally:
         if bar is not None:
             bar.close()
-    return job

@@ -7,6 +7,8 @@ A job over a list of inputs (image paths) writes, in its folder::
                              beyond 4096 features (Gram of deep layers), one fixed-size
                              list column ``features`` (layout "vector": Parquet is slow with
                              100,000 columns)
+    _microtex_job.lock       locked (``flock``) while a job runs: a second job on the
+                             folder fails at once instead of mixing its shards in
     _microtex_job.json       the manifest: configuration and its hash, digest of the
                              input list, shard -> inputs, rows, sha256, failures
     _inputs.json             the input list (written once, when the job starts)
@@ -20,9 +22,18 @@ written under a hidden temporary name and renamed (:func:`microtex._files.atomic
 then the manifest is rewritten the same way; a shard counts as done only once
 the manifest lists it with its checksum. So ``kill -9`` at any moment loses no
 finished shard, and what it leaves is either a hidden temporary (removed by the
-next run) or a complete shard the manifest does not list yet (redone). Names
+next run) or a complete shard the manifest does not list yet (removed by the next
+run, and redone). A shard is synced to disk before the manifest lists it. Names
 starting with ``_`` or ``.`` are skipped by pyarrow's and pandas' dataset
-readers, so ``pandas.read_parquet(folder)`` reads the rows and nothing else.
+readers, so ``pandas.read_parquet(folder)`` reads the rows and nothing else; after a
+kill, only :func:`read_features` (which reads the shards the manifest lists) is sure
+to agree with the manifest until the next run has cleaned up.
+
+One job at a time: :class:`ShardedJob` holds an exclusive lock on
+``_microtex_job.lock`` from its opening to :meth:`ShardedJob.close`, and another
+opening raises :class:`~microtex.errors.DatasetBusyError`. The input list is
+compared by resolved absolute paths, so the same files named from another folder,
+or absolutely, resume the job, and other files of the same names do not.
 
 Rerunning the same job resumes it: listed shards are verified (sha256) and
 kept, the rest are computed. A job with another configuration, input list or
@@ -34,6 +45,7 @@ this module owns only the layout.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -47,17 +59,18 @@ import numpy as np
 from microtex._files import (
     atomic_path,
     atomic_write_text,
-    remove_stale_temporaries,
+    remove_stale_temporaries_in,
     sha256_bytes,
     sha256_file,
 )
-from microtex.errors import DatasetMismatchError
+from microtex.errors import DatasetBusyError, DatasetMismatchError
 from microtex.io.read import ReadFailure
 from microtex.io.table import TABLE_SUFFIXES, FeatureTable, _parquet_ids
 
 __all__ = [
     "COLUMNS_FILE",
     "INPUTS_FILE",
+    "LOCK_FILE",
     "MANIFEST_FILE",
     "WIDE_MAX",
     "ShardedJob",
@@ -73,6 +86,7 @@ log = logging.getLogger("microtex.io")
 
 MANIFEST_FILE = "_microtex_job.json"
 INPUTS_FILE = "_inputs.json"
+LOCK_FILE = "_microtex_job.lock"
 _FORMAT = 1
 _SHARD = re.compile(r"part-(\d{5,})\.parquet")
 COLUMNS_FILE = "_columns.json"
@@ -96,8 +110,13 @@ def config_hash(config: dict) -> str:
 
 
 def inputs_digest(inputs: Iterable[str]) -> str:
-    """sha256 of an ordered input list (one path a line; bytes of non-UTF-8 names kept)."""
-    text = "".join(f"{i}\n" for i in inputs)
+    """sha256 of an ordered input list: one resolved absolute path a line.
+
+    Resolved, so that the same files named relatively from another folder are
+    not taken for others, and ``a.png`` and ``/data/a.png`` are the same input.
+    Bytes of non-UTF-8 names are kept.
+    """
+    text = "".join(f"{os.path.realpath(i)}\n" for i in inputs)
     return sha256_bytes(text.encode("utf-8", "surrogateescape"))
 
 
@@ -153,12 +172,33 @@ def _write_json(path: pathlib.Path, value) -> None:
     atomic_write_text(path, text)
 
 
-def _remove_stale(directory: pathlib.Path) -> None:
-    """Hidden temporaries of writers that were killed: ``.{name}.{pid}.{random}.tmp``."""
-    for candidate in directory.glob(".*.tmp"):
-        parts = candidate.name[1:].rsplit(".", 3)
-        if len(parts) == 4:
-            remove_stale_temporaries(directory / parts[0])
+def _lock(directory: pathlib.Path) -> int:
+    """An open descriptor holding the exclusive lock of ``directory``'s job, or DatasetBusyError.
+
+    ``flock`` locks belong to the open file description: released by
+    :func:`os.close`, or by the kernel when the process dies (kill -9 included).
+    """
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatasetBusyError(
+            f"dataset {str(directory)!r} is in use by another running job (it holds "
+            f"{LOCK_FILE}); wait for it to finish, or write to another folder"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _fsync(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class ShardedJob:
@@ -187,6 +227,8 @@ class ShardedJob:
     microtex.errors.DatasetMismatchError
         The folder holds another job's dataset (the message names what
         differs), or files that are not a dataset's.
+    microtex.errors.DatasetBusyError
+        Another job has the folder open (until it ends or calls :meth:`close`).
     """
 
     def __init__(self, directory, inputs: list, config: dict, shard_size: int, *,
@@ -198,11 +240,35 @@ class ShardedJob:
         self.config = json.loads(_canonical(config))
         self.shard_size = int(shard_size)
         self._columns: list | None = None
+        self._lock: int | None = None
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"dataset {str(self.directory)!r} is a file, not a folder")
         self.directory.mkdir(parents=True, exist_ok=True)
-        _remove_stale(self.directory)
         self._check_foreign()
+        self._lock = _lock(self.directory)
+        try:
+            self._open(overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the folder's lock (the job's files stay); another job may open it."""
+        fd, self._lock = getattr(self, "_lock", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> ShardedJob:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def _open(self, overwrite: bool) -> None:
+        remove_stale_temporaries_in(self.directory)
         manifest_path = self.directory / MANIFEST_FILE
         if overwrite:
             self._clear()
@@ -246,10 +312,12 @@ class ShardedJob:
         return self.directory / "_state"
 
     def _clear(self) -> None:
+        # the manifest first: killed halfway, what is left is shards no manifest lists
+        # (removed by the next run), never listed shards without their state
+        (self.directory / MANIFEST_FILE).unlink(missing_ok=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
         for path in self.directory.iterdir():
-            if _SHARD.fullmatch(path.name) or path.name in (MANIFEST_FILE, INPUTS_FILE,
-                                                            COLUMNS_FILE):
+            if _SHARD.fullmatch(path.name) or path.name in (INPUTS_FILE, COLUMNS_FILE):
                 path.unlink()
 
     def _check_same_job(self) -> None:
@@ -266,12 +334,14 @@ class ShardedJob:
             raise DatasetMismatchError(f"{where} has shards of {old.get('shard_size')} inputs, "
                                        f"not {self.shard_size}{hint}")  # fmt: skip
         if old.get("inputs_digest") != inputs_digest(self.inputs):
-            before = set(_read_json(self.directory / INPUTS_FILE))
-            now = set(self.inputs)
-            raise DatasetMismatchError(
-                f"{where} was made from another input list ({len(now - before)} inputs added, "
-                f"{len(before - now)} removed, or their order changed){hint}"
-            )
+            given = _read_json(self.directory / INPUTS_FILE)
+            before = {os.path.realpath(i) for i in given}
+            now = {os.path.realpath(i) for i in self.inputs}
+            what = (f"{len(now - before)} inputs added, {len(before - now)} removed, or their "
+                    "order changed")  # fmt: skip
+            if given == self.inputs:
+                what = "the same relative paths name other files from this folder"
+            raise DatasetMismatchError(f"{where} was made from another input list ({what}){hint}")
 
     def _verify(self) -> None:
         """Keep the listed shards whose checksum holds; remove every other shard file."""
@@ -325,6 +395,7 @@ class ShardedJob:
             self._columns = columns
         name = shard_name(index)
         path = _write_shard(self.directory / name, table, self.manifest["layout"])
+        _fsync(path)  # on disk before the manifest lists it: a power cut cannot list a hole
         start = index * self.shard_size
         self.manifest["shards"][str(index)] = {
             "file": name,
@@ -336,6 +407,11 @@ class ShardedJob:
         }
         self._save()
         return self.manifest["shards"][str(index)]
+
+    def record(self, key: str, value) -> None:
+        """Store ``value`` under ``key`` in the manifest now (e.g. the digest of fitted state)."""
+        self.manifest[key] = value
+        self._save()
 
     @property
     def done(self) -> bool:
