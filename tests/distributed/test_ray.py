@@ -95,3 +95,37 @@ def test_cli_runner_ray_writes_the_dataset_a_local_run_would(local_ray, images, 
     assert "(0 written now, 3 kept)" in capsys.readouterr().out
     assert main([*argv, "-o", str(tmp_path / "f.npz"), "--runner", "ray"]) == 2
     assert "--runner ray writes a dataset folder" in capsys.readouterr().err
+
+
+def test_the_driver_holds_the_folder_and_hands_actors_an_absolute_bundle(
+        local_ray, images, tmp_path, monkeypatch):  # fmt: skip
+    from microtex.distributed import featurize_ray
+    from microtex.errors import DatasetBusyError
+    from microtex.io.shards import ShardedJob
+
+    params = {"taps": "raw", "pool": ("mean", "vlad"), "n_words": 2, "random_state": 0}
+    monkeypatch.chdir(tmp_path)
+    with ShardedJob("held", [str(images / "0.png")], {}, 1):  # another job has the folder
+        with pytest.raises(DatasetBusyError, match="held"):
+            featurize_ray([images / "0.png"], "held", **params)
+    seen = {}
+    map_batches = ray.data.Dataset.map_batches
+
+    def spy(self, fn, *args, **kwargs):
+        seen.update(kwargs["fn_constructor_kwargs"])
+        return map_batches(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", spy)
+    job = featurize_ray([images / "0.png", images / "1.png"], "relative", shard_size=1,
+                        num_workers=1, **params)  # fmt: skip
+    assert job.done and job.n_rows() == 2
+    assert seen["bundle"] == str(tmp_path / "relative" / "_state" / "featurizer")
+
+
+def test_default_workers_respect_gpus_per_worker():
+    from microtex.distributed.ray import default_workers
+
+    cluster = {"CPU": 32.0, "GPU": 4.0}
+    assert default_workers(cluster, 4, 0) == 8
+    assert default_workers(cluster, 4, 1) == 4 and default_workers(cluster, 1, 0.5) == 8
+    assert default_workers({"CPU": 2.0}, 1, 1) == 1  # none to be had: Ray will say so

@@ -15,7 +15,10 @@
   multi-page and info-band handling as in a local run) and pools. Decoding in
   the actor keeps compressed bytes, not float32 pixels, in the object store.
   A file that does not decode comes back as a failure with its path, not an
-  error of the job;
+  error of the job; so does one the driver cannot see or read (checked before
+  the job). A file a worker cannot read (another mount, an I/O error) fails
+  the read task and so the job: Ray Data has no per-file error hook in
+  ``read_binary_files``; rerun after fixing it, the finished shards are kept;
 * the driver gathers the rows of each shard and writes it (atomically, with
   its checksum in the manifest) as soon as all its inputs are in; shards are
   small next to the images, and one writer keeps the manifest consistent.
@@ -36,7 +39,7 @@ from microtex.io.read import ReadFailure, read_image
 from microtex.io.shards import ShardedJob
 from microtex.io.table import FeatureTable
 
-__all__ = ["BundleFeaturizer", "featurize_ray"]
+__all__ = ["BundleFeaturizer", "default_workers", "featurize_ray"]
 
 
 def _import_ray():
@@ -120,7 +123,8 @@ def featurize_ray(images, directory, *, shard_size: int = 1000, overwrite: bool 
         the one on this machine). None: the Ray instance this process already
         started, or a new local one.
     num_workers : int, optional
-        Actors (default: the cluster's CPUs // ``threads_per_worker``).
+        Actors (default: the cluster's CPUs // ``threads_per_worker``, and no
+        more than its GPUs // ``gpus_per_worker`` when GPUs are asked for).
     threads_per_worker : int
         CPUs each actor reserves, and its ONNX Runtime intra-op threads.
     gpus_per_worker : float
@@ -148,23 +152,25 @@ def featurize_ray(images, directory, *, shard_size: int = 1000, overwrite: bool 
     if int(threads_per_worker) < 1:
         raise ValueError(f"threads_per_worker must be at least 1, got {threads_per_worker!r}")
     featurizer = TextureFeaturizer(**params) if featurizer is None else featurizer
-    job = ShardedJob(directory, dataset_inputs(images), texture_job_config(featurizer),
-                     shard_size, overwrite=overwrite)  # fmt: skip
-    if on_open is not None:
-        on_open(job)
-    if job.done:
-        return job
-    fitted = fitted_for_job(job, featurizer, images, on_error=on_error, save=True)
-    batch_size = batch_size or fitted.get_params()["batch_size"]
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    try:
-        _run(ray, job, fitted, on_error, num_workers, int(threads_per_worker),
-             gpus_per_worker, batch_size)  # fmt: skip
-    finally:
-        if started:
-            ray.shutdown()
+    # the actors' device, not the driver's, decides the rows
+    config = texture_job_config(featurizer, device="cuda" if gpus_per_worker else "cpu")
+    job = ShardedJob(directory, dataset_inputs(images), config, shard_size, overwrite=overwrite)
+    with job:  # the folder's lock, held by the driver until the job ends
+        if on_open is not None:
+            on_open(job)
+        if job.done:
+            return job
+        fitted = fitted_for_job(job, featurizer, images, on_error=on_error, save=True)
+        batch_size = batch_size or fitted.get_params()["batch_size"]
+        started = not ray.is_initialized()
+        if started:  # actors' logs (warnings, tracebacks) go to the driver's stderr
+            ray.init(address=address, include_dashboard=False)
+        try:
+            _run(ray, job, fitted, on_error, num_workers, int(threads_per_worker),
+                 gpus_per_worker, batch_size)  # fmt: skip
+        finally:
+            if started:
+                ray.shutdown()
     return job
 
 
@@ -199,6 +205,22 @@ def _missing_reason(path: str) -> str:
     return "not a regular file"
 
 
+def default_workers(resources: dict, threads_per_worker: int, gpus_per_worker: float) -> int:
+    """Actors the cluster's ``resources`` hold: CPUs // threads, and GPUs // GPUs each if asked.
+
+    Examples
+    --------
+    >>> default_workers({"CPU": 16, "GPU": 2}, 2, 0), default_workers({"CPU": 16, "GPU": 2}, 2, 1)
+    (8, 2)
+    >>> default_workers({"CPU": 16, "GPU": 2}, 2, 0.5)
+    4
+    """
+    workers = int(resources.get("CPU", 1)) // threads_per_worker
+    if gpus_per_worker:
+        workers = min(workers, int(resources.get("GPU", 0) / gpus_per_worker + 1e-9))
+    return max(1, workers)
+
+
 def _run(ray, job: ShardedJob, featurizer, on_error, num_workers, threads, gpus, batch_size):
     columns = list(featurizer.get_feature_names_out())
     shards, where = {}, {}
@@ -213,7 +235,8 @@ def _run(ray, job: ShardedJob, featurizer, on_error, num_workers, threads, gpus,
     for index, inputs in job.pending():
         shards[index] = _Shard(inputs)
         for position, path in enumerate(inputs):
-            if os.path.isfile(path):  # a file listed twice is read once, its row kept twice
+            # a file listed twice is read once, its row kept twice
+            if os.path.isfile(path) and os.access(path, os.R_OK):
                 where.setdefault(os.path.abspath(path), []).append((index, position))
             else:  # Ray's reader would fail the whole job on it
                 shards[index].results[position] = (None, _missing_reason(path))
@@ -223,12 +246,12 @@ def _run(ray, job: ShardedJob, featurizer, on_error, num_workers, threads, gpus,
     if not files:
         return
     if num_workers is None:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        num_workers = max(1, cpus // threads)
+        num_workers = default_workers(ray.cluster_resources(), threads, gpus)
     dataset = ray.data.read_binary_files(files, include_paths=True, num_cpus=0)
+    bundle = (job.state_dir / "featurizer").resolve()  # actors may run in another folder
     dataset = dataset.map_batches(
         BundleFeaturizer,
-        fn_constructor_kwargs={"bundle": str(job.state_dir / "featurizer"), "n_threads": threads,
+        fn_constructor_kwargs={"bundle": str(bundle), "n_threads": threads,
                                "device": "cuda" if gpus else "cpu", "batch_size": batch_size},
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=int(num_workers)), num_cpus=threads,
