@@ -129,3 +129,22 @@ def test_default_workers_respect_gpus_per_worker():
     assert default_workers(cluster, 4, 0) == 8
     assert default_workers(cluster, 4, 1) == 4 and default_workers(cluster, 1, 0.5) == 8
     assert default_workers({"CPU": 2.0}, 1, 1) == 1  # none to be had: Ray will say so
+
+
+def test_a_ray_instance_the_runner_starts_shows_actor_logs(images, tmp_path, monkeypatch):
+    from microtex.distributed import featurize_ray
+
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def init(**kwargs):  # stop before a cluster starts: only its options are checked
+        seen.update(kwargs)
+        raise Started
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(Started):
+        featurize_ray([images / "0.png"], tmp_path / "out", taps="raw", pool="mean")
+    assert seen.get("log_to_driver", True) is True and seen["include_dashboard"] is False
