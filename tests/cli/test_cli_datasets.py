@@ -84,3 +84,20 @@ def test_predict_to_a_folder_holds_the_csvs_probabilities(images, tmp_path, caps
     assert table.columns == rows[0][2:] and table.ids == [r[0] for r in rows[1:]]
     np.testing.assert_allclose(table.features, [[float(v) for v in r[2:]] for r in rows[1:]],
                                atol=1e-6)  # fmt: skip
+
+
+def test_a_folder_the_cli_made_resumes_from_the_api_and_back(images, tmp_path, capsys):
+    from microtex.features.api import featurize_dataset
+
+    out = tmp_path / "features"
+    argv = ["featurize", str(images), "--raw", "--pool", "mean,gram", "--no-progress",
+            "--shard-size", "2", "-o", f"{out}/"]  # fmt: skip
+    assert main(argv) == 0
+    (out / "part-00002.parquet").unlink()
+    # the same job spelled the API's way: a tuple of pools, device "auto", no seed
+    job = featurize_dataset(images, out, shard_size=2, taps="raw", pool=("mean", "gram"))
+    assert job.done and len(read_features(out).ids) == 5
+    (out / "part-00000.parquet").unlink()
+    capsys.readouterr()
+    assert main([*argv, "--device", "cpu"]) == 0  # "auto" is the CPU here
+    assert "(1 written now, 2 kept)" in capsys.readouterr().out

@@ -131,7 +131,8 @@ def texture_job_config(featurizer: TextureFeaturizer, tile=None, tile_stride=Non
     ``taps`` and ``pool`` as the plan spells them (``"mean,gram"`` is
     ``("mean", "gram")``), ``device`` and ``conv_algorithm`` resolved on this
     machine (``"auto"`` on a CPU is ``"cpu"``, a CUDA run is another job), and
-    ``weights`` by the sha256 of the file's bytes, not its path. ``device``
+    ``weights`` by the sha256 of the file's bytes, not its path; ``random_state``
+    only with VLAD, the one thing it seeds. ``device``
     ("cpu" or "cuda", taken as is) overrides the featurizer's: the Ray
     runner's actors run on their own device, which the driver may not have.
     """
@@ -148,6 +149,8 @@ def texture_job_config(featurizer: TextureFeaturizer, tile=None, tile_stride=Non
     params.update(taps=list(plan.taps), pool=list(plan.pools), device="cpu" if on_cpu else "cuda",
                   conv_algorithm=None if plan.config is None else resolve_conv_algorithm(
                       plan.conv_algorithm, plan.config, on_cpu=on_cpu))  # fmt: skip
+    if "vlad" not in plan.pools:  # the seed seeds only the VLAD fit (CLI: 0, API: None)
+        params.pop("random_state", None)
     if params.get("weights") is not None:
         params["weights"] = "sha256:" + sha256_file(params["weights"])  # memoized per file state
     config = {"kind": "texture-features", "params": params, "tile": tile,
