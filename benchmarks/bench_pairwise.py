@@ -30,13 +30,19 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, markdown_table, paired_ratio, time_turns, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    machine,
+    markdown_table,
+    one_call_turns,
+    paired_ratio,
+    time_turns,
+    write_results,
+)
 
 BAR = 3.0  # speedup of microtex over the faster of SciPy and scikit-learn (float32 input)
 
@@ -77,25 +83,6 @@ def candidates(x: np.ndarray) -> tuple[dict, dict]:
     else:
         fast["sklearn"] = lambda: sklearn_distances(x)
     return fast, slow
-
-
-def one_call_turns(funcs: dict, turns: int, settle: float = 1.0) -> dict:
-    """One timed call of each candidate per turn, in alternating order (``time_turns``'s layout).
-
-    For calls of a minute: a warm-up call or an untimed call per turn (what
-    ``time_turns`` adds for quick calls) would double the run for nothing.
-    """
-    out = {k: [] for k in funcs}
-    for turn in range(turns):
-        order = list(funcs.items())
-        if turn % 2:
-            order.reverse()
-        for k, f in order:
-            time.sleep(settle)
-            t0 = time.perf_counter()
-            f()
-            out[k].append([time.perf_counter() - t0])
-    return out
 
 
 def accuracy(x: np.ndarray, rows: int) -> dict:

@@ -34,7 +34,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, markdown_table, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    machine,
+    markdown_table,
+    medians,
+    one_call_turns,
+    paired_ratio,
+    write_results,
+)
 
 PARAMS = {"taps": "block_first", "pool": ("mean", "gram"), "device": "cpu"}
 
@@ -49,25 +56,6 @@ def write_images(folder: Path, n_images: int, size: int) -> Path:
             folder / f"{i:05d}.png"
         )
     return folder
-
-
-def turns(funcs: dict, n_turns: int, settle: float = 0.5) -> dict:
-    """Wall time of one call of each candidate per turn, order swapped every other turn."""
-    times = {k: [] for k in funcs}
-    for turn in range(n_turns):
-        order = list(funcs.items())
-        if turn % 2:
-            order.reverse()
-        for name, f in order:
-            time.sleep(settle)
-            start = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def paired(times: dict, num: str, den: str) -> float:
-    return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
 def main() -> int:
@@ -98,7 +86,8 @@ def main() -> int:
 
     reference = in_memory()  # warm: the export is cached, the session open
     sharded()
-    local = turns({"in_memory": in_memory, "sharded_local": sharded}, args.turns)
+    local = one_call_turns({"in_memory": in_memory, "sharded_local": sharded}, args.turns,
+                           settle=0.5)
     resume = []
     for _ in range(5):
         start = time.perf_counter()
@@ -124,7 +113,7 @@ def main() -> int:
                       threads_per_worker=1, **PARAMS)  # fmt: skip
         job_startup.append(time.perf_counter() - start)
     on_ray()  # warm: worker processes imported microtex and onnxruntime
-    with_ray = turns({"in_memory": in_memory, "ray": on_ray}, args.turns)
+    with_ray = one_call_turns({"in_memory": in_memory, "ray": on_ray}, args.turns, settle=0.5)
     ray.shutdown()
 
     same_local = read_features(local_out)
@@ -135,10 +124,10 @@ def main() -> int:
         "ray": same_ray.ids == reference.ids
         and bool(np.array_equal(same_ray.features, reference.features)),
     }
-    rate = {k: n / statistics.median(v) for k, v in {**local, "ray": with_ray["ray"]}.items()}
+    rate = {k: n / v for k, v in medians({**local, "ray": with_ray["ray"]}).items()}
     ratios = {
-        "sharded_local_vs_in_memory": 1 / paired(local, "sharded_local", "in_memory"),
-        "ray_vs_in_memory": 1 / paired(with_ray, "ray", "in_memory"),
+        "sharded_local_vs_in_memory": 1 / paired_ratio(local, "sharded_local", "in_memory"),
+        "ray_vs_in_memory": 1 / paired_ratio(with_ray, "ray", "in_memory"),
     }
     payload = {
         "machine": machine(),
