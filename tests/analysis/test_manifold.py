@@ -392,3 +392,23 @@ def test_embed_a_folder_of_images_with_thumbnails_and_a_bad_file(tmp_path, capsy
         mf._color_values(f"{colors}:y", [folder / "m0.png"])
     with pytest.raises(ValueError, match="CSV:COLUMN"):
         mf._color_values("labels.csv", [])
+
+
+def test_embed_a_sharded_dataset_folder(tmp_path):
+    from microtex.features.api import featurize_dataset
+
+    images = [np.full((16, 16), v, np.float32) for v in (0.0, 0.1, 0.5, 0.9)]
+    paths = []
+    for i, image in enumerate(images):
+        from PIL import Image
+
+        paths.append(tmp_path / f"i{i}.png")
+        Image.fromarray((image * 255).astype(np.uint8)).save(paths[-1])
+    featurize_dataset(paths, tmp_path / "ds", shard_size=3, taps="raw", pool="mean")
+    summary = mf.run_embed(tmp_path / "ds", tmp_path / "emb", n_components=1)
+    assert summary["descriptor"] == "table" and summary["n_items"] == 4
+    with open(tmp_path / "emb" / "embedding.csv", newline="") as f:
+        coords = [float(r["mds_1"]) for r in csv.DictReader(f)]
+    means = [np.floor(v * 255) / 255 for v in (0.0, 0.1, 0.5, 0.9)]  # uint8 truncates
+    gaps = np.abs(np.subtract.outer(coords, coords))
+    np.testing.assert_allclose(gaps, np.abs(np.subtract.outer(means, means)), atol=1e-6)

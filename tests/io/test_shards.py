@@ -410,3 +410,10 @@ def test_the_job_configuration_is_hashed_by_value(tmp_path, monkeypatch):
     before = config(taps="relu1_1", weights=str(first))
     first.write_bytes(b"weights two")
     assert config(taps="relu1_1", weights=str(first)) != before
+
+
+def test_without_pyarrow_a_dataset_job_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # import fails as if absent
+    with pytest.raises(ImportError, match=r"pip install 'microtex\[parquet\]'"):
+        ShardedJob(tmp_path / "d", INPUTS, CONFIG, 3)
+    assert not (tmp_path / "d").exists()

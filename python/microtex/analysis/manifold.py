@@ -684,9 +684,10 @@ def run_embed(inputs, output, *, descriptor: str = "gram", n_components: int = 2
     Parameters
     ----------
     inputs : path(s)
-        Image files / folders, or one feature table file (``.npz``, ``.csv``,
-        ``.parquet`` from ``microtex featurize``), which uses its features as
-        they are (``descriptor`` is then ``"table"``).
+        Image files / folders, or one feature table (a ``.npz``, ``.csv`` or
+        ``.parquet`` file, or a sharded dataset folder, from ``microtex
+        featurize``), whose features are used as they are (``descriptor`` is
+        then ``"table"``).
     output : path
         Report folder: ``embedding.csv`` (id, coordinates, colour value),
         ``embedding.json`` (stress, settings, skipped files), ``embedding.png``
@@ -709,17 +710,20 @@ def run_embed(inputs, output, *, descriptor: str = "gram", n_components: int = 2
     from microtex import report
     from microtex._files import atomic_write_text
     from microtex.io.read import expand_paths, iter_images
-    from microtex.io.table import FeatureTable
 
     start = time.perf_counter()
     output = pathlib.Path(output)
     n_components = check_int("n_components", n_components, 1)
     paths = [inputs] if isinstance(inputs, (str, pathlib.Path)) else list(inputs)
-    table_file = (len(paths) == 1 and pathlib.Path(paths[0]).is_file()
-                  and pathlib.Path(paths[0]).suffix.lower() in (".npz", ".csv", ".parquet"))
+    from microtex.io.shards import MANIFEST_FILE, read_features
+
+    single = pathlib.Path(paths[0]) if len(paths) == 1 else None
+    table_file = single is not None and (
+        (single.is_file() and single.suffix.lower() in (".npz", ".csv", ".parquet"))
+        or (single / MANIFEST_FILE).is_file())  # a sharded dataset (featurize -o DIR/)
     failures, thumbnails = [], None
     if table_file:
-        table = FeatureTable.read(paths[0])
+        table = read_features(single)
         vectors, ids, descriptor = table.features, list(table.ids), "table"
     else:
         check_choice("descriptor", descriptor, DESCRIPTORS)

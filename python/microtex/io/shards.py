@@ -235,6 +235,11 @@ class ShardedJob:
         self._lock: int | None = None
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"dataset {str(self.directory)!r} is a file, not a folder")
+        try:  # before anything is written: a job that cannot write shards leaves no folder
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ImportError("a sharded dataset is Parquet, which needs pyarrow: "
+                              "pip install 'microtex[parquet]'") from None  # fmt: skip
         self.directory.mkdir(parents=True, exist_ok=True)
         self._check_foreign()
         self._lock = _lock(self.directory)
