@@ -120,23 +120,18 @@ def gram_vectors(images, *, layer_weights=None, taps: Sequence[str] = GRAM_TAPS,
     # the featurizer names its columns in forward order
     order = resolve_taps("vgg19", taps) if isinstance(taps, str) else tuple(taps)
     taps = resolve_taps("vgg19", taps)
-    if layer_weights is not None and not isinstance(layer_weights, Mapping):
-        if sorted(order) != sorted(taps):
-            raise ValueError(f"to weight layers, list them one by one; got taps {list(order)}")
-        values = list(layer_weights)
-        if len(values) != len(order):
-            raise ValueError(f"layer_weights has {len(values)} values for {len(order)} layers "
-                             f"{list(order)}")  # fmt: skip
-        layer_weights = dict(zip(order, values))
-    weights = _layer_weights(layer_weights, taps)
+    listed = layer_weights is not None and not isinstance(layer_weights, Mapping)
+    if listed and sorted(order) != sorted(taps):
+        raise ValueError(f"to weight layers, list them one by one; got taps {list(order)}")
+    names = order if listed else taps
+    weights = dict(zip(names, _layer_weights(layer_weights, names)))
     featurizer = TextureFeaturizer(
         taps=list(taps), pool="gram", block_pooling="avg", gram_normalization="lubbers",
         gram_layout="triu", image_size=image_size, batch_size=batch_size, device=device,
         n_threads=n_threads,
     ).fit(None)
     table = featurize(images, featurizer=featurizer, on_error="raise", progress=progress)
-    return weight_layers(table.features, table.columns, dict(zip(featurizer.taps_, weights))), \
-        table.ids
+    return weight_layers(table.features, table.columns, weights), table.ids
 
 
 def weight_layers(features: np.ndarray, columns: Sequence[str], weights: Mapping) -> np.ndarray:

@@ -42,18 +42,16 @@ import numpy as np
 
 from microtex import report, synth
 from microtex._files import atomic_write_text
-from microtex._validation import check_int, check_positive_int, check_real
-from microtex.analysis.distances import pairwise_distances
+from microtex._validation import check_choices, check_int, check_positive_int, check_real
 from microtex.analysis.manifold import (
     DESCRIPTORS,
     GRAM_TAPS,
     angle_fit,
+    descriptor_distances,
     direction_angle,
-    gram_vectors,
     linear_r2,
     regression_direction,
     smacof,
-    spectrum_vectors,
 )
 
 __all__ = [
@@ -140,24 +138,9 @@ def marble_images(k, theta, amplitude, seeds, setting: TextureSetting) -> np.nda
 
 
 def _distances(images: np.ndarray, descriptor: str, setting: TextureSetting,
-               n_threads: int | None, progress: bool) -> np.ndarray:  # fmt: skip
-    if descriptor == "gram":
-        vectors, _ = gram_vectors(images, layer_weights=setting.layer_weights,
-                                  n_threads=n_threads, progress=progress)  # fmt: skip
-    else:
-        vectors = spectrum_vectors(images, n_threads=n_threads)
-    return pairwise_distances(vectors, n_threads=n_threads)
-
-
-def _check_descriptors(descriptors) -> tuple[str, ...]:
-    descriptors = (descriptors,) if isinstance(descriptors, str) else tuple(descriptors)
-    if not descriptors:
-        raise ValueError("descriptors is empty; choose from 'gram', 'spectrum'")
-    for descriptor in descriptors:
-        if descriptor not in DESCRIPTORS:
-            raise ValueError(f"unknown descriptor {descriptor!r}; choose from "
-                             f"{', '.join(DESCRIPTORS)}")  # fmt: skip
-    return descriptors
+               n_threads: int | None) -> np.ndarray:  # fmt: skip
+    options = {"layer_weights": setting.layer_weights} if descriptor == "gram" else {}
+    return descriptor_distances(images, descriptor, n_threads=n_threads, **options)
 
 
 class _Steps:
@@ -221,7 +204,7 @@ def angle_experiment(amplitudes: Sequence[float] = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0
         plots; ``"seconds"``.
     """
     start = time.perf_counter()
-    descriptors = _check_descriptors(descriptors)
+    descriptors = check_choices("descriptor", descriptors, DESCRIPTORS)
     amplitudes = [check_real("amplitude", a, minimum=0.0) for a in amplitudes]
     if not amplitudes:
         raise ValueError("amplitudes is empty")
@@ -240,7 +223,7 @@ def angle_experiment(amplitudes: Sequence[float] = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0
             images = marble_images(np.full(n_angles, k), theta, np.full(n_angles, amplitude),
                                    seeds_of[trial], setting)  # fmt: skip
             for descriptor in descriptors:
-                distances = _distances(images, descriptor, setting, n_threads, False)
+                distances = _distances(images, descriptor, setting, n_threads)
                 result = smacof(distances, 2, n_init=n_init, random_state=seed + trial)
                 fit = angle_fit(result.embedding, theta)
                 rmse[descriptor][index].append(math.degrees(fit.rmse))
@@ -318,7 +301,7 @@ def grid_experiment(levels: int = 8, *, dims: Sequence[int] = tuple(range(1, 11)
         parameters; ``"seconds"``.
     """
     start = time.perf_counter()
-    descriptors = _check_descriptors(descriptors)
+    descriptors = check_choices("descriptor", descriptors, DESCRIPTORS)
     dims = sorted({check_positive_int("D", d) for d in dims})
     if not dims:
         raise ValueError("dims is empty")
@@ -333,7 +316,7 @@ def grid_experiment(levels: int = 8, *, dims: Sequence[int] = tuple(range(1, 11)
     results, embeddings = {}, {}
     for descriptor in descriptors:
         say(f"grid: {descriptor} distances of {n} images")
-        distances = _distances(images, descriptor, setting, n_threads, False)
+        distances = _distances(images, descriptor, setting, n_threads)
         rows = []
         for d in dims:
             say(f"grid: {descriptor} MDS in {d} dimension(s)")
@@ -402,7 +385,7 @@ def noise_sweep(settings: Sequence[TextureSetting] | None = None, *, levels: int
     settings = list(sweep_settings() if settings is None else settings)
     if not settings:
         raise ValueError("settings is empty")
-    descriptors = _check_descriptors(descriptors)
+    descriptors = check_choices("descriptor", descriptors, DESCRIPTORS)
     scored = "gram" if "gram" in descriptors else descriptors[0]
     runs = []
     say = _Steps(progress, len(settings), "sweep")

@@ -99,10 +99,6 @@ def _progress(args) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
-def _descriptors(text: str) -> list:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def run(args) -> int:
     from microtex.analysis import manifold_experiments as me
 
@@ -117,7 +113,7 @@ def run(args) -> int:
                   f"{at['r2_amplitude']:>7.3f}{mark}")
         print(f"report: {args.output}/ ({', '.join(result['files'])})")
         return 0
-    options = {"setting": _setting(args), "descriptors": _descriptors(args.descriptors),
+    options = {"setting": _setting(args), "descriptors": args.descriptors,
                "seed": args.seed, "n_threads": args.threads, "progress": _progress(args)}
     full = _FULL[args.experiment] if args.full else {}
     if args.experiment == "angle":
