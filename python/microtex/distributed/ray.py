@@ -31,9 +31,8 @@ import time
 
 import numpy as np
 
-from microtex._validation import check_on_error
 from microtex.errors import ImageReadError, MicrotexError
-from microtex.features.api import dataset_inputs, fitted_for_job, texture_job_config
+from microtex.features.api import fitted_for_job, open_texture_job
 from microtex.features.texture import TextureFeaturizer
 from microtex.io.read import ReadFailure, read_image
 from microtex.io.shards import ShardedJob
@@ -144,17 +143,12 @@ def featurize_ray(images, directory, *, shard_size: int = 1000, overwrite: bool 
         As :func:`~microtex.features.api.featurize_dataset`.
     """
     ray = _import_ray()
-    check_on_error(on_error)
-    if featurizer is not None and params:
-        raise TypeError(
-            f"pass either a featurizer or featurizer parameters, not both: {sorted(params)}"
-        )
     if int(threads_per_worker) < 1:
         raise ValueError(f"threads_per_worker must be at least 1, got {threads_per_worker!r}")
-    featurizer = TextureFeaturizer(**params) if featurizer is None else featurizer
     # the actors' device, not the driver's, decides the rows
-    config = texture_job_config(featurizer, device="cuda" if gpus_per_worker else "cpu")
-    job = ShardedJob(directory, dataset_inputs(images), config, shard_size, overwrite=overwrite)
+    featurizer, job = open_texture_job(images, directory, featurizer, params, on_error,
+                                       shard_size, overwrite,
+                                       device="cuda" if gpus_per_worker else "cpu")  # fmt: skip
     with job:  # the folder's lock, held by the driver until the job ends
         if on_open is not None:
             on_open(job)

@@ -62,10 +62,7 @@ def featurize(images, *, on_error: str = "skip", progress: bool = False, fit_ima
     """
     check_on_error(on_error)
     start = time.perf_counter()
-    if featurizer is not None and params:
-        raise TypeError(
-            f"pass either a fitted featurizer or featurizer parameters, not both: {sorted(params)}"
-        )
+    _check_featurizer_args(featurizer, params)
     if featurizer is None:
         # images are read here only to fit VLAD words; unreadable ones are skipped as below
         featurizer = TextureFeaturizer(**params).fit(
@@ -282,17 +279,35 @@ def featurize_dataset(images, directory, *, shard_size: int = 1000, overwrite: b
     >>> [round(float(v), 3) for v in table.features[:, 0]], job.manifest["shards"]["1"]["inputs"]
     ([0.0, 0.235, 0.471], [2, 3])
     """
-    check_on_error(on_error)
-    if featurizer is not None and params:
-        raise TypeError(
-            f"pass either a featurizer or featurizer parameters, not both: {sorted(params)}"
-        )
-    featurizer = TextureFeaturizer(**params) if featurizer is None else featurizer
-    job = ShardedJob(directory, dataset_inputs(images), texture_job_config(featurizer, tile,
-                     tile_stride), shard_size, overwrite=overwrite)  # fmt: skip
+    featurizer, job = open_texture_job(images, directory, featurizer, params, on_error,
+                                       shard_size, overwrite, tile=tile,
+                                       tile_stride=tile_stride)  # fmt: skip
     with job:  # the folder's lock, held until the job ends
         _featurize_job(job, featurizer, images, on_error, progress, tile, tile_stride, on_open)
     return job
+
+
+def _check_featurizer_args(featurizer, params: dict) -> None:
+    if featurizer is not None and params:
+        raise TypeError(
+            f"pass either a fitted featurizer or featurizer parameters, not both: {sorted(params)}"
+        )
+
+
+def open_texture_job(images, directory, featurizer, params: dict, on_error: str,
+                     shard_size: int, overwrite: bool, *, tile=None, tile_stride=None,
+                     device: str | None = None) -> tuple:
+    """``(featurizer, ShardedJob)`` of a featurization dataset: what every runner opens with.
+
+    ``featurizer`` or ``params`` (not both) give the featurizer; the job is
+    checked against its configuration (:func:`texture_job_config`).
+    """
+    check_on_error(on_error)
+    _check_featurizer_args(featurizer, params)
+    featurizer = TextureFeaturizer(**params) if featurizer is None else featurizer
+    config = texture_job_config(featurizer, tile, tile_stride, device=device)
+    job = ShardedJob(directory, dataset_inputs(images), config, shard_size, overwrite=overwrite)
+    return featurizer, job
 
 
 def _featurize_job(job, featurizer, images, on_error, progress, tile, tile_stride, on_open):
