@@ -412,3 +412,43 @@ def test_embed_a_sharded_dataset_folder(tmp_path):
     means = [np.floor(v * 255) / 255 for v in (0.0, 0.1, 0.5, 0.9)]  # uint8 truncates
     gaps = np.abs(np.subtract.outer(coords, coords))
     np.testing.assert_allclose(gaps, np.abs(np.subtract.outer(means, means)), atol=1e-6)
+
+
+def test_manifold_texture_options_reach_the_experiment(tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["manifold", "grid", "-o", str(out), "--levels", "2", "--dims", "1",
+                 "--size", "40", "--noise-scale", "0.02", "--base-frequency", "8",
+                 "--octaves", "2", "--layer-weights", "1,0,0,0,0", "--seed", "5",
+                 "--descriptors", "gram"]) == 0  # fmt: skip
+    parameters = json.loads((out / "grid.json").read_text())["parameters"]
+    assert parameters["setting"] == {"size": 40, "noise_scale": 0.02, "base_frequency": 8,
+                                     "octaves": 2, "layer_weights": [1.0, 0.0, 0.0, 0.0, 0.0]}
+    assert parameters["seed"] == 5 and parameters["descriptors"] == ["gram"]
+    setting = me.TextureSetting(size=40, noise_scale=0.02, base_frequency=8, octaves=2,
+                                layer_weights=(1.0, 0.0, 0.0, 0.0, 0.0))
+    reference = me.grid_experiment(2, dims=(1,), descriptors="gram", seed=5, setting=setting)
+    printed = json.loads((out / "grid.json").read_text())["results"]["gram"][0]
+    assert printed["stress"] == pytest.approx(reference["results"]["gram"][0]["stress"], rel=1e-9)
+
+
+def test_embed_options_reach_the_embedding(tmp_path, capsys):
+    from PIL import Image
+
+    from microtex import synth
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        image = synth.perlin_texture(40, 3 + i, 0.2 * i, 1.0, seed=i)
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"m{i}.png")
+    out = tmp_path / "emb"
+    assert main(["embed", str(folder), "-o", str(out), "--descriptor", "spectrum", "--radial",
+                 "--dims", "3", "--image-size", "32"]) == 0  # fmt: skip
+    summary = json.loads((out / "embedding.json").read_text())
+    assert summary["radial"] is True and summary["image_size"] == 32
+    with open(out / "embedding.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    coords = np.array([[float(r[f"mds_{i}"]) for i in (1, 2, 3)] for r in rows])
+    images = np.stack([microtex_read(p, size=32) for p in sorted(folder.glob("*.png"))])
+    d = pairwise_distances(mf.spectrum_vectors(images, radial=True))
+    assert mf.kruskal_stress(d, coords) == pytest.approx(summary["stress"], rel=1e-6)
