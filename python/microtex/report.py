@@ -12,8 +12,8 @@ import numpy as np
 
 from microtex._files import atomic_path, atomic_write_text
 
-__all__ = ["csv_text", "write_json", "pca_scatter", "montage", "line_plot", "value_scatters",
-           "thumbnail_scatter"]
+__all__ = ["csv_text", "write_json", "pca_scatter", "montage", "heat_overlay", "line_plot",
+           "value_scatters", "thumbnail_scatter"]
 
 
 def _pyplot():
@@ -114,6 +114,21 @@ def montage(images, titles, path, *, columns: int = 4) -> pathlib.Path:
     for ax, image, title in zip(axes.ravel(), images, titles):
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)
+    return _save(fig, pathlib.Path(path))
+
+
+def heat_overlay(image, heat, path, *, titles: tuple[str, str] = ("", ""),
+                 alpha: float = 0.5) -> pathlib.Path:  # fmt: skip
+    """A grayscale image beside itself overlaid with a heat map (and its colour bar), as PNG."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    axes[1].imshow(image, cmap="gray", vmin=0, vmax=1)
+    shown = axes[1].imshow(heat, cmap="inferno", alpha=alpha)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02)
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
     return _save(fig, pathlib.Path(path))
 
 

@@ -302,6 +302,8 @@ def evaluate_features(features, y, groups=None, *, n_estimators: int = 400,
 # ---------------------------------------------------------------- the deployable classifier
 BUNDLE_KIND = "classifier"
 _FEATURIZER_FILES = ("backbone.onnx", "state.npz")
+# the forest's impurity importances, which its ONNX graph cannot give back
+_IMPORTANCE_FILE = "importance.npz"
 
 
 def _feature_blocks(names) -> list[dict]:
@@ -344,15 +346,22 @@ class TextureClassifier:
     training : dict
         What the bundle says about its training data (counts per class,
         cross-validated scores), as saved.
+    feature_importances_ : numpy.ndarray or None
+        The forest's impurity importance of each feature (mean decrease in
+        impurity, summing to 1), as scikit-learn computed it at training;
+        None for bundles saved without it.
     """
 
-    def __init__(self, featurizer, forest_path, classes, training=None, n_threads=None):
+    def __init__(self, featurizer, forest_path, classes, training=None, n_threads=None,
+                 feature_importances=None):  # fmt: skip
         from microtex.engine.session import shared_session
 
         self.featurizer = featurizer
         self.classes_ = np.asarray(classes)
         self.training = dict(training or {})
+        self.forest_path = forest_path
         self.forest = shared_session(forest_path, device="cpu", n_threads=n_threads)
+        self.feature_importances_ = feature_importances
 
     def predict_proba_features(self, features) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` float32 of feature rows."""
@@ -382,6 +391,7 @@ class TextureClassifier:
     @classmethod
     def from_bundle(cls, opened) -> TextureClassifier:
         """The classifier of an opened, verified bundle; any problem is a BundleError."""
+        from microtex import bundle
         from microtex.errors import BundleError
         from microtex.features.texture import TextureFeaturizer
 
@@ -398,8 +408,17 @@ class TextureClassifier:
         digest = _feature_names_digest(featurizer.get_feature_names_out())
         if config.get("feature_names_sha256") != digest:
             raise BundleError(f"{where}: the forest's feature names do not match the featurizer's")
+        importances = None
+        if _IMPORTANCE_FILE in opened.files:
+            importances = bundle.load_npz(opened.file(_IMPORTANCE_FILE)).get("impurity")
+            if importances is None or importances.shape != (featurizer.n_features_out_,):
+                raise BundleError(
+                    f"{where}: {_IMPORTANCE_FILE} does not hold one impurity importance per "
+                    f"feature ({featurizer.n_features_out_})"
+                )
         try:
-            model = cls(featurizer, opened.file("forest.onnx"), classes, config.get("training"))
+            model = cls(featurizer, opened.file("forest.onnx"), classes, config.get("training"),
+                        feature_importances=importances)  # fmt: skip
         except BundleError:
             raise
         except Exception as exc:  # noqa: BLE001  (ONNX Runtime's own exception types)
@@ -420,7 +439,8 @@ def save_classifier(pipeline, directory, *, training: dict | None = None,
 
     The bundle holds the featurizer's graph (and VLAD words), the forest as
     ONNX (:func:`microtex.engine.export.export_forest`, no scikit-learn needed
-    to run it) and a manifest with the class names, a digest of the feature
+    to run it), the forest's impurity importances (``importance.npz``, for
+    :mod:`microtex.interpret`) and a manifest with the class names, a digest of the feature
     names and ``training`` (e.g. counts per class and cross-validated F1).
 
     Returns
@@ -450,6 +470,11 @@ def save_classifier(pipeline, directory, *, training: dict | None = None,
     onnx_model = export_forest(forest, n_features, metadata=build_document(
         "forest", {"classes": classes, "n_features": n_features}))  # fmt: skip
     files["forest.onnx"] = onnx_model.SerializeToString()
+    importances = getattr(forest, "feature_importances_", None)
+    if importances is not None:
+        files[_IMPORTANCE_FILE] = bundle.npz_bytes(
+            {"impurity": np.asarray(importances, dtype=np.float64)}
+        )
     config = {
         "featurizer": featurizer_config,
         "classes": classes,

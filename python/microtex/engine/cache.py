@@ -80,6 +80,7 @@ def cached_path(
     record: Mapping[str, Any] | None = None,
     what: str = "model",
     suffix: str = ".onnx",
+    subdirectory: str = SUBDIRECTORY,
 ) -> pathlib.Path:
     """The cached file for ``key``, produced by ``produce(path)`` on first use.
 
@@ -94,7 +95,7 @@ def cached_path(
         ``produce(path)`` writes the file at ``path`` (atomically: a failed
         run must leave nothing there).
     cache_dir : path-like, optional
-        Default: :func:`microtex._files.cache_dir`; files go to its ``onnx/``.
+        Default: :func:`microtex._files.cache_dir`; files go to its ``subdirectory``.
     record : dict, optional
         More JSON-able fields for the sidecar (``<file>.json``), which always
         records ``key`` (the digest) and ``sha256`` (of the file).
@@ -102,6 +103,8 @@ def cached_path(
         What is produced, for the log line of a first export.
     suffix : str
         File name suffix.
+    subdirectory : str
+        Folder of the cache directory the file goes to (``onnx`` for graphs).
 
     Returns
     -------
@@ -109,14 +112,14 @@ def cached_path(
     """
     root = pathlib.Path(cache_dir) if cache_dir is not None else _files.cache_dir()
     digest = key_digest(key)
-    directory = root / SUBDIRECTORY
+    directory = root / subdirectory
     path = directory / f"{prefix}-{digest[:NAME_DIGEST_LENGTH]}{suffix}"
     sidecar = path.with_name(path.name + ".json")
     if path.is_file():
         reason = _problem(path, sidecar, digest)
         if reason is None:
             return path
-        logger.warning("re-exporting cached ONNX file %s: %s", path, reason)
+        logger.warning("re-exporting cached file %s: %s", path, reason)
     else:
         logger.info("exporting %s to %s", what, path)
     directory.mkdir(parents=True, exist_ok=True)
