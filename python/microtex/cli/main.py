@@ -17,6 +17,7 @@ from microtex.cli import (
     demo,
     embed,
     evaluate_generated,
+    explain,
     export_triton,
     featurize,
     generate,
@@ -40,7 +41,7 @@ COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train
             "stereology": stereology, "mks": mks, "train-vqvae": train_vqvae,
             "train-prior": train_prior, "generate": generate,
             "evaluate-generated": evaluate_generated, "perlin-demo": perlin_demo,
-            "manifold": manifold, "embed": embed}
+            "manifold": manifold, "embed": embed, "explain": explain}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -199,7 +199,7 @@ def explain(
         "bundle": str(getattr(model, "path", model)) if not hasattr(model, "featurizer") else None,
         "classes": [str(c) for c in classifier.classes_],
         "n_images": len(ids),
-        "failures": [{"path": str(p), "reason": r} for p, r in failures],
+        "failures": [{"path": str(f.path), "reason": f.reason} for f in failures],
         "labels": "given" if truth is not None else "predicted",
         "texture_settings": settings.to_dict(),
         "backbone": config.to_dict(),
@@ -240,6 +240,10 @@ def explain(
             "file": name if textures else None,
             "textures": [_texture_record(r, t) for r, t in zip(ranked, textures)],
         }
+        if not ranked:
+            index["top_textures"][kind]["note"] = (
+                f"no feature with a filter has a positive {kind} importance on these images"
+            )
 
     tap = tap or _busiest_tap(ranked_lists, list(config.taps))
     weights = next((r for r in ranked_lists if r), [])

@@ -124,6 +124,8 @@ class FilterTexture:
         One filter, or two for a Gram entry.
     image : ndarray, shape (size, size)
         float32 in [0, 1].
+    noise : ndarray, shape (size, size)
+        The starting image the ascent began from.
     start, final : float
         The reported activation (mean of the tap's channel, or of the two
         channels' product) on the starting noise and on the texture.
@@ -133,6 +135,7 @@ class FilterTexture:
     layer: str
     filters: tuple[int, ...]
     image: np.ndarray
+    noise: np.ndarray
     start: float
     final: float
     settings: TextureSettings
@@ -240,7 +243,8 @@ def _objective(torch, conv_out, filters: tuple[int, ...]):
 
 def _render(
     config: BackboneConfig, layer: str, filters: tuple[int, ...], settings: TextureSettings
-) -> tuple[np.ndarray, float, float]:
+) -> dict[str, np.ndarray]:
+    """``{"image", "noise", "start", "final"}`` of one activation maximization."""
     from microtex.engine.export import require_torch
     from microtex.interpret._torch import tap_module
 
@@ -253,7 +257,8 @@ def _render(
         [param.parameters], lr=settings.learning_rate, weight_decay=settings.decay
     )
     with torch.no_grad():
-        start = float(_reported(torch, module(param.image())[0], layer, filters))
+        noise = param.image()
+        start = float(_reported(torch, module(noise)[0], layer, filters))
     for step in range(settings.steps):
         optimizer.zero_grad()
         image = param.image()
@@ -267,7 +272,24 @@ def _render(
     with torch.no_grad():
         image = param.image()
         final = float(_reported(torch, module(image)[0], layer, filters))
-    return image[0, 0].numpy().astype(np.float32), start, final
+    return {
+        "image": image[0, 0].numpy().astype(np.float32),
+        "noise": noise[0, 0].numpy().astype(np.float32),
+        "start": np.float64(start),
+        "final": np.float64(final),
+    }
+
+
+def _texture(layer, filters, arrays, settings) -> FilterTexture:
+    return FilterTexture(
+        layer,
+        filters,
+        arrays["image"],
+        arrays["noise"],
+        float(arrays["start"]),
+        float(arrays["final"]),
+        settings,
+    )
 
 
 @functools.cache
@@ -320,8 +342,7 @@ def filter_texture(
             f"the least that layer {layer} needs"
         )
     if not cache:
-        image, start, final = _render(config, layer, filters, settings)
-        return FilterTexture(layer, filters, image, start, final, settings)
+        return _texture(layer, filters, _render(config, layer, filters, settings), settings)
 
     from microtex import bundle
     from microtex.backbones.weights import weights_digest
@@ -338,8 +359,7 @@ def filter_texture(
     }
 
     def produce(path: pathlib.Path) -> None:
-        image, start, final = _render(config, layer, filters, settings)
-        bundle.save_npz(path, {"image": image, "start": start, "final": final})
+        bundle.save_npz(path, _render(config, layer, filters, settings))
 
     name = f"{config.arch}-{layer}-" + "-".join(map(str, filters))
     path = _cache.cached_path(
@@ -351,10 +371,7 @@ def filter_texture(
         subdirectory=_CACHE_SUBDIRECTORY,
         what=f"texture of {layer} filter(s) {filters}",
     )
-    arrays = bundle.load_npz(path)
-    return FilterTexture(
-        layer, filters, arrays["image"], float(arrays["start"]), float(arrays["final"]), settings
-    )
+    return _texture(layer, filters, bundle.load_npz(path), settings)
 
 
 def filter_textures(layer: str, filters: Sequence, **options) -> list[FilterTexture]:
