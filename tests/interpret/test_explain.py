@@ -10,7 +10,7 @@ from _stripes import stripes
 from PIL import Image
 
 from microtex.cli.main import main
-from microtex.interpret.explain import explain
+from microtex.interpret.explanation import explain
 from microtex.interpret.filters import TextureSettings
 
 pytestmark = pytest.mark.torch

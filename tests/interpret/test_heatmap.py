@@ -12,7 +12,7 @@ from microtex.interpret.heatmap import (
     activations,
     classifier_heatmaps,
     feature_map,
-    heatmap,
+    filter_heatmap,
     overlay,
     upsample,
 )
@@ -50,7 +50,7 @@ def test_a_filter_map_lights_up_where_its_texture_is():
     ((_, _, acts),) = list(activations([image], BackboneConfig(taps="relu2_1")))
     left, right = acts["relu2_1"][:, 4:-4, 2:12], acts["relu2_1"][:, 4:-4, 20:30]
     f = int(np.argmax(left.mean(axis=(1, 2)) - right.mean(axis=(1, 2))))
-    heat = heatmap(image, "relu2_1", f)
+    heat = filter_heatmap(image, "relu2_1", f)
     assert heat.heat.shape == (64, 64) and heat.what == f"relu2_1 #{f}"
     np.testing.assert_allclose(heat.heat, feature_map(acts, "relu2_1", (f,), (64, 64)))
     assert heat.heat[8:-8, 4:24].mean() > 5 * heat.heat[8:-8, 40:60].mean()

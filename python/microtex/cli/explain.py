@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from microtex.interpret._torch import torch_threads
-    from microtex.interpret.explain import explain
+    from microtex.interpret.explanation import explain
     from microtex.interpret.filters import TextureSettings
 
     labels, images = None, list(args.images)

@@ -31,7 +31,7 @@ __all__ = [
     "activations",
     "classifier_heatmaps",
     "feature_map",
-    "heatmap",
+    "filter_heatmap",
     "mean_activations",
     "overlay",
     "upsample",
@@ -174,7 +174,7 @@ def feature_map(acts: dict, tap: str, filters: Sequence[int], shape: tuple[int, 
     return upsample(values, shape)
 
 
-def heatmap(image, layer: str, filters, source=None) -> HeatMap:
+def filter_heatmap(image, layer: str, filters, source=None) -> HeatMap:
     """The activation map of one filter (or a Gram pair) of ``layer`` over one image."""
     filters = (filters,) if isinstance(filters, (int, np.integer)) else tuple(filters)
     images = [image] if isinstance(image, np.ndarray) and image.ndim == 2 else image
