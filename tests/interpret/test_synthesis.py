@@ -6,14 +6,16 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 torch = pytest.importorskip("torch")
 
 from microtex.backbones.config import BackboneConfig  # noqa: E402  (after the torch skip)
+from microtex.cli import main  # noqa: E402
 from microtex.errors import ImageTooSmallError, UnknownLayerError  # noqa: E402
 from microtex.features.spectra import power_spectrum  # noqa: E402
 from microtex.interpret._torch import tap_module  # noqa: E402
-from microtex.interpret.synthesis import gram_loss, synthesize  # noqa: E402
+from microtex.interpret.synthesis import DEFAULT_STEPS, gram_loss, synthesize  # noqa: E402
 from microtex.synth import perlin_texture  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -157,3 +159,46 @@ def test_bad_input_is_refused_with_the_value(texture, source, kwargs, error, mat
 def test_too_small_source_names_its_shape():
     with pytest.raises(ImageTooSmallError, match=r"source of shape \(12, 40\)"):
         synthesize(np.random.default_rng(0).random((12, 40)), steps=1)
+
+
+def save_png(path, image):
+    Image.fromarray(np.round(np.asarray(image) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_cli_writes_png_of_the_size_and_its_record(texture, tmp_path, capsys):
+    source = save_png(tmp_path / "source.png", texture)
+    output = tmp_path / "out" / "texture.png"
+    code = main(["synthesize", str(source), "-o", str(output), "--size", "40x56",
+                 "--steps", "15", "--seed", "2", "--threads", str(THREADS)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    with Image.open(output) as im:
+        assert im.size == (56, 40) and im.mode == "L"
+    record = json.loads((tmp_path / "out" / "texture.json").read_text())
+    assert record["settings"]["size"] == [40, 56] and record["settings"]["seed"] == 2
+    assert record["settings"]["steps"] == 15
+    assert record["final_loss"]["total"] < record["initial_loss"]["total"] / 10
+    history = record["scales"][0]["loss_history"]
+    assert min(history) < history[0] / 10
+    assert set(record["final_loss"]["per_layer"]) == set(record["settings"]["taps"])
+    assert "lower" in out and str(output) in out
+    assert [p.name for p in output.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_errors_exit_2(texture, tmp_path, capsys):
+    source = save_png(tmp_path / "source.png", texture)
+    assert main(["synthesize", str(source), "-o", str(tmp_path / "a.jpg")]) == 2
+    assert ".png" in capsys.readouterr().err
+    assert main(["synthesize", str(source), "-o", str(tmp_path / "a.png"), "--size", "8"]) == 2
+    assert "too small" in capsys.readouterr().err
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "a.json").exists()
+    with pytest.raises(SystemExit):
+        main(["synthesize", str(source), "-o", str(tmp_path / "a.png"), "--size", "0x3"])
+    assert "--size" in capsys.readouterr().err
+
+
+def test_cli_help_states_the_default_steps(capsys):
+    with pytest.raises(SystemExit):
+        main(["synthesize", "--help"])
+    assert f"(default {DEFAULT_STEPS})" in capsys.readouterr().out

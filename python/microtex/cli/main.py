@@ -27,6 +27,7 @@ from microtex.cli import (
     serve,
     stereology,
     study,
+    synthesize,
     train,
     train_prior,
     train_vqvae,
@@ -40,7 +41,7 @@ COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train
             "stereology": stereology, "mks": mks, "train-vqvae": train_vqvae,
             "train-prior": train_prior, "generate": generate,
             "evaluate-generated": evaluate_generated, "perlin-demo": perlin_demo,
-            "manifold": manifold, "embed": embed}
+            "manifold": manifold, "embed": embed, "synthesize": synthesize}
 
 
 def _parser() -> argparse.ArgumentParser:
