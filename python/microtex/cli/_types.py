@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from microtex._validation import check_crop_bottom, check_positive_int, check_real, check_size
+from microtex._validation import (
+    MAX_IMAGE_SIDE,
+    check_crop_bottom,
+    check_positive_int,
+    check_real,
+    check_size,
+)
 
 
 def _number(text: str):
@@ -31,6 +37,23 @@ def image_size(text: str):
         return check_size(size)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def square_or_pair(text: str):
+    """``N`` (an N×N square) or ``HxW``: the size of an image to make."""
+    try:
+        if "x" in text.lower():
+            height, width = text.lower().split("x")
+            size = (int(height), int(width))
+        else:
+            size = int(text)
+        check_size(size)  # the same ranges as an image size
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"size must be N (an N x N square) or HxW, each side from 1 to {MAX_IMAGE_SIDE}, "
+            f"got {text!r}"
+        ) from None
+    return size
 
 
 def crop_bottom(text: str):

@@ -28,6 +28,7 @@ from microtex.cli import (
     serve,
     stereology,
     study,
+    synthesize,
     train,
     train_prior,
     train_vqvae,
@@ -41,7 +42,8 @@ COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train
             "stereology": stereology, "mks": mks, "train-vqvae": train_vqvae,
             "train-prior": train_prior, "generate": generate,
             "evaluate-generated": evaluate_generated, "perlin-demo": perlin_demo,
-            "manifold": manifold, "embed": embed, "explain": explain}
+            "manifold": manifold, "embed": embed, "explain": explain,
+            "synthesize": synthesize}
 
 
 def _parser() -> argparse.ArgumentParser:
