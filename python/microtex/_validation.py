@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +23,7 @@ __all__ = [
     "check_choices",
     "check_crop_bottom",
     "check_int",
+    "check_layer_weights",
     "check_non_negative_int",
     "check_on_error",
     "check_positive_int",
@@ -276,3 +277,34 @@ def check_on_error(on_error: Any) -> str:
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
     return on_error
+
+
+def check_layer_weights(layer_weights, taps: Sequence[str]) -> np.ndarray:
+    """One nonnegative weight per tap, not all zero: from None (all 1), a list, or {tap: w}.
+
+    A mapping leaves the taps it does not name at 0; a list gives the weights
+    in the order of ``taps``.
+
+    Examples
+    --------
+    >>> check_layer_weights({"relu3_1": 2.0}, ("relu1_1", "relu3_1")).tolist()
+    [0.0, 2.0]
+    """
+    if layer_weights is None:
+        return np.ones(len(taps))
+    if isinstance(layer_weights, Mapping):
+        unknown = sorted(set(layer_weights) - set(taps))
+        if unknown:
+            raise ValueError(f"layer_weights names unknown layer(s) {unknown}; the layers are "
+                             f"{list(taps)}")  # fmt: skip
+        values = [layer_weights.get(tap, 0.0) for tap in taps]
+    else:
+        values = list(layer_weights)
+        if len(values) != len(taps):
+            raise ValueError(f"layer_weights has {len(values)} values for {len(taps)} layers "
+                             f"{list(taps)}")  # fmt: skip
+    weights = np.array([check_real(f"layer weight of {tap}", w, minimum=0.0)
+                        for tap, w in zip(taps, values)])  # fmt: skip
+    if not weights.any():
+        raise ValueError(f"layer_weights are all zero: {values}")
+    return weights

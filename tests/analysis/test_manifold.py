@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from tests._helpers import reference_gram
 
+from microtex._validation import check_layer_weights
 from microtex.analysis import manifold as mf
 from microtex.analysis import manifold_experiments as me
 from microtex.analysis.distances import pairwise_distances
@@ -47,14 +48,14 @@ def test_weighted_lubbers_gram_distance_equals_the_definition():
 
 def test_layer_weights_are_checked_by_name_and_count():
     with pytest.raises(ValueError, match="relu9_9"):
-        mf._layer_weights({"relu9_9": 1.0}, mf.GRAM_TAPS)
+        check_layer_weights({"relu9_9": 1.0}, mf.GRAM_TAPS)
     with pytest.raises(ValueError, match="3 values for 5 layers"):
-        mf._layer_weights([1, 1, 1], mf.GRAM_TAPS)
+        check_layer_weights([1, 1, 1], mf.GRAM_TAPS)
     with pytest.raises(ValueError, match="all zero"):
-        mf._layer_weights([0] * 5, mf.GRAM_TAPS)
+        check_layer_weights([0] * 5, mf.GRAM_TAPS)
     with pytest.raises(ValueError, match="layer weight of relu2_1"):
-        mf._layer_weights([1, -1, 1, 1, 1], mf.GRAM_TAPS)
-    assert mf._layer_weights({"relu3_1": 2.0}, mf.GRAM_TAPS).tolist() == [0, 0, 2, 0, 0]
+        check_layer_weights([1, -1, 1, 1, 1], mf.GRAM_TAPS)
+    assert check_layer_weights({"relu3_1": 2.0}, mf.GRAM_TAPS).tolist() == [0, 0, 2, 0, 0]
     with pytest.raises(ValueError, match="no weighted layer"):
         mf.weight_layers(np.ones((1, 1)), ["x/gram/0"], {"a": 1.0})
 

@@ -24,7 +24,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from microtex._validation import check_choice, check_int, check_positive_int, check_real
+from microtex._validation import (
+    check_choice,
+    check_int,
+    check_layer_weights,
+    check_positive_int,
+    check_real,
+)
 from microtex.analysis.distances import pairwise_distances
 
 __all__ = [
@@ -53,27 +59,6 @@ DESCRIPTORS: tuple[str, ...] = ("gram", "spectrum")
 
 
 # --------------------------------------------------------------------------- descriptors
-
-
-def _layer_weights(layer_weights, taps: Sequence[str]) -> np.ndarray:
-    if layer_weights is None:
-        return np.ones(len(taps))
-    if isinstance(layer_weights, Mapping):
-        unknown = sorted(set(layer_weights) - set(taps))
-        if unknown:
-            raise ValueError(f"layer_weights names unknown layer(s) {unknown}; the layers are "
-                             f"{list(taps)}")  # fmt: skip
-        values = [layer_weights.get(tap, 0.0) for tap in taps]
-    else:
-        values = list(layer_weights)
-        if len(values) != len(taps):
-            raise ValueError(f"layer_weights has {len(values)} values for {len(taps)} layers "
-                             f"{list(taps)}")  # fmt: skip
-    weights = np.array([check_real(f"layer weight of {tap}", w, minimum=0.0)
-                        for tap, w in zip(taps, values)])  # fmt: skip
-    if not weights.any():
-        raise ValueError(f"layer_weights are all zero: {values}")
-    return weights
 
 
 def gram_vectors(images, *, layer_weights=None, taps: Sequence[str] = GRAM_TAPS,
@@ -124,7 +109,7 @@ def gram_vectors(images, *, layer_weights=None, taps: Sequence[str] = GRAM_TAPS,
     if listed and sorted(order) != sorted(taps):
         raise ValueError(f"to weight layers, list them one by one; got taps {list(order)}")
     names = order if listed else taps
-    weights = dict(zip(names, _layer_weights(layer_weights, names)))
+    weights = dict(zip(names, check_layer_weights(layer_weights, names)))
     featurizer = TextureFeaturizer(
         taps=list(taps), pool="gram", block_pooling="avg", gram_normalization="lubbers",
         gram_layout="triu", image_size=image_size, batch_size=batch_size, device=device,

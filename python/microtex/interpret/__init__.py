@@ -33,6 +33,8 @@ _PUBLIC = {
     "classifier_heatmaps": "heatmap",
     "overlay": "heatmap",
     "explain": "explanation",
+    "synthesize": "synthesis",
+    "gram_loss": "synthesis",
 }
 
 __all__ = sorted(_PUBLIC)

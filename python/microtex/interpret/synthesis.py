@@ -49,12 +49,12 @@ import numpy as np
 
 from microtex._validation import (
     MAX_IMAGE_SIDE,
+    check_layer_weights,
     check_non_negative_int,
     check_positive_int,
     check_size,
     is_int,
 )
-from microtex.analysis.manifold import _layer_weights
 from microtex.backbones.config import BackboneConfig
 from microtex.backbones.layers import min_image_side
 from microtex.errors import ImageTooSmallError
@@ -311,7 +311,7 @@ def gram_loss(image, source, *, taps="block_first", layer_weights=None,
     0.0
     """
     config = _backbone(taps, weights)
-    weights_l = _layer_weights(layer_weights, config.taps)
+    weights_l = check_layer_weights(layer_weights, config.taps)
     n_threads = check_positive_int("n_threads", n_threads, allow_none=True)
     images = (_check_image(image), _check_source(source, None))
     for name, x in zip(("image", "source"), images):
@@ -462,7 +462,7 @@ def synthesize(
     """
     began = time.perf_counter()
     config = _backbone(taps, weights)
-    weights_l = [float(w) for w in _layer_weights(layer_weights, config.taps)]
+    weights_l = [float(w) for w in check_layer_weights(layer_weights, config.taps)]
     steps = check_positive_int("steps", steps)
     scales = check_positive_int("scales", scales)
     seed = check_non_negative_int("seed", seed)
