@@ -51,10 +51,13 @@ def main() -> int:
         start = time.perf_counter()
         texture = filter_texture(layer, args.filter, settings=settings, cache=False)
         seconds = time.perf_counter() - start
+        # the gain is infinite when the starting noise leaves the filter silent
+        gain = round(texture.gain, 1) if texture.start > 0 else None
         textures.append({"layer": layer, "filter": args.filter, "seconds": round(seconds, 2),
-                         "gain": round(texture.gain, 1)})  # fmt: skip
-        print(f"texture {layer} #{args.filter}: {seconds:.1f} s, gain {texture.gain:.1f}",
-              flush=True)  # fmt: skip
+                         "activation_noise": texture.start, "activation_texture": texture.final,
+                         "gain": gain})  # fmt: skip
+        print(f"texture {layer} #{args.filter}: {seconds:.1f} s, activation {texture.start:.3g} "
+              f"-> {texture.final:.3g}", flush=True)  # fmt: skip
 
     config = BackboneConfig()
     image = np.random.default_rng(0).random((1, 1, args.side, args.side), dtype=np.float32)
@@ -91,8 +94,10 @@ def main() -> int:
                     "max_relative_error_winograd_vs_torch": errors},  # fmt: skip
     }
     path = write_results("interpret", payload)
-    print(markdown_table(["layer", "seconds", "gain"],
-                         [[t["layer"], t["seconds"], t["gain"]] for t in textures]))  # fmt: skip
+    print(markdown_table(["layer", "seconds", "activation noise → texture"],
+                         [[t["layer"], t["seconds"],
+                           f"{t['activation_noise']:.3g} → {t['activation_texture']:.3g}"]
+                          for t in textures]))  # fmt: skip
     rows = [[k, v["seconds"], v["speedup_over_torch"]] for k, v in forward.items()]
     print(markdown_table(["forward", "seconds", "× torch eager"], rows))
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")

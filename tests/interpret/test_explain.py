@@ -35,6 +35,9 @@ def test_explain_writes_textures_characteristic_filters_and_heat_maps(stripe_cla
         assert t["activation_texture"] > t["activation_noise"]
     assert "permutation" in index["top_textures"]  # computed, with labels
     assert index["permutation_baseline_macro_f1"] == 1.0
+    blocks = [(b["tap"], b["pool"], b["n_features"]) for b in index["block_importance"]]
+    assert blocks == [("relu1_1", "mean", 64), ("relu1_1", "gram", 2080),
+                      ("relu2_1", "mean", 128), ("relu2_1", "gram", 8256)]  # fmt: skip
     characteristic = index["characteristic"]
     assert characteristic["tap"] in ("relu1_1", "relu2_1")
     assert [c["class"] for c in characteristic["classes"]] == ["coarse", "fine"]

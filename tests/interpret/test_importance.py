@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from microtex.features import pooling
 from microtex.features.plan import feature_names
 from microtex.features.vlad import vlad_encode
 from microtex.interpret.importance import (
+    block_importance,
     characteristic_filters,
     feature_source,
     feature_sources,
@@ -92,6 +95,9 @@ class _Forest:
         self.forest, self.forest_path = forest, path
         self.classes_ = forest.classes_
         self.feature_importances_ = forest.feature_importances_
+        # features 0-5 a tap's mean block, 6-11 its Gram block
+        names = [f"relu1_1/mean/{i}" for i in range(6)] + [f"relu1_1/gram/{i}" for i in range(6)]
+        self.featurizer = SimpleNamespace(get_feature_names_out=lambda: np.array(names))
 
     def predict_proba_features(self, X):
         return self.forest.predict_proba(X)
@@ -136,6 +142,14 @@ def test_permutation_importance_finds_the_one_informative_feature(one_signal_for
     assert result["mean"].max() == pytest.approx(reference.importances_mean[3], abs=0.08)
     with pytest.raises(ValueError, match=r"label\(s\) \['c'\] are not among"):
         permutation_importance(model, X, np.where(y == "a", "c", y))
+
+
+def test_block_importance_shuffles_a_tap_and_pooling_at_once(one_signal_forest):
+    model, X, y = one_signal_forest
+    mean_block, gram_block = block_importance(model, X, y, n_repeats=6)
+    assert [mean_block[k] for k in ("tap", "pool", "n_features")] == ["relu1_1", "mean", 6]
+    assert mean_block["mean"] > 0.3 and mean_block["baseline"] == pytest.approx(1.0)
+    assert gram_block["pool"] == "gram" and abs(gram_block["mean"]) < 0.05
 
 
 @pytest.mark.torch

@@ -64,6 +64,9 @@ def run(args) -> int:
     for kind, entry in index["top_textures"].items():
         for t in entry.get("textures", []):
             print(f"{kind}: {t['feature']} = {t['describe']}, importance {t['importance']:.3g}")
+    for block in index.get("block_importance", []):
+        print(f"block {block['tap']}/{block['pool']}: macro F1 drops {block['mean']:.3f} "
+              f"± {block['std']:.3f} when shuffled")
     for entry in index["characteristic"]["classes"]:
         shown = ", ".join(f"#{f['filter']} (d={f['effect']:.2f})" for f in entry["filters"])
         print(f"class {entry['class']}: {index['characteristic']['tap']} {shown or 'none'}")

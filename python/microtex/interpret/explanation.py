@@ -8,7 +8,8 @@ For a ``classifier`` bundle and a set of images it writes, into one folder:
   tap), each with the images that show it most;
 * ``heatmap_<i>.png``: for the first images, the importance-weighted map of the
   top features over the image;
-* ``index.json``: what each file shows, with every number behind it.
+* ``index.json``: what each file shows, with every number behind it, and
+  with labels the permutation importance of each ``(tap, pool)`` block.
 
 Without labels the classes of the characteristic filters are the classifier's
 predictions, and there is no permutation importance (it needs true labels).
@@ -210,6 +211,9 @@ def explain(
     if permutation is not None:
         index["permutation_baseline_macro_f1"] = permutation["baseline"]
         index["permutation_features"] = len(permutation["features"])
+        index["block_importance"] = _importance.block_importance(
+            classifier, X, truth, n_repeats=n_repeats, random_state=random_state
+        )
     elif "permutation" in importance:
         index["permutation_skipped"] = "needs labels"
 
@@ -276,7 +280,7 @@ def explain(
             titles.append(f"{tap} #{c.filter}\nd = {c.effect:.2f}")
             shown = [ids[i] for i in c.exemplars]
             pictures.extend(thumbnails[i] for i in c.exemplars)
-            titles.extend(pathlib.Path(s).name[:24] for s in shown)
+            titles.extend(pathlib.Path(s).stem[-24:] for s in shown)
             pictures.extend(np.ones((8, 8), np.float32) for _ in range(exemplars - len(shown)))
             titles.extend("" for _ in range(exemplars - len(shown)))
             records.append(

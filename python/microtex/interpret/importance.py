@@ -16,6 +16,8 @@ al.'s choice) is what scikit-learn computed when the forest was trained; the
 bundle stores it. **Permutation** importance is the drop in macro F1 when one
 feature's column is shuffled among the given images, with the forest run by
 ONNX Runtime: honest on held-out images, optimistic on the training images.
+With many redundant features one column rarely matters alone;
+:func:`block_importance` shuffles a whole ``(tap, pool)`` block at once.
 
 **Characteristic** filters of a class are those whose mean activation differs
 most between the class and the rest, by the standardized difference
@@ -38,6 +40,7 @@ __all__ = [
     "CharacteristicFilter",
     "FeatureSource",
     "RankedFeature",
+    "block_importance",
     "characteristic_filters",
     "feature_source",
     "feature_sources",
@@ -187,6 +190,83 @@ def _label_codes(classifier, labels) -> np.ndarray:
     return np.array([position[label] for label in labels])
 
 
+def _permutation_drops(
+    classifier, X: np.ndarray, codes: np.ndarray, groups, n_repeats: int, random_state: int
+) -> tuple[float, np.ndarray]:
+    """Baseline macro F1 and its drop (groups × repeats) when each group's columns are shuffled.
+
+    A group's columns are shuffled with one permutation of the rows, so
+    their relations to each other survive and only their relation to the
+    label is broken.
+    """
+    n_classes = len(classifier.classes_)
+
+    def score(rows) -> float:
+        predicted = np.argmax(classifier.predict_proba_features(rows), axis=1)
+        return _macro_f1(codes, predicted, n_classes)
+
+    baseline = score(X)
+    rng = np.random.default_rng(random_state)
+    work = X.copy()
+    drops = np.zeros((len(groups), n_repeats))
+    for i, columns in enumerate(groups):
+        columns = np.asarray(columns)
+        for r in range(n_repeats):
+            work[:, columns] = X[rng.permutation(len(X))][:, columns]
+            drops[i, r] = baseline - score(work)
+        work[:, columns] = X[:, columns]
+    return baseline, drops
+
+
+def _checked_features(classifier, features, labels) -> tuple[np.ndarray, np.ndarray]:
+    X = np.ascontiguousarray(features, dtype=np.float32)
+    codes = _label_codes(classifier, labels)
+    if X.ndim != 2 or X.shape[0] != len(codes):
+        raise ValueError(f"features must be (n_images={len(codes)}, n_features), got {X.shape}")
+    if len(codes) < 2:
+        raise ValueError("permutation importance needs at least two images")
+    return X, codes
+
+
+def block_importance(
+    classifier, features, labels, *, n_repeats: int = 5, random_state: int = 0
+) -> list[dict]:
+    """Permutation importance of each ``(tap, pool)`` block of features as a whole.
+
+    With hundreds of thousands of redundant features, shuffling one column
+    rarely moves a forest's vote; shuffling a whole block (all of relu3_1's
+    Gram entries, say) says which layer and pooling the classifier relies on.
+
+    Returns
+    -------
+    list of dict
+        ``{"tap", "pool", "n_features", "mean", "std"}`` per block in
+        feature order (drop in macro F1 from ``baseline`` and its spread
+        over ``n_repeats``), plus ``"baseline"`` in every entry.
+    """
+    X, codes = _checked_features(classifier, features, labels)
+    n_repeats = check_positive_int("n_repeats", n_repeats)
+    names = classifier.featurizer.get_feature_names_out()
+    keys = [tuple(str(name).rsplit("/", 2)[:2]) for name in names]
+    blocks: dict[tuple, list[int]] = {}
+    for index, key in enumerate(keys):
+        blocks.setdefault(key, []).append(index)
+    baseline, drops = _permutation_drops(
+        classifier, X, codes, list(blocks.values()), n_repeats, random_state
+    )
+    return [
+        {
+            "tap": tap,
+            "pool": pool,
+            "n_features": len(columns),
+            "baseline": baseline,
+            "mean": float(d.mean()),
+            "std": float(d.std()),
+        }
+        for ((tap, pool), columns), d in zip(blocks.items(), drops)
+    ]
+
+
 def permutation_importance(
     classifier,
     features,
@@ -223,12 +303,7 @@ def permutation_importance(
         (indices permuted), ``"mean"`` and ``"std"`` (drop per feature, same
         order), ``"n_repeats"``.
     """
-    X = np.ascontiguousarray(features, dtype=np.float32)
-    codes = _label_codes(classifier, labels)
-    if X.ndim != 2 or X.shape[0] != len(codes):
-        raise ValueError(f"features must be (n_images={len(codes)}, n_features), got {X.shape}")
-    if len(codes) < 2:
-        raise ValueError("permutation importance needs at least two images")
+    X, codes = _checked_features(classifier, features, labels)
     n_repeats = check_positive_int("n_repeats", n_repeats)
     max_features = check_positive_int("max_features", max_features)
     if candidates is None:
@@ -240,23 +315,9 @@ def permutation_importance(
     candidates = np.asarray(candidates, dtype=np.int64)
     if candidates.ndim != 1 or np.any((candidates < 0) | (candidates >= X.shape[1])):
         raise ValueError(f"candidates must be feature indices in 0..{X.shape[1] - 1}")
-    n_classes = len(classifier.classes_)
-
-    def predict(rows):
-        return np.argmax(classifier.predict_proba_features(rows), axis=1)
-
-    baseline = _macro_f1(codes, predict(X), n_classes)
-    rng = np.random.default_rng(random_state)
-    n = len(codes)
-    drops = np.zeros((len(candidates), n_repeats))
-    block = np.tile(X, (n_repeats, 1))  # every repeat of one feature in one forest run
-    for i, j in enumerate(candidates):
-        for r in range(n_repeats):
-            block[r * n : (r + 1) * n, j] = X[rng.permutation(n), j]
-        predicted = predict(block)
-        for r in range(n_repeats):
-            drops[i, r] = baseline - _macro_f1(codes, predicted[r * n : (r + 1) * n], n_classes)
-        block[:, j] = np.tile(X[:, j], n_repeats)
+    baseline, drops = _permutation_drops(
+        classifier, X, codes, [[j] for j in candidates], n_repeats, random_state
+    )
     return {
         "baseline": baseline,
         "features": candidates,
