@@ -82,13 +82,26 @@ def _texture_record(ranked, texture) -> dict[str, Any]:
     }
 
 
-def _busiest_tap(ranked_lists, taps: Sequence[str]) -> str:
-    """The tap holding the most importance among the ranked features (ties: the first tap)."""
+def _busiest_tap(classifier, blocks: list | None, taps: Sequence[str]) -> str:
+    """The tap the classifier relies on most (ties: the earlier tap).
+
+    By block permutation importance when there is one (summed over the tap's
+    poolings), else by the impurity importance summed over all the tap's
+    features, else the deepest tap.
+    """
     totals = dict.fromkeys(taps, 0.0)
-    for ranked in ranked_lists:
-        for r in ranked:
-            if r.source.tap in totals:
-                totals[r.source.tap] += r.importance
+    if blocks:
+        for block in blocks:
+            if block["tap"] in totals:
+                totals[block["tap"]] += block["mean"]
+    elif classifier.feature_importances_ is not None:
+        names = classifier.featurizer.get_feature_names_out()
+        for name, value in zip(names, classifier.feature_importances_):
+            tap = str(name).split("/", 1)[0]
+            if tap in totals:
+                totals[tap] += float(value)
+    else:
+        return taps[-1]
     return max(taps, key=lambda tap: (totals[tap], -taps.index(tap)))
 
 
@@ -128,8 +141,9 @@ def explain(
         Most important features drawn per importance kind.
     importance : sequence of {"impurity", "permutation"}
     tap : str, optional
-        Tap of the characteristic filters; default: the one holding the most
-        importance among the top features.
+        Tap of the characteristic filters; default: the one the classifier
+        relies on most (block permutation importance with labels, else the
+        impurity importance of all its features).
     characteristic, exemplars : int
         Filters per class, and images shown per filter.
     heatmaps : int
@@ -249,7 +263,7 @@ def explain(
                 f"no feature with a filter has a positive {kind} importance on these images"
             )
 
-    tap = tap or _busiest_tap(ranked_lists, list(config.taps))
+    tap = tap or _busiest_tap(classifier, index.get("block_importance"), list(config.taps))
     weights = next((r for r in ranked_lists if r), [])
     # arrays are never skipped, so their ids are their positions in ``images``
     source = ids if not ids[0].startswith("array[") else images
