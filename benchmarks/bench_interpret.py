@@ -12,7 +12,7 @@
   Winograd (what ``microtex.interpret.heatmap`` runs), in alternating turns
   (``_common.time_turns``); the ratio is paired over turns. Report only, no bar.
 
-Writes benchmarks/results/interpret.json.
+Writes benchmarks/results/interpret.json and the textures to results/filter_textures.png.
 """
 
 from __future__ import annotations
@@ -41,16 +41,17 @@ def main() -> int:
     from microtex.backbones import BackboneConfig, cached_onnx
     from microtex.backbones.vgg import build_torch_module
     from microtex.engine.session import Session, default_threads
-    from microtex.interpret.filters import TextureSettings, filter_texture
+    from microtex.interpret.filters import TextureSettings, filter_texture, texture_grid
 
     threads = default_threads()
     torch.set_num_threads(threads)
     settings = TextureSettings()
-    textures = []
+    textures, rendered = [], []
     for layer in BackboneConfig().taps:
         start = time.perf_counter()
         texture = filter_texture(layer, args.filter, settings=settings, cache=False)
         seconds = time.perf_counter() - start
+        rendered.append(texture)
         # the gain is infinite when the starting noise leaves the filter silent
         gain = round(texture.gain, 1) if texture.start > 0 else None
         textures.append({"layer": layer, "filter": args.filter, "seconds": round(seconds, 2),
@@ -59,6 +60,8 @@ def main() -> int:
         print(f"texture {layer} #{args.filter}: {seconds:.1f} s, activation {texture.start:.3g} "
               f"-> {texture.final:.3g}", flush=True)  # fmt: skip
 
+    grid = Path(__file__).resolve().parent / "results" / "filter_textures.png"
+    texture_grid(rendered, grid, columns=len(rendered))
     config = BackboneConfig()
     image = np.random.default_rng(0).random((1, 1, args.side, args.side), dtype=np.float32)
     module = build_torch_module(config)
