@@ -115,11 +115,36 @@ def test_bad_requests_are_named(call, error, message):
         call()
 
 
+def test_settings_are_stored_as_plain_numbers_so_numpy_values_key_the_cache(tmp_path):
+    settings = TextureSettings(size=np.int64(16), steps=np.int32(2), decay=0, seed=np.uint8(1))
+    assert settings == TextureSettings(size=16, steps=2, decay=0.0, seed=1)
+    assert type(settings.size) is int and type(settings.decay) is float
+    texture = filter_texture("relu1_1", np.int64(3), settings=settings, cache_dir=tmp_path)
+    assert texture.filters == (3,) and texture.image.shape == (16, 16)
+
+
 def test_top_filters_ranks_by_mean_activation():
     acts = np.array([[0.0, 3.0, 1.0, 3.0], [0.0, 1.0, 1.5, 1.0]])
     assert top_filters(acts, 3).tolist() == [1, 3, 2]  # means 2, 2, 1.25: a tie goes by index
     with pytest.raises(ValueError, match="NaN"):
         top_filters(np.array([[np.nan]]))
+
+
+def test_a_layer_grid_draws_the_filters_most_active_on_the_images(tmp_path):
+    from _stripes import stripes
+
+    from microtex.interpret.filters import layer_grid
+
+    images = stripes(4, 3, size=40)
+    tiny = TextureSettings(size=16, steps=2)
+    path, textures = layer_grid("relu1_1", tmp_path / "top.png", images=images, k=3, settings=tiny)
+    means = np.mean([_channel_means("relu1_1", image) for image in images], axis=0)
+    assert [t.filters[0] for t in textures] == list(np.argsort(-means, kind="stable")[:3])
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    _, chosen = layer_grid("relu1_1", tmp_path / "chosen.png", filters=[5, (1, 2)], settings=tiny)
+    assert [t.filters for t in chosen] == [(5,), (1, 2)]
+    with pytest.raises(ValueError, match="give filters, or images"):
+        layer_grid("relu1_1", tmp_path / "none.png")
 
 
 def test_a_texture_grid_is_a_png(tmp_path):

@@ -80,3 +80,13 @@ def test_a_classifier_map_is_its_top_features_weighted_by_importance(stripe_clas
         from microtex.interpret.heatmap import mean_activations
 
         mean_activations([image], "relu3_1", model.featurizer)
+
+
+def test_a_map_covers_exactly_the_pixels_its_tap_sees_on_odd_sizes():
+    """relu3_1 has stride 4: on a 50 x 37 image its 12 x 9 map covers 48 x 36 pixels."""
+    acts = {"relu3_1": np.random.default_rng(0).random((256, 12, 9)).astype(np.float32)}
+    heat = feature_map(acts, "relu3_1", (3,), (50, 37))
+    assert heat.shape == (50, 37)
+    np.testing.assert_allclose(heat[:48, :36], upsample(acts["relu3_1"][3], (48, 36)))
+    np.testing.assert_array_equal(heat[48:, :36], np.repeat(heat[47:48, :36], 2, axis=0))
+    np.testing.assert_array_equal(heat[:, 36], heat[:, 35])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -73,12 +74,12 @@ def test_vlad_features_map_to_word_and_filter(acts):
         ("relu1_1/gram/2080", "relu1_1/gram has 2080 features"),
         ("relu1_1/mean/-1", "relu1_1/mean has 64 features"),
         ("relu1_1/median/0", "unknown pooling 'median'"),
-        ("relu9_9/mean/0", "is not '{tap}/{pool}/{index}'"),
+        ("relu9_9/mean/0", "names no layer ('relu9_9')"),
         ("mean/0", "is not '{tap}/{pool}/{index}'"),
     ],
 )
 def test_names_that_name_no_feature_are_refused(name, message):
-    with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("}", r"\}")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         feature_source(name)
 
 
@@ -184,6 +185,10 @@ def test_characteristic_filters_are_the_largest_standardized_differences():
     assert list(first.exemplars) == list(np.argsort(-a)[:2])
     with pytest.raises(ValueError, match="at least two classes"):
         characteristic_filters(acts, ["a"] * 20)
+    # a class of one image is left out when two are required
+    three = np.array(["a"] * 10 + ["b"] * 9 + ["c"])
+    assert sorted(characteristic_filters(acts, three, min_images=2)) == ["a", "b"]
+    assert sorted(characteristic_filters(acts, three)) == ["a", "b", "c"]
     with pytest.raises(ValueError, match=r"\(n_images=3, n_filters\)"):
         characteristic_filters(acts, ["a", "b", "a"])
 

@@ -411,10 +411,14 @@ class TextureClassifier:
         importances = None
         if _IMPORTANCE_FILE in opened.files:
             importances = bundle.load_npz(opened.file(_IMPORTANCE_FILE)).get("impurity")
-            if importances is None or importances.shape != (featurizer.n_features_out_,):
+            if (
+                importances is None
+                or importances.shape != (featurizer.n_features_out_,)
+                or not np.all(np.isfinite(importances) & (importances >= 0))
+            ):
                 raise BundleError(
-                    f"{where}: {_IMPORTANCE_FILE} does not hold one impurity importance per "
-                    f"feature ({featurizer.n_features_out_})"
+                    f"{where}: {_IMPORTANCE_FILE} does not hold one finite, nonnegative impurity "
+                    f"importance per feature ({featurizer.n_features_out_})"
                 )
         try:
             model = cls(featurizer, opened.file("forest.onnx"), classes, config.get("training"),

@@ -21,14 +21,18 @@ def _number(text: str):
         return text
 
 
+def _size_text(text: str) -> int | tuple[int, int]:
+    """``N`` or ``HxW`` as an int or a pair; ValueError when it is neither."""
+    if "x" in text.lower():
+        height, width = text.lower().split("x")
+        return int(height), int(width)
+    return int(text)
+
+
 def image_size(text: str):
     """``N`` (short side) or ``HxW``."""
     try:
-        if "x" in text.lower():
-            height, width = text.lower().split("x")
-            size = (int(height), int(width))
-        else:
-            size = int(text)
+        size = _size_text(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"image size must be N (short side) or HxW, got {text!r}"
@@ -42,11 +46,7 @@ def image_size(text: str):
 def square_or_pair(text: str):
     """``N`` (an N×N square) or ``HxW``: the size of an image to make."""
     try:
-        if "x" in text.lower():
-            height, width = text.lower().split("x")
-            size = (int(height), int(width))
-        else:
-            size = int(text)
+        size = _size_text(text)
         check_size(size)  # the same ranges as an image size
     except ValueError:
         raise argparse.ArgumentTypeError(

@@ -55,7 +55,7 @@ def run(args) -> int:
     settings = TextureSettings(size=args.texture_size, steps=args.steps, seed=args.seed)
     with torch_threads(args.threads):
         index = explain(args.bundle, images, args.output, labels=labels, top=args.top,
-                        importance=args.importance.split(","), tap=args.tap,
+                        importance=[k.strip() for k in args.importance.split(",")], tap=args.tap,
                         characteristic=args.characteristic, exemplars=args.exemplars,
                         heatmaps=args.heatmaps, settings=settings, overwrite=args.overwrite,
                         random_state=args.seed)  # fmt: skip

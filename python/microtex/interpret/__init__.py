@@ -22,6 +22,7 @@ _PUBLIC = {
     "filter_texture": "filters",
     "filter_textures": "filters",
     "texture_grid": "filters",
+    "layer_grid": "filters",
     "top_filters": "filters",
     "feature_source": "importance",
     "permutation_importance": "importance",

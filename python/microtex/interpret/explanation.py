@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from microtex._validation import check_choices, check_non_negative_int, check_positive_int
+from microtex._validation import (
+    check_choices,
+    check_non_negative_int,
+    check_on_error,
+    check_positive_int,
+)
+from microtex.backbones.layers import min_image_side
+from microtex.features.plan import RAW_TAP
 from microtex.interpret import heatmap as _heatmap
 from microtex.interpret import importance as _importance
 from microtex.interpret.filters import TextureSettings, filter_texture
@@ -47,23 +54,53 @@ def _classifier(model):
     return model
 
 
-def _aligned_labels(
-    labels, ids: list[str], n_inputs: int | None, n_failed: int
-) -> np.ndarray | None:
+def _inputs(images) -> tuple[list, bool]:
+    """``(inputs, arrays)``: the images as a list read once, and whether they are arrays."""
+    if isinstance(images, (str, os.PathLike)):
+        return [images], False
+    if isinstance(images, np.ndarray) and images.ndim == 2:
+        return [images], True
+    inputs = list(images)
+    arrays = not all(isinstance(x, (str, os.PathLike)) for x in inputs)
+    return inputs, arrays
+
+
+def _input_ids(inputs: list, arrays: bool) -> list[str]:
+    """The ids the images will be read under (``array[i]``, or each file's path as expanded)."""
+    if arrays:
+        return [f"array[{i}]" for i in range(len(inputs))]
+    from microtex.io.read import expand_paths
+
+    return [str(path) for path in expand_paths(inputs)]
+
+
+def _same_file(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def _label_table(labels, inputs: list, arrays: bool) -> dict[str, str] | None:
+    """``{id: label}`` for every image that will be read, checked before any is read.
+
+    A mapping from paths matches files however their paths are spelled
+    (relative, absolute, through ``..``); a sequence gives one label per image
+    in input order.
+    """
     if labels is None:
         return None
+    ids = _input_ids(inputs, arrays)
     if isinstance(labels, Mapping):
-        missing = [i for i in ids if i not in labels]
+        key = str if arrays else _same_file
+        table = {key(os.fspath(k)): str(v) for k, v in labels.items()}
+        missing = [i for i in ids if key(i) not in table]
         if missing:
-            raise ValueError(f"no label for image {missing[0]!r} ({len(missing)} without)")
-        return np.array([str(labels[i]) for i in ids])
+            raise ValueError(f"no label for image {missing[0]!r} ({len(missing)} without one)")
+        return {i: table[key(i)] for i in ids}
+    if isinstance(labels, (str, bytes)):
+        raise TypeError("labels must be a mapping from image path to label, or a sequence")
     labels = [str(label) for label in labels]
-    if n_failed or len(labels) != len(ids) or (n_inputs is not None and n_inputs != len(ids)):
-        raise ValueError(
-            f"{len(labels)} labels for {len(ids)} images read ({n_failed} unreadable); pass "
-            "labels as a mapping from image path to label"
-        )
-    return np.array(labels)
+    if len(labels) != len(ids):
+        raise ValueError(f"{len(labels)} labels for {len(ids)} images")
+    return dict(zip(ids, labels))
 
 
 def _texture_record(ranked, texture) -> dict[str, Any]:
@@ -85,24 +122,29 @@ def _texture_record(ranked, texture) -> dict[str, Any]:
 def _busiest_tap(classifier, blocks: list | None, taps: Sequence[str]) -> str:
     """The tap the classifier relies on most (ties: the earlier tap).
 
-    By block permutation importance when there is one (summed over the tap's
-    poolings), else by the impurity importance summed over all the tap's
-    features, else the deepest tap.
+    By block permutation importance when some block has a positive one
+    (summed over the tap's poolings), else by the impurity importance summed
+    over all the tap's features, else the deepest tap.
     """
     totals = dict.fromkeys(taps, 0.0)
-    if blocks:
+    if blocks and any(block["mean"] > 0 for block in blocks):
         for block in blocks:
             if block["tap"] in totals:
                 totals[block["tap"]] += block["mean"]
     elif classifier.feature_importances_ is not None:
         names = classifier.featurizer.get_feature_names_out()
         for name, value in zip(names, classifier.feature_importances_):
-            tap = str(name).split("/", 1)[0]
+            tap = _importance.split_name(name)[0]
             if tap in totals:
                 totals[tap] += float(value)
     else:
         return taps[-1]
     return max(taps, key=lambda tap: (totals[tap], -taps.index(tap)))
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an unbounded effect (zero spread in both groups) is written null."""
+    return float(value) if np.isfinite(value) else None
 
 
 def explain(
@@ -126,6 +168,11 @@ def explain(
 ) -> dict[str, Any]:
     """Write the textures, characteristic filters and heat maps of a classifier.
 
+    Every argument (and every label) is checked before an image is read; the
+    images are read once; the report is written into a temporary folder that
+    becomes ``output_dir`` only when complete, so a failure leaves nothing
+    half-written and an overwritten report keeps no file of the old one.
+
     Parameters
     ----------
     model : TextureClassifier or path
@@ -133,10 +180,10 @@ def explain(
     images : paths or arrays
         The images to explain with (as :func:`microtex.featurize` takes them).
     output_dir : path-like
-        Created; an existing non-empty folder needs ``overwrite``.
-    labels : mapping of image id to label, or sequence, optional
-        True classes (a sequence: one per image, in order). Without them there
-        is no permutation importance and classes are the predictions.
+        The report folder; an existing non-empty one needs ``overwrite``.
+    labels : mapping of image path to label, or sequence, optional
+        True classes (a sequence: one per image, in input order). Without them
+        there is no permutation importance and classes are the predictions.
     top : int
         Most important features drawn per importance kind.
     importance : sequence of {"impurity", "permutation"}
@@ -145,7 +192,8 @@ def explain(
         relies on most (block permutation importance with labels, else the
         impurity importance of all its features).
     characteristic, exemplars : int
-        Filters per class, and images shown per filter.
+        Filters per class, and images shown per filter. A class needs at least
+        two images (and two outside it) to have characteristic filters.
     heatmaps : int
         Images that get a heat map (the first ones read; 0: none).
     settings : TextureSettings, optional
@@ -162,56 +210,68 @@ def explain(
         The index (also written as ``index.json``).
     """
     from microtex import _files
+    from microtex.errors import NoImagesError, UnknownLayerError
     from microtex.report import montage, write_json
 
     started = time.perf_counter()
     classifier = _classifier(model)
     importance = check_choices("importance", importance, _importance.IMPORTANCE_KINDS)
     top = check_positive_int("top", top)
+    characteristic = check_positive_int("characteristic", characteristic)
+    exemplars = check_positive_int("exemplars", exemplars)
     heatmaps = check_non_negative_int("heatmaps", heatmaps)
+    n_repeats = check_positive_int("n_repeats", n_repeats)
+    max_permuted = check_positive_int("max_permuted", max_permuted)
+    on_error = check_on_error(on_error)
     settings = TextureSettings() if settings is None else settings
-    output = pathlib.Path(output_dir)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"{str(output)!r} exists and is not empty; pass overwrite=True")
     featurizer = classifier.featurizer
     plan = featurizer.pipeline_.plan
     if plan.config is None:
         raise ValueError("this classifier's featurizer taps only 'raw'; there are no filters")
     config = plan.config
     if tap is not None and tap not in config.taps:
-        from microtex.errors import UnknownLayerError
-
         raise UnknownLayerError(f"tap {tap!r} is not one of the classifier's taps {config.taps}")
+    if settings.size < min_image_side(config.deepest_tap):
+        raise ValueError(
+            f"texture size {settings.size} is smaller than {min_image_side(config.deepest_tap)} "
+            f"pixels, the least that layer {config.deepest_tap} needs"
+        )
+    output = pathlib.Path(output_dir)
+    if output.exists():
+        if not output.is_dir():
+            raise FileExistsError(f"{str(output)!r} exists and is not a folder")
+        if any(output.iterdir()) and not overwrite:
+            raise FileExistsError(f"{str(output)!r} exists and is not empty; pass overwrite=True")
+    inputs, arrays = _inputs(images)
+    label_of = _label_table(labels, inputs, arrays)
 
-    # one pass for the features; the activations pass below reads only what was readable
+    # one pass: the features (pooled by the featurizer's kernels from the same
+    # activations), each tap's mean per filter, thumbnails, the heat-map images
     failures: list = []
-    ids, rows = [], []
-    for batch_ids, batch in featurizer.iter_features(images, on_error=on_error, failures=failures):
-        ids.extend(batch_ids)
-        rows.append(batch)
+    ids, rows, thumbnails, kept = [], [], [], []
+    means: dict[str, list] = {t: [] for t in config.taps}
+    for image_id, image, acts in _heatmap.activations(
+        inputs, featurizer, on_error=on_error, failures=failures
+    ):
+        outputs = {t: a[None] for t, a in acts.items()}
+        if plan.raw:
+            outputs[RAW_TAP] = image[None, None]
+        rows.append(featurizer.pipeline_.pool(outputs)[0])
+        for t, a in acts.items():
+            means[t].append(a.mean(axis=(1, 2)))
+        ids.append(image_id)
+        thumbnails.append(_thumbnail(image))
+        if len(kept) < heatmaps:
+            kept.append((image_id, image))
     if not ids:
-        from microtex.errors import NoImagesError
-
         raise NoImagesError("no image could be read")
-    X = np.concatenate(rows)
+    X = np.stack(rows)
     predicted = classifier.classes_[np.argmax(classifier.predict_proba_features(X), axis=1)]
-    n_inputs = len(images) if isinstance(images, (list, tuple, np.ndarray)) else None
-    truth = _aligned_labels(labels, ids, n_inputs, len(failures))
+    truth = None if label_of is None else np.array([label_of[i] for i in ids])
     classes = truth if truth is not None else np.asarray(predicted, dtype=str)
 
-    permutation = None
-    if "permutation" in importance and truth is not None:
-        permutation = _importance.permutation_importance(
-            classifier,
-            X,
-            truth,
-            n_repeats=n_repeats,
-            max_features=max_permuted,
-            random_state=random_state,
-        )
-    output.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {
-        "bundle": str(getattr(model, "path", model)) if not hasattr(model, "featurizer") else None,
+        "bundle": None if hasattr(model, "featurizer") else os.fspath(model),
         "classes": [str(c) for c in classifier.classes_],
         "n_images": len(ids),
         "failures": [{"path": str(f.path), "reason": f.reason} for f in failures],
@@ -220,106 +280,116 @@ def explain(
         "backbone": config.to_dict(),
         "top_textures": {},
     }
+    permutation = None
     if truth is not None:
         index["accuracy_on_these_images"] = float(np.mean(predicted == truth))
-    if permutation is not None:
-        index["permutation_baseline_macro_f1"] = permutation["baseline"]
-        index["permutation_features"] = len(permutation["features"])
-        index["block_importance"] = _importance.block_importance(
-            classifier, X, truth, n_repeats=n_repeats, random_state=random_state
-        )
+        if "permutation" in importance:
+            permutation = _importance.permutation_importance(
+                classifier,
+                X,
+                truth,
+                n_repeats=n_repeats,
+                max_features=max_permuted,
+                random_state=random_state,
+            )
+            index["permutation_baseline_macro_f1"] = permutation["baseline"]
+            index["permutation_features"] = len(permutation["features"])
+            index["block_importance"] = _importance.block_importance(
+                classifier, X, truth, n_repeats=n_repeats, random_state=random_state
+            )
     elif "permutation" in importance:
         index["permutation_skipped"] = "needs labels"
 
-    ranked_lists = []
-    for kind in importance:
-        if kind == "impurity" and classifier.feature_importances_ is None:
-            index["top_textures"]["impurity"] = {
-                "skipped": "the bundle stores no impurity importances"
+    with _files.atomic_directory(output, replace=output.exists()) as staging:
+        ranked_lists = []
+        for kind in importance:
+            if kind == "impurity" and classifier.feature_importances_ is None:
+                index["top_textures"]["impurity"] = {
+                    "skipped": "the bundle stores no impurity importances"
+                }
+                continue
+            if kind == "permutation" and permutation is None:
+                continue
+            ranked = _importance.rank_features(classifier, kind, k=top, permutation=permutation)
+            ranked_lists.append(ranked)
+            textures = [
+                filter_texture(r.source.tap, r.source.filters, config=config, settings=settings)
+                for r in ranked
+            ]
+            entry: dict[str, Any] = {
+                "file": None,
+                "textures": [_texture_record(r, t) for r, t in zip(ranked, textures)],
             }
-            continue
-        if kind == "permutation" and permutation is None:
-            continue
-        ranked = _importance.rank_features(classifier, kind, k=top, permutation=permutation)
-        ranked_lists.append(ranked)
-        textures = [
-            filter_texture(r.source.tap, r.source.filters, config=config, settings=settings)
-            for r in ranked
-        ]
-        name = f"top_textures_{kind}.png"
-        if textures:
-            montage(
-                [t.image for t in textures],
-                [f"{r.source.describe}\n{kind} {r.importance:.3g}" for r in ranked],
-                output / name,
-                columns=max(len(textures), 1),
-            )
-        index["top_textures"][kind] = {
-            "file": name if textures else None,
-            "textures": [_texture_record(r, t) for r, t in zip(ranked, textures)],
-        }
-        if not ranked:
-            index["top_textures"][kind]["note"] = (
-                f"no feature with a filter has a positive {kind} importance on these images"
-            )
+            if textures:
+                entry["file"] = f"top_textures_{kind}.png"
+                titles = [f"{r.source.describe}\n{kind} {r.importance:.3g}" for r in ranked]
+                montage(
+                    [t.image for t in textures],
+                    titles,
+                    staging / entry["file"],
+                    columns=len(textures),
+                )
+            else:
+                entry["note"] = (
+                    f"no feature with a filter has a positive {kind} importance on these images"
+                )
+            index["top_textures"][kind] = entry
 
-    tap = tap or _busiest_tap(classifier, index.get("block_importance"), list(config.taps))
-    weights = next((r for r in ranked_lists if r), [])
-    # arrays are never skipped, so their ids are their positions in ``images``
-    source = ids if not ids[0].startswith("array[") else images
-    means, thumbnails, maps = [], [], []
-    for position, (image_id, image, acts) in enumerate(_heatmap.activations(source, featurizer)):
-        means.append(acts[tap].mean(axis=(1, 2)))
-        thumbnails.append(_thumbnail(image))
-        if position < heatmaps and weights:
-            heat, what = _heatmap.weighted_map(acts, weights, image.shape)
-            maps.append(_heatmap.HeatMap(image_id, image, heat, what))
-    acts_mean = np.stack(means)
-
-    index["characteristic"] = {"tap": tap, "classes": []}
-    found = (
-        _importance.characteristic_filters(
-            acts_mean, classes, top=characteristic, exemplars=exemplars
+        tap = tap or _busiest_tap(classifier, index.get("block_importance"), list(config.taps))
+        index["characteristic"] = {"tap": tap, "classes": []}
+        found = (
+            _importance.characteristic_filters(
+                np.stack(means[tap]), classes, top=characteristic, exemplars=exemplars, min_images=2
+            )
+            if len(set(classes)) > 1
+            else {}
         )
-        if len(set(classes)) > 1
-        else {}
-    )
-    if not found:
-        index["characteristic"]["skipped"] = "needs images of at least two classes"
-    for number, (name, chosen) in enumerate(found.items()):
-        pictures, titles, records = [], [], []
-        for c in chosen:
-            texture = filter_texture(tap, c.filter, config=config, settings=settings)
-            pictures.append(texture.image)
-            titles.append(f"{tap} #{c.filter}\nd = {c.effect:.2f}")
-            shown = [ids[i] for i in c.exemplars]
-            pictures.extend(thumbnails[i] for i in c.exemplars)
-            titles.extend(pathlib.Path(s).stem[-24:] for s in shown)
-            pictures.extend(np.ones((8, 8), np.float32) for _ in range(exemplars - len(shown)))
-            titles.extend("" for _ in range(exemplars - len(shown)))
-            records.append(
-                {**dataclasses.asdict(c), "exemplars": shown, "activation_texture": texture.final}
+        if not found:
+            index["characteristic"]["skipped"] = (
+                "needs at least two classes, each with two images or more"
             )
-        file = f"characteristic_{number}.png" if chosen else None
-        if chosen:
-            montage(pictures, titles, output / file, columns=1 + exemplars)
-        index["characteristic"]["classes"].append({"class": name, "file": file, "filters": records})
+        for number, (name, chosen) in enumerate(found.items()):
+            pictures, titles, records = [], [], []
+            for c in chosen:
+                texture = filter_texture(tap, c.filter, config=config, settings=settings)
+                shown = [ids[i] for i in c.exemplars]
+                blank = exemplars - len(shown)
+                pictures += [texture.image, *(thumbnails[i] for i in c.exemplars)]
+                pictures += [np.ones((8, 8), np.float32)] * blank
+                titles += [f"{tap} #{c.filter}\nd = {c.effect:.2f}"]
+                titles += [pathlib.Path(s).stem[-24:] for s in shown] + [""] * blank
+                record = {**dataclasses.asdict(c), "effect": _finite(c.effect), "exemplars": shown}
+                records.append({**record, "activation_texture": texture.final})
+            file = f"characteristic_{number}.png" if chosen else None
+            if chosen:
+                montage(pictures, titles, staging / file, columns=1 + exemplars)
+            index["characteristic"]["classes"].append(
+                {"class": name, "file": file, "filters": records}
+            )
+        for name in sorted(set(classes) - set(found)) if found else ():
+            index["characteristic"]["classes"].append(
+                {"class": name, "file": None, "filters": [], "note": "fewer than two images"}
+            )
 
-    index["heatmaps"] = []
-    for number, heat in enumerate(maps):
-        file = f"heatmap_{number}.png"
-        _heatmap.overlay(heat, output / file)
-        index["heatmaps"].append(
-            {
-                "file": file,
-                "image": heat.id,
-                "shows": heat.what,
-                "predicted": str(predicted[ids.index(heat.id)]),
-            }
-        )
-    index["seconds"] = round(time.perf_counter() - started, 3)
-    write_json(output / "index.json", index)
-    _files.remove_stale_temporaries_in(output)
+        index["heatmaps"] = []
+        weights = next((r for r in ranked_lists if r), [])
+        if kept and not weights:
+            index["heatmaps_skipped"] = "no ranked feature to weight (no importances)"
+        graph = _heatmap.ActivationGraph(featurizer)
+        for number, (image_id, image) in enumerate(kept if weights else ()):
+            heat, what = _heatmap.weighted_map(graph.run(image), weights, image.shape)
+            file = f"heatmap_{number}.png"
+            _heatmap.overlay(_heatmap.HeatMap(image_id, image, heat, what), staging / file)
+            index["heatmaps"].append(
+                {
+                    "file": file,
+                    "image": image_id,
+                    "shows": what,
+                    "predicted": str(predicted[ids.index(image_id)]),
+                }
+            )
+        index["seconds"] = round(time.perf_counter() - started, 3)
+        write_json(staging / "index.json", index)
     return index
 
 

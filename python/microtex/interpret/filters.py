@@ -22,7 +22,8 @@ channel ``f`` *before* the ReLU (after it, every position the ReLU zeroes
 passes no gradient); the activation reported is the tap's own (after the ReLU
 for a ``relu`` layer). A Gram entry couples two filters ``(a, b)``: its
 objective is mean(softplus(F_a)·softplus(F_b)), a smooth stand-in for the
-reported mean(relu(F_a)·relu(F_b)) = G_ab / M. Textures are gray, as the
+reported mean(relu(F_a)·relu(F_b)) = G_ab / M. A VLAD entry (word, filter) is drawn
+as its filter's texture. Textures are gray, as the
 backbone sees micrographs (one channel replicated to three).
 
 Rendered textures are cached in ``<cache>/textures/`` under a hash of the
@@ -58,6 +59,7 @@ __all__ = [
     "TextureSettings",
     "filter_texture",
     "filter_textures",
+    "layer_grid",
     "texture_grid",
     "top_filters",
 ]
@@ -100,13 +102,22 @@ class TextureSettings:
     seed: int = 0
 
     def __post_init__(self):
-        check_positive_int("size", self.size)
-        check_positive_int("steps", self.steps)
-        check_real("learning_rate", self.learning_rate, minimum=0, inclusive=False)
-        check_non_negative_int("jitter", self.jitter)
-        check_real("decay", self.decay, minimum=0)
-        check_choice("parametrization", self.parametrization, PARAMETRIZATIONS)
-        check_non_negative_int("seed", self.seed)
+        # stored as plain int/float/str: the cache key is their JSON
+        checked = {
+            "size": check_positive_int("size", self.size),
+            "steps": check_positive_int("steps", self.steps),
+            "learning_rate": float(
+                check_real("learning_rate", self.learning_rate, minimum=0, inclusive=False)
+            ),
+            "jitter": check_non_negative_int("jitter", self.jitter),
+            "decay": float(check_real("decay", self.decay, minimum=0)),
+            "parametrization": check_choice(
+                "parametrization", self.parametrization, PARAMETRIZATIONS
+            ),
+            "seed": check_non_negative_int("seed", self.seed),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,7 +153,7 @@ class FilterTexture:
 
     @property
     def gain(self) -> float:
-        """``final / start`` (inf when the noise did not excite the filter at all)."""
+        """``final / start`` (inf when the noise did not excite the filter: mean <= 0)."""
         return self.final / self.start if self.start > 0 else math.inf
 
     @property
@@ -294,11 +305,12 @@ def _texture(layer, filters, arrays, settings) -> FilterTexture:
 
 @functools.cache
 def _code_fingerprint() -> str:
-    from microtex.backbones import vgg
+    from microtex.backbones import config, layers, vgg, weights
     from microtex.engine import cache
     from microtex.interpret import _torch
 
-    return cache.code_fingerprint([__file__, vgg.__file__, _torch.__file__])
+    modules = (vgg, config, layers, weights, _torch)
+    return cache.code_fingerprint([__file__, *(module.__file__ for module in modules)])
 
 
 def filter_texture(
@@ -402,6 +414,54 @@ def top_filters(activations, k: int = 8) -> np.ndarray:
     k = check_positive_int("k", k)
     order = np.lexsort((np.arange(acts.shape[1]), -acts.mean(axis=0)))
     return order[:k]
+
+
+def layer_grid(
+    layer: str,
+    path,
+    *,
+    filters: Sequence | None = None,
+    images=None,
+    k: int = 8,
+    config: BackboneConfig | None = None,
+    settings: TextureSettings | None = None,
+    columns: int = 4,
+) -> tuple[pathlib.Path, list[FilterTexture]]:
+    """Render a layer's chosen filters, or its ``k`` most active on ``images``, as one PNG.
+
+    Parameters
+    ----------
+    layer : str
+    path : path-like
+        The PNG to write.
+    filters : sequence of int or pairs, optional
+        The filters to draw; else the ``k`` filters with the highest mean
+        activation over ``images`` (:func:`top_filters`, activations from the
+        exported ONNX graph of ``config``).
+    images : paths or arrays, optional
+    k : int
+    config, settings
+        As for :func:`filter_texture` (textures are cached).
+    columns : int
+
+    Returns
+    -------
+    (pathlib.Path, list of FilterTexture)
+    """
+    config = BackboneConfig() if config is None else config
+    layer = _check_layer(config, layer)
+    if filters is None:
+        if images is None:
+            raise ValueError("give filters, or images to pick the layer's most active filters")
+        from microtex.interpret.heatmap import mean_activations
+
+        tap_config = BackboneConfig(
+            arch=config.arch, weights=config.weights, taps=layer, block_pooling=config.block_pooling
+        )
+        _, acts = mean_activations(images, layer, tap_config)
+        filters = [int(f) for f in top_filters(acts, k)]
+    textures = filter_textures(layer, filters, config=config, settings=settings)
+    return texture_grid(textures, path, columns=columns), textures
 
 
 def texture_grid(

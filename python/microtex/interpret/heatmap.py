@@ -9,6 +9,8 @@ bilinearly to the image, each map pixel centred on the input pixels it covers.
 * one filter f: A_f, the tap's activation;
 * a Gram entry (a, b): A_a · A_b, the entry's contribution at each position
   (G_ab / M is its mean);
+* a VLAD entry (word k, filter f): A_f, the filter alone (which positions
+  fall to word k depends on the fitted words, which this map ignores);
 * a classifier's top features: Σ_i w_i · m_i / max(m_i) / Σ_i w_i over its
   ``k`` most important features, each feature's map m_i scaled to peak 1 on
   the image so that the importances w_i alone set the mix.
@@ -23,10 +25,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from microtex.backbones.config import BackboneConfig
-from microtex.backbones.layers import min_image_side
+from microtex.backbones.layers import min_image_side, tap_block
 from microtex.errors import ImageTooSmallError, UnknownLayerError
 
 __all__ = [
+    "ActivationGraph",
     "HeatMap",
     "activations",
     "classifier_heatmaps",
@@ -61,8 +64,16 @@ class HeatMap:
     what: str
 
 
-class _Graph:
-    """Raw activations per tap from a featurizer's graph or a backbone config's export."""
+class ActivationGraph:
+    """Raw activations per tap from a featurizer's graph or a backbone config's export.
+
+    Parameters
+    ----------
+    source : TextureFeaturizer, BackboneConfig or None
+        A fitted featurizer (its graph, taps, crop and resize), or a backbone
+        configuration whose activations graph is exported on first use
+        (default: the normalized VGG19, block_first).
+    """
 
     def __init__(self, source):
         from microtex.engine.session import shared_session
@@ -89,6 +100,11 @@ class _Graph:
                 f"source must be a fitted TextureFeaturizer, a BackboneConfig or None, "
                 f"not {type(source).__name__}"
             )
+
+    def run(self, image: np.ndarray) -> dict:
+        """``{tap: (C, h, w)}`` of one image as read (already cropped and resized)."""
+        outputs = self.session.run(np.ascontiguousarray(image, dtype=np.float32)[None, None])
+        return {tap: outputs[tap][0] for tap in self.taps}
 
     def check(self, taps: Sequence[str]) -> None:
         """UnknownLayerError naming a tap the graph does not output."""
@@ -118,7 +134,7 @@ def activations(
     """
     from microtex.features.stream import iter_inputs
 
-    graph = _Graph(source)
+    graph = ActivationGraph(source)
     failures = [] if failures is None else failures
     deepest = graph.taps[-1]
     for image_id, image in iter_inputs(
@@ -129,8 +145,7 @@ def activations(
                 f"{image_id}: image {image.shape[0]}x{image.shape[1]} is smaller than "
                 f"{min_image_side(deepest)} pixels, the least that layer {deepest} needs"
             )
-        outputs = graph.session.run(image[None, None])
-        yield image_id, image, {tap: outputs[tap][0] for tap in graph.taps}
+        yield image_id, image, graph.run(image)
 
 
 def mean_activations(images, tap: str, source=None) -> tuple[list[str], np.ndarray]:
@@ -139,7 +154,7 @@ def mean_activations(images, tap: str, source=None) -> tuple[list[str], np.ndarr
     ``source`` as for :func:`activations`; default: the normalized VGG19 up to ``tap``.
     """
     source = BackboneConfig(taps=tap) if source is None else source
-    _Graph(source).check([tap])
+    ActivationGraph(source).check([tap])
     ids, rows = [], []
     for image_id, _, acts in activations(images, source):
         ids.append(image_id)
@@ -162,7 +177,12 @@ def upsample(values, shape: tuple[int, int]) -> np.ndarray:
 
 
 def feature_map(acts: dict, tap: str, filters: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
-    """A_f (one filter) or A_a·A_b (a pair) of ``tap`` at the image's resolution."""
+    """A_f (one filter) or A_a·A_b (a pair) of ``tap`` at the image's resolution.
+
+    A tap of stride s = 2^(block−1) with an (h, w) map covers the image's first
+    h·s rows and w·s columns (the poolings drop odd remainders); the map is
+    upsampled onto exactly those and the rest repeats the edge.
+    """
     if tap not in acts:
         raise UnknownLayerError(f"layer {tap!r} is not an output; taps are {', '.join(acts)}")
     channels = acts[tap].shape[0]
@@ -171,7 +191,11 @@ def feature_map(acts: dict, tap: str, filters: Sequence[int], shape: tuple[int, 
     values = acts[tap][filters[0]]
     if len(filters) == 2:
         values = values * acts[tap][filters[1]]
-    return upsample(values, shape)
+    stride = 2 ** (tap_block(tap) - 1)
+    covered = (min(values.shape[0] * stride, shape[0]), min(values.shape[1] * stride, shape[1]))
+    out = upsample(values, covered)
+    pad = ((0, shape[0] - covered[0]), (0, shape[1] - covered[1]))
+    return np.pad(out, pad, mode="edge") if any(p[1] for p in pad) else out
 
 
 def filter_heatmap(image, layer: str, filters, source=None) -> HeatMap:

@@ -34,6 +34,7 @@ import numpy as np
 
 from microtex._validation import check_choice, check_positive_int
 from microtex.backbones.layers import tap_channels
+from microtex.features.plan import RAW_TAP
 
 __all__ = [
     "IMPORTANCE_KINDS",
@@ -47,10 +48,10 @@ __all__ = [
     "permutation_importance",
     "rank_features",
     "split_features",
+    "split_name",
 ]
 
 IMPORTANCE_KINDS = ("impurity", "permutation")
-RAW_TAP = "raw"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +96,21 @@ def _triu(channels: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(channels)
 
 
+def split_name(name) -> tuple[str, str, int]:
+    """``(tap, pool, index)`` of a feature name ``"{tap}/{pool}/{index}"``.
+
+    Examples
+    --------
+    >>> split_name("relu3_1/gram/17")
+    ('relu3_1', 'gram', 17)
+    """
+    try:
+        tap, pool, index = str(name).rsplit("/", 2)
+        return tap, pool, int(index)
+    except ValueError:
+        raise ValueError(f"feature name {name!r} is not '{{tap}}/{{pool}}/{{index}}'") from None
+
+
 def feature_source(name: str, gram_layout: str = "triu") -> FeatureSource:
     """The (layer, filter) behind a feature name; ValueError naming a name that cannot be.
 
@@ -110,12 +126,11 @@ def feature_source(name: str, gram_layout: str = "triu") -> FeatureSource:
     (2, (44,))
     """
     check_choice("gram_layout", gram_layout, ("triu", "full"))
+    tap, pool, index = split_name(name)
     try:
-        tap, pool, index_text = str(name).rsplit("/", 2)
-        index = int(index_text)
         channels = 1 if tap == RAW_TAP else tap_channels(tap)
     except (ValueError, KeyError):
-        raise ValueError(f"feature name {name!r} is not '{{tap}}/{{pool}}/{{index}}'") from None
+        raise ValueError(f"feature name {name!r} names no layer ({tap!r})") from None
     sizes = {
         "mean": channels,
         "max": channels,
@@ -212,7 +227,7 @@ def _permutation_drops(
     for i, columns in enumerate(groups):
         columns = np.asarray(columns)
         for r in range(n_repeats):
-            work[:, columns] = X[rng.permutation(len(X))][:, columns]
+            work[:, columns] = X[np.ix_(rng.permutation(len(X)), columns)]
             drops[i, r] = baseline - score(work)
         work[:, columns] = X[:, columns]
     return baseline, drops
@@ -247,7 +262,7 @@ def block_importance(
     X, codes = _checked_features(classifier, features, labels)
     n_repeats = check_positive_int("n_repeats", n_repeats)
     names = classifier.featurizer.get_feature_names_out()
-    keys = [tuple(str(name).rsplit("/", 2)[:2]) for name in names]
+    keys = [split_name(name)[:2] for name in names]
     blocks: dict[tuple, list[int]] = {}
     for index, key in enumerate(keys):
         blocks.setdefault(key, []).append(index)
@@ -423,7 +438,7 @@ def _effects(acts: np.ndarray, inside: np.ndarray) -> np.ndarray:
 
 
 def characteristic_filters(
-    activations, labels, *, top: int = 3, exemplars: int = 3
+    activations, labels, *, top: int = 3, exemplars: int = 3, min_images: int = 1
 ) -> dict[str, list[CharacteristicFilter]]:
     """Per class, the filters whose mean activation is highest relative to the other classes.
 
@@ -438,12 +453,16 @@ def characteristic_filters(
         Filters per class, largest positive d first (ties by filter index).
     exemplars : int
         Images per filter, most activated first.
+    min_images : int
+        A class with fewer images, or with fewer outside it, is left out (one
+        image has no spread: d would only say how it differs from the rest).
 
     Returns
     -------
     dict of str to list of CharacteristicFilter
         Keyed by class (sorted); a class has fewer than ``top`` entries when
-        fewer filters are higher in it than in the rest.
+        fewer filters are higher in it than in the rest. ``effect`` is infinite
+        for a filter constant within both groups and different between them.
     """
     acts = np.asarray(activations, dtype=np.float64)
     labels = np.asarray([str(label) for label in labels])
@@ -455,12 +474,15 @@ def characteristic_filters(
         raise ValueError("activations contain NaN or infinity")
     top = check_positive_int("top", top)
     exemplars = check_positive_int("exemplars", exemplars)
+    min_images = check_positive_int("min_images", min_images)
     classes = np.unique(labels)
     if len(classes) < 2:
         raise ValueError(f"characteristic filters need at least two classes; all are {classes}")
     result: dict[str, list[CharacteristicFilter]] = {}
     for name in classes:
         inside = labels == name
+        if min(inside.sum(), (~inside).sum()) < min_images:
+            continue
         effect = _effects(acts, inside)
         order = np.lexsort((np.arange(acts.shape[1]), -effect))
         members = np.flatnonzero(inside)

@@ -63,8 +63,7 @@ from microtex.io.decode import as_float_image
 from microtex.io.preprocess import resize_image
 from microtex.io.read import read_image
 
-__all__ = ["DEFAULT_STEPS", "GramLoss", "ScaleRecord", "SynthesisResult", "gram_loss",
-           "synthesize"]  # fmt: skip
+__all__ = ["DEFAULT_STEPS", "GramLoss", "ScaleRecord", "SynthesisResult", "gram_loss", "synthesize"]
 
 #: L-BFGS iterations per scale by default: enough to lower the loss of a 256²
 #: synthesis of a real micrograph by three to four orders of magnitude
@@ -218,8 +217,11 @@ def _check_output_size(size, default: tuple[int, int]) -> tuple[int, int]:
         return default
     if is_int(size) and size > 0:
         sides = (int(size), int(size))
-    elif (isinstance(size, (tuple, list)) and len(size) == 2
-          and all(is_int(n) and n > 0 for n in size)):  # fmt: skip
+    elif (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(is_int(n) and n > 0 for n in size)
+    ):
         sides = (int(size[0]), int(size[1]))
     else:
         raise ValueError(
@@ -268,13 +270,20 @@ def _layer_losses(grams, targets) -> list:
 
 def _as_record(layer_losses, taps, weights) -> GramLoss:
     per_layer = {tap: float(value) for tap, value in zip(taps, layer_losses)}
-    return GramLoss(total=float(sum(w * per_layer[t] for t, w in zip(taps, weights))),
-                    per_layer=per_layer)  # fmt: skip
+    return GramLoss(
+        total=float(sum(w * per_layer[t] for t, w in zip(taps, weights))), per_layer=per_layer
+    )
 
 
-def gram_loss(image, source, *, taps="block_first", layer_weights=None,
-              weights: str | os.PathLike | None = None,
-              n_threads: int | None = None) -> GramLoss:  # fmt: skip
+def gram_loss(
+    image,
+    source,
+    *,
+    taps="block_first",
+    layer_weights=None,
+    weights: str | os.PathLike | None = None,
+    n_threads: int | None = None,
+) -> GramLoss:
     """The Gram loss of ``image`` against ``source`` (the objective :func:`synthesize` lowers).
 
     ``L = Σ_l w_l ‖G_l − Ĝ_l‖²_F / N_l²`` with ``G_l = F_l F_lᵀ / M_l`` of
@@ -342,8 +351,9 @@ def _run_scale(module, targets, start, steps, taps, weights, callback, scale, to
     began = time.perf_counter()
     w = torch.tensor(weights, dtype=torch.float32)
     logits = _logit(start, torch).requires_grad_(True)
-    optimizer = torch.optim.LBFGS([logits], lr=1.0, max_iter=steps, history_size=_HISTORY,
-                                  line_search_fn="strong_wolfe")  # fmt: skip
+    optimizer = torch.optim.LBFGS(
+        [logits], lr=1.0, max_iter=steps, history_size=_HISTORY, line_search_fn="strong_wolfe"
+    )
     history: list[float] = []
     first: list = []
 
@@ -473,12 +483,16 @@ def synthesize(
     image = _check_source(source, source_size)
     shape = _check_output_size(size, image.shape)
     coarsest = 2 ** (scales - 1)
-    _check_large_enough(_scaled(image.shape, coarsest), config.deepest_tap,
-                        f"the source at 1/{coarsest} of its size (scales={scales})"
-                        if scales > 1 else "the source")  # fmt: skip
-    _check_large_enough(_scaled(shape, coarsest), config.deepest_tap,
-                        f"the output at 1/{coarsest} of its size (scales={scales})"
-                        if scales > 1 else "the output")  # fmt: skip
+    _check_large_enough(
+        _scaled(image.shape, coarsest),
+        config.deepest_tap,
+        f"the source at 1/{coarsest} of its size (scales={scales})" if scales > 1 else "the source",
+    )
+    _check_large_enough(
+        _scaled(shape, coarsest),
+        config.deepest_tap,
+        f"the output at 1/{coarsest} of its size (scales={scales})" if scales > 1 else "the output",
+    )
 
     records = []
     with torch_threads(n_threads) as torch:
@@ -495,10 +509,12 @@ def synthesize(
                 start = torch.rand((1, 1, *shape_at), generator=generator)
                 start = _MARGIN + (1.0 - 2 * _MARGIN) * start
             else:
-                start = torch.nn.functional.interpolate(current, size=shape_at, mode="bilinear",
-                                                        align_corners=False)  # fmt: skip
-            current, parts = _run_scale(module, targets, start, steps, config.taps, weights_l,
-                                        callback, scale, torch)  # fmt: skip
+                start = torch.nn.functional.interpolate(
+                    current, size=shape_at, mode="bilinear", align_corners=False
+                )
+            current, parts = _run_scale(
+                module, targets, start, steps, config.taps, weights_l, callback, scale, torch
+            )
             records.append(ScaleRecord(shape=shape_at, source_shape=source_at.shape, **parts))
         out = current[0, 0].numpy().astype(np.float32, copy=True)
 
@@ -517,10 +533,11 @@ def synthesize(
         "gram": "F F^T / M (float32)",
         "loss": "sum_l w_l ||G_l - G_source_l||_F^2 / N_l^2",
         "optimizer": f"torch.optim.LBFGS(lr=1, history_size={_HISTORY}, "
-                     "line_search_fn='strong_wolfe') on logits, image = sigmoid(logits)",
+        "line_search_fn='strong_wolfe') on logits, image = sigmoid(logits)",
         "start": f"uniform noise in [{_MARGIN}, {1 - _MARGIN}] (torch.Generator seeded)",
-    }  # fmt: skip
+    }
     if not math.isfinite(records[-1].final_loss.total):
         raise FloatingPointError(f"the synthesis diverged: final loss {records[-1].final_loss}")
-    return SynthesisResult(image=out, scales=tuple(records), seconds=time.perf_counter() - began,
-                           settings=settings)  # fmt: skip
+    return SynthesisResult(
+        image=out, scales=tuple(records), seconds=time.perf_counter() - began, settings=settings
+    )
