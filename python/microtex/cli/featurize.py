@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 from microtex._validation import ON_ERROR, renamed
-from microtex.backbones import ARCHITECTURES, BLOCK_POOLINGS, CONV_ALGORITHMS, PRECISIONS
+from microtex.backbones import ARCHITECTURES, BLOCK_POOLINGS, CONV_ALGORITHMS
 from microtex.cli._types import crop_bottom, image_size, max_pixels, positive
 from microtex.engine.session import DEVICES
-from microtex.features.plan import ENGINES
+from microtex.features.plan import ENGINES, FEATURIZER_PRECISIONS
 from microtex.features.pooling import GRAM_LAYOUTS, GRAM_NORMALIZATIONS, POOLS
 
 
@@ -77,8 +77,9 @@ def add_featurizer_options(f) -> None:
     f.add_argument(
         "--precision",
         default="fp32",
-        choices=PRECISIONS,
-        help="CNN arithmetic; fp16 is for --device cuda, pooling stays fp32",
+        choices=FEATURIZER_PRECISIONS,
+        help="CNN arithmetic; fp16 is for --device cuda; int8 for the CPU, calibrated on the "
+        "first 20 images (microtex calibrate makes a reusable bundle); pooling stays fp32",
     )
     f.add_argument(
         "--conv-algorithm",

@@ -14,6 +14,7 @@ import threading
 
 from microtex.cli import (
     bench,
+    calibrate,
     demo,
     embed,
     evaluate_generated,
@@ -43,7 +44,7 @@ COMMANDS = {"demo": demo, "featurize": featurize, "study": study, "train": train
             "train-prior": train_prior, "generate": generate,
             "evaluate-generated": evaluate_generated, "perlin-demo": perlin_demo,
             "manifold": manifold, "embed": embed, "explain": explain,
-            "synthesize": synthesize}
+            "synthesize": synthesize, "calibrate": calibrate}
 
 
 def _parser() -> argparse.ArgumentParser:

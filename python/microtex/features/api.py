@@ -154,6 +154,8 @@ def texture_job_config(featurizer: TextureFeaturizer, tile=None, tile_stride=Non
               "tile_stride": tile_stride}  # fmt: skip
     if getattr(featurizer, "vlad_dictionaries_", None):
         config["vlad_words"] = vlad_words_digest(featurizer)
+    if getattr(featurizer, "int8_report_", None) is not None:  # the calibrated graph itself
+        config["int8_graph"] = sha256_file(featurizer.pipeline_.onnx_path)
     return config
 
 

@@ -34,6 +34,7 @@ from microtex.engine.session import DEVICES
 
 __all__ = [
     "ENGINES",
+    "FEATURIZER_PRECISIONS",
     "RAW_TAP",
     "TexturePlan",
     "bundle_document",
@@ -48,6 +49,11 @@ log = logging.getLogger("microtex.features")
 RAW_TAP = "raw"
 #: Where mean/max/Gram pooling runs: C++ kernels on the activations, or heads in the graph.
 ENGINES: tuple[str, ...] = ("auto", "kernels", "graph")
+#: A featurizer's arithmetic: the backbone's (fp32, fp16), or ``"int8"``, a float32
+#: graph quantized to int8 on calibration images when the featurizer is fitted
+#: (:mod:`microtex.engine.quantize`); the CPU's fast path, run with direct convolution.
+FEATURIZER_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+INT8 = "int8"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +78,7 @@ class TexturePlan:
     conv_algorithm: str = "auto"
     n_threads: int | None = None
     max_pixels: int | None = None  # per network input; None when no network runs
+    quantized: bool = False  # precision="int8": the graph is calibrated when fitted
 
     @property
     def raw(self) -> bool:
@@ -191,6 +198,21 @@ def make_plan(
             "engine='graph' cannot compute VLAD (fitted state); use engine='kernels' or 'auto'"
         )
     check_choice("device", device, DEVICES)
+    check_choice("precision", precision, FEATURIZER_PRECISIONS)
+    quantized = precision == INT8
+    if quantized:
+        if device == "cuda":
+            raise ValueError(
+                "precision='int8' runs on the CPU (ONNX Runtime's int8 kernels); on CUDA use "
+                "precision='fp16'"
+            )
+        if conv_algorithm == "winograd":
+            raise ValueError("precision='int8' quantizes direct convolutions; not 'winograd'")
+        device, conv_algorithm, precision = "cpu", "direct", "fp32"
+        if engine == "graph":
+            raise ValueError(
+                "precision='int8' pools in the kernels; use engine='kernels' or 'auto'"
+            )
     # checked for raw-only plans too, so that they refuse what a CNN plan refuses
     check_trunk_options(block_pooling, precision)
     check_conv_algorithm(conv_algorithm, precision, allow_auto=True)
@@ -228,6 +250,7 @@ def make_plan(
         conv_algorithm=conv_algorithm,
         n_threads=check_positive_int("n_threads", n_threads, allow_none=True),
         max_pixels=max_pixels,
+        quantized=quantized and config is not None,
     )
 
 

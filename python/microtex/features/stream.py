@@ -220,11 +220,15 @@ class TexturePipeline:
         """Whether a pooling needs fitted state (VLAD words), which no graph can compute."""
         return any(pool not in GRAPH_POOLS for pool in self.plan.pools)
 
+    def needs_calibration(self) -> bool:
+        """Whether this is an int8 plan whose graph is not calibrated yet."""
+        return self.plan.quantized and self.onnx_path is None
+
     def engine(self) -> str:
         """``"kernels"`` or ``"graph"``: where mean/max/Gram pooling runs."""
         if self.plan.engine != "auto":
             return self.plan.engine
-        if self.needs_fit() or self.onnx_path is not None:
+        if self.needs_fit() or self.onnx_path is not None or self.plan.quantized:
             return "kernels"
         return "kernels" if runtime.runs_on_cpu(self.plan.device) else "graph"
 
@@ -237,6 +241,13 @@ class TexturePipeline:
         plan = self.plan
         key = ("heads" if heads else "acts", plan.device, plan.n_threads)
         if key not in self.sessions:
+            if self.needs_calibration():
+                from sklearn.exceptions import NotFittedError
+
+                raise NotFittedError(
+                    "precision='int8' quantizes the network on calibration images: fit the "
+                    "featurizer (or microtex calibrate) first"
+                )
             path = None if heads else self.onnx_path
             if path is None:
                 graph_heads = None

@@ -1,0 +1,182 @@
+"""precision="int8": calibrated on fit, measured, cached, carried in bundles, refused on CUDA."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from microtex import TextureFeaturizer, load_bundle, synth
+from microtex.errors import NoImagesError
+from microtex.features import int8 as int8_module
+
+pytest.importorskip("onnx")
+pytestmark = pytest.mark.torch
+TAPS = "relu1_1,relu2_1,relu3_1"
+DATA = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def textures():
+    """32 Perlin textures of 64², stripe scale 4 to 16."""
+    return np.stack([synth.perlin_texture(64, k=k, theta=0.3 * i, amplitude=2.0, seed=i)
+                     for i, k in enumerate(np.linspace(4, 16, 32))]).astype(np.float32)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fitted(textures):
+    pytest.importorskip("torch")
+    return TextureFeaturizer(taps=TAPS, pool=("mean", "gram"), precision="int8").fit(textures)
+
+
+def _relative(a, b):
+    return np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_int8_features_stay_close_to_float32_and_the_report_says_how_close(fitted, textures):
+    float32 = TextureFeaturizer(taps=TAPS, pool=("mean", "gram")).fit(textures)
+    names = fitted.get_feature_names_out()
+    int8_rows, float_rows = fitted.transform(textures[24:]), float32.transform(textures[24:])
+    for tap in ("relu1_1", "relu2_1", "relu3_1"):
+        for pool in ("mean", "gram"):
+            columns = np.array([n.startswith(f"{tap}/{pool}/") for n in names])
+            error = _relative(int8_rows[:, columns], float_rows[:, columns])
+            assert np.median(error) < 0.02, (tap, pool, error)
+            assert 0 < error.max()  # int8 is not float32
+    report = fitted.int8_report_
+    assert report["calibration_images"] == 20 and report["test_images"] == 10
+    assert report["held_out"] is True
+    assert set(report["relative_error"]) == {f"{t}/{p}" for t in TAPS.split(",")
+                                             for p in ("mean", "max", "gram")}  # fmt: skip
+    # the report's numbers are the held-out images' (20..29), recomputed here
+    columns = np.array([n.startswith("relu3_1/gram/") for n in names])
+    held = _relative(fitted.transform(textures[20:30])[:, columns],
+                     float32.transform(textures[20:30])[:, columns])  # fmt: skip
+    assert report["relative_error"]["relu3_1/gram"]["median"] == pytest.approx(
+        np.median(held), rel=1e-3)  # fmt: skip
+    assert report["within_tolerance"] is True and report["nearest_neighbour_agreement"] >= 0.8
+
+
+def test_the_graph_is_int8_cached_by_calibration_and_carried_by_bundles(fitted, textures, tmp_path):
+    import onnx
+
+    model = onnx.load(str(fitted.pipeline_.onnx_path))
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("QuantizeLinear") > 5 and ops.count("Conv") == 6  # conv1_1 .. conv3_1
+    unfitted = TextureFeaturizer(taps=TAPS, pool=("mean", "gram"), precision="int8")
+    again = unfitted.fit(textures)
+    assert again.pipeline_.onnx_path == fitted.pipeline_.onnx_path  # the same calibration
+    other = clone(unfitted).fit(textures[::-1])
+    assert other.pipeline_.onnx_path != fitted.pipeline_.onnx_path
+    path = fitted.save(tmp_path / "int8")
+    loaded = load_bundle(path)
+    np.testing.assert_array_equal(loaded.transform(textures[:3]), fitted.transform(textures[:3]))
+    assert loaded.int8_report_ == fitted.int8_report_
+    assert loaded.with_runtime(n_threads=1).int8_report_ == fitted.int8_report_
+
+
+def test_int8_with_vlad_fits_its_words_on_int8_activations(textures):
+    f = TextureFeaturizer(taps="relu1_1", pool="vlad", n_words=4, precision="int8",
+                          random_state=0).fit(textures[:12])  # fmt: skip
+    assert f.int8_report_["held_out"] is False  # 12 images: all calibrate, none held out
+    assert f.transform(textures[:2]).shape == (2, 4 * 64)
+
+
+def test_int8_and_float32_classify_alike_on_the_same_splits():
+    """Three close stripe scales (k = 9, 10, 11) at random angles: F1 about 0.94, not 1."""
+    from microtex.analysis.classify import evaluate_features
+
+    rng = np.random.default_rng(0)
+    images = np.stack([
+        synth.perlin_texture(64, k=k, theta=rng.uniform(0, np.pi), amplitude=3.0, seed=100 * c + i)
+        for c, k in enumerate([9, 10, 11])
+        for i in range(16)
+    ]).astype(np.float32)
+    labels = np.repeat(["9", "10", "11"], 16)
+    scores = {}
+    for precision in ("fp32", "int8"):
+        f = TextureFeaturizer(taps="relu1_1,relu2_1", pool="mean", precision=precision)
+        X = f.fit(images).transform(images)
+        result = evaluate_features(X, labels, n_estimators=50, n_repeats=3, random_state=0)
+        scores[precision] = result.summary()["f1_macro"]["mean"]
+    assert 0.8 < scores["fp32"] < 0.99  # a set where features can matter
+    assert abs(scores["int8"] - scores["fp32"]) <= 0.01, scores
+
+
+def test_warnings_name_a_cpu_without_vnni_and_an_error_over_tolerance(textures, caplog,
+                                                                      monkeypatch):  # fmt: skip
+    monkeypatch.setattr(int8_module, "cpu_has_vnni", lambda: False)
+    monkeypatch.setattr(int8_module, "TOLERANCE", 1e-6)
+    with caplog.at_level(logging.WARNING, logger="microtex.features"):
+        f = TextureFeaturizer(taps="relu1_1", pool="mean", precision="int8").fit(textures[:6])
+    assert "no VNNI" in caplog.text and "more than the 0 % tolerance" in caplog.text
+    assert "calibrated on 6 images" in caplog.text
+    assert f.int8_report_["cpu_vnni"] is False and f.int8_report_["within_tolerance"] is False
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"device": "cuda"}, "precision='int8' runs on the CPU"),
+        ({"conv_algorithm": "winograd"}, "not 'winograd'"),
+        ({"engine": "graph"}, "pools in the kernels"),
+        ({"precision": "int4"}, "unknown precision 'int4'"),
+    ],
+)
+def test_int8_requests_that_cannot_be_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        TextureFeaturizer(**{"precision": "int8", **options}).fit(np.zeros((1, 32, 32)))
+
+
+def test_an_int8_featurizer_needs_images_to_calibrate(tmp_path):
+    from sklearn.exceptions import NotFittedError
+
+    f = TextureFeaturizer(taps="relu1_1", precision="int8")
+    with pytest.raises(NotFittedError):
+        f.transform(np.zeros((1, 32, 32), np.float32))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(NoImagesError, match="calibrate the int8 network"):
+        f.fit([tmp_path / "bad.png"], on_error="skip")
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
+def test_on_real_micrographs_block_first_stays_within_two_percent():
+    from microtex import read_image
+
+    crops = []
+    for path in sorted((DATA / "ampis" / "spheroidite" / "images").glob("*.png")):
+        image = read_image(path)
+        crops += [image[r : r + 224, c : c + 224] for r, c in ((0, 0), (200, 300), (250, 400))]
+    f = TextureFeaturizer(pool=("mean", "gram"), precision="int8").fit(crops)
+    errors = f.int8_report_["relative_error"]
+    for key in (k for k in errors if not k.endswith("/max")):
+        assert errors[key]["median"] < 0.02, (key, errors[key])
+
+
+def test_the_calibrate_and_featurize_commands(textures, tmp_path, capsys):
+    from PIL import Image
+
+    from microtex.cli.main import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(textures[:24]):
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"{i:02d}.png")
+    code = main(["calibrate", str(folder), "-o", str(tmp_path / "int8"), "--taps", "relu1_1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "int8 calibrated on 20 images; error against float32 on 4 held-out images" in out
+    assert "relu1_1/gram" in out and "within the 2 % tolerance" in out
+    bundle = load_bundle(tmp_path / "int8")
+    assert bundle.int8_report_["test_images"] == 4 and bundle.params_["precision"] == "int8"
+    assert main(["calibrate", str(folder), "-o", str(tmp_path / "int8")]) == 2  # exists
+    assert "exists" in capsys.readouterr().err
+    assert main(["calibrate", str(folder), "-o", str(tmp_path / "x"), "--precision", "fp32"]) == 2
+    code = main(["featurize", str(folder), "-o", str(tmp_path / "f.npz"), "--taps", "relu1_1",
+                 "--pool", "mean", "--precision", "int8"])  # fmt: skip
+    assert code == 0
+    table = np.load(tmp_path / "f.npz", allow_pickle=False)
+    assert table["features"].shape == (24, 64)
