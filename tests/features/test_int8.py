@@ -175,6 +175,15 @@ def test_the_calibrate_and_featurize_commands(textures, tmp_path, capsys):
     assert main(["calibrate", str(folder), "-o", str(tmp_path / "int8")]) == 2  # exists
     assert "exists" in capsys.readouterr().err
     assert main(["calibrate", str(folder), "-o", str(tmp_path / "x"), "--precision", "fp32"]) == 2
+    labels = folder / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{i:02d}.png,{'ab'[i % 2]}\n" for i in range(24)))
+    code = main(["calibrate", "-o", str(tmp_path / "labelled"), "--labels", str(labels),
+                 "--taps", "relu1_1", "--pool", "mean", "--cv-repeats", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "random forest on 24 labelled images" in out
+    downstream = load_bundle(tmp_path / "labelled").int8_report_["downstream"]
+    assert downstream["n_images"] == 24 and 0 <= downstream["nearest_neighbour_agreement"] <= 1
+    assert abs(downstream["f1_int8"] - downstream["f1_float32"]) <= 0.2  # labels are arbitrary
     code = main(["featurize", str(folder), "-o", str(tmp_path / "f.npz"), "--taps", "relu1_1",
                  "--pool", "mean", "--precision", "int8"])  # fmt: skip
     assert code == 0
