@@ -250,8 +250,11 @@ def check_crop_bottom(crop_bottom: Any) -> CropBottom:
     )
 
 
-def check_size(size: Any) -> Size:
-    """None, a short side or a ``(height, width)`` pair, each from 1 to `MAX_IMAGE_SIDE`."""
+def check_size(size: Any, int_means: str = "short side") -> Size:
+    """None, a short side or a ``(height, width)`` pair, each from 1 to `MAX_IMAGE_SIDE`.
+
+    ``int_means`` is what an int stands for, in the message (a square side, say).
+    """
     if size is None:
         return None
     if is_int(size) and size > 0:
@@ -264,7 +267,7 @@ def check_size(size: Any) -> Size:
         sides = (int(size[0]), int(size[1]))
     else:
         raise ValueError(
-            "size must be None, a positive int (short side) or a (height, width) pair of "
+            f"size must be None, a positive int ({int_means}) or a (height, width) pair of "
             f"positive ints, got {size!r}"
         )
     if max(sides) > MAX_IMAGE_SIDE:

@@ -48,12 +48,10 @@ from typing import Any
 import numpy as np
 
 from microtex._validation import (
-    MAX_IMAGE_SIDE,
     check_layer_weights,
     check_non_negative_int,
     check_positive_int,
     check_size,
-    is_int,
 )
 from microtex.backbones.config import BackboneConfig
 from microtex.backbones.layers import min_image_side
@@ -215,22 +213,8 @@ def _check_output_size(size, default: tuple[int, int]) -> tuple[int, int]:
     """``(height, width)`` from None (``default``), an int (a square) or a pair."""
     if size is None:
         return default
-    if is_int(size) and size > 0:
-        sides = (int(size), int(size))
-    elif (
-        isinstance(size, (tuple, list))
-        and len(size) == 2
-        and all(is_int(n) and n > 0 for n in size)
-    ):
-        sides = (int(size[0]), int(size[1]))
-    else:
-        raise ValueError(
-            f"size must be None, a positive int (a square) or a (height, width) pair of "
-            f"positive ints, got {size!r}"
-        )
-    if max(sides) > MAX_IMAGE_SIDE:
-        raise ValueError(f"size {size!r} is too large: sides are at most {MAX_IMAGE_SIDE} pixels")
-    return sides
+    checked = check_size(size, int_means="a square")
+    return (checked, checked) if isinstance(checked, int) else (int(checked[0]), int(checked[1]))
 
 
 def _scaled(shape: tuple[int, int], factor: int) -> tuple[int, int]:
