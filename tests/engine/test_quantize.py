@@ -90,3 +90,37 @@ def test_the_int8_graph_is_within_two_percent_and_bias_correction_helps(float_gr
 def test_bad_calibration_is_named(float_graph, calibration, message):
     with pytest.raises(ValueError, match=message):
         quantize_static_int8(float_graph, calibration)
+
+
+def test_a_graph_without_node_names_is_corrected_conv_by_conv():
+    """Bias correction pairs convolutions by name; unnamed ones get names first."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, initializers, x = [], [], "image"
+    for i, (cin, cout) in enumerate([(1, 8), (8, 8), (8, 8)]):
+        weight = rng.normal(0, 0.3, (cout, cin, 3, 3)).astype(np.float32)
+        w = numpy_helper.from_array(weight, f"w{i}")
+        b = numpy_helper.from_array(rng.normal(0, 0.1, cout).astype(np.float32), f"b{i}")
+        initializers += [w, b]
+        nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        x = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "unnamed",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 1, None, None])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], initializers,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    images = [rng.random((24, 24)).astype(np.float32) for _ in range(12)]
+    import onnxruntime as ort
+
+    def outputs(m):
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.stack([session.run(None, {"image": im[None, None]})[0] for im in images])
+
+    reference = outputs(model)
+    quantized, record = quantize_static_int8(model, images)
+    assert record["convs_bias_corrected"] == 3 and all(not n.name for n in model.graph.node)
+    error = np.linalg.norm(outputs(quantized) - reference) / np.linalg.norm(reference)
+    assert error < 0.05

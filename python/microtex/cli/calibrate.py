@@ -39,10 +39,17 @@ def run(args) -> int:
         raise ValueError(f"calibrate makes int8 bundles; --precision {args.precision} needs none")
     check_target(args.output, overwrite=args.overwrite)  # before the work, not after it
     images, labels = list(args.images), None
+    if args.groups and not args.labels:
+        raise ValueError("--groups names a column of --labels; give --labels too")
     if args.labels:
+        from microtex.analysis.classify import cv_splits
         from microtex.io.labels import read_labels
 
+        if args.cv_repeats < 1:
+            raise ValueError(f"--cv-repeats must be 1 or more, got {args.cv_repeats}")
         labels = read_labels(args.labels, groups=args.groups)
+        # folds that cannot be made fail now, not after the calibration
+        cv_splits(labels.labels, labels.groups, n_repeats=1, random_state=args.seed)
         images = images or [str(path) for path in labels.paths]
     if not images:
         raise ValueError("no images: give image files or folders, or --labels")
@@ -83,23 +90,23 @@ def _downstream(featurizer, labels, args) -> dict:
     from microtex.analysis.classify import evaluate_features
     from microtex.analysis.distances import pairwise_distances
 
-    if args.cv_repeats < 1:
-        raise ValueError(f"--cv-repeats must be 1 or more, got {args.cv_repeats}")
     paths = [str(p) for p in labels.paths]
     float32 = type(featurizer)(**{**featurizer.params_, "precision": "fp32",
                                   "conv_algorithm": "direct"})  # fmt: skip
     float32.fit(paths, on_error=args.on_error)
     tables = {}
     for name, model in (("float32", float32), ("int8", featurizer)):
-        ids, rows = [], []
+        rows = {}
         for batch_ids, batch in model.iter_features(paths, on_error=args.on_error):
-            ids += batch_ids
-            rows.append(batch)
-        tables[name] = (ids, np.concatenate(rows))
-    ids = tables["int8"][0]
-    keep = [paths.index(i) for i in ids]
+            rows.update(zip(batch_ids, batch))
+        tables[name] = rows
+    # the images both read, in the labels' order (a path listed twice counts once)
+    ids = [p for p in dict.fromkeys(paths) if p in tables["int8"] and p in tables["float32"]]
+    row = {p: i for i, p in reversed(list(enumerate(paths)))}
+    keep = [row[p] for p in ids]
     y = labels.labels[keep]
     groups = None if labels.groups is None else labels.groups[keep]
+    tables = {name: (ids, np.stack([rows[p] for p in ids])) for name, rows in tables.items()}
     scores = {name: evaluate_features(X, y, groups, n_estimators=100, n_repeats=args.cv_repeats,
                                       random_state=args.seed).summary()["f1_macro"]
               for name, (_, X) in tables.items()}  # fmt: skip

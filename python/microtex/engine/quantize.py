@@ -270,8 +270,18 @@ def quantize_static_int8(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     feeds = _calibration(calibration, input_name)
-    if not isinstance(float_model, onnx.ModelProto):
+    if isinstance(float_model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(float_model)
+        float_model = copy
+    else:
         float_model = onnx.load(os.fspath(float_model))
+    # bias correction pairs float and quantized convs by node name: make names unique
+    seen: set[str] = set()
+    for i, node in enumerate(float_model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}_microtex"
+        seen.add(node.name)
     with tempfile.TemporaryDirectory(prefix="microtex-int8-") as tmp:
         source, prepared, target = (pathlib.Path(tmp) / n for n in ("a.onnx", "b.onnx", "c.onnx"))
         onnx.save(float_model, source)

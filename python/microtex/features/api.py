@@ -10,7 +10,7 @@ import numpy as np
 from microtex import io as mio
 from microtex._validation import check_on_error
 from microtex.errors import DatasetMismatchError, NoImagesError
-from microtex.features.plan import make_plan
+from microtex.features.plan import INT8, make_plan
 from microtex.features.stream import all_paths
 from microtex.features.texture import TextureFeaturizer
 from microtex.io.shards import ShardedJob, run_sharded
@@ -154,7 +154,7 @@ def texture_job_config(featurizer: TextureFeaturizer, tile=None, tile_stride=Non
               "tile_stride": tile_stride}  # fmt: skip
     if getattr(featurizer, "vlad_dictionaries_", None):
         config["vlad_words"] = vlad_words_digest(featurizer)
-    if getattr(featurizer, "int8_report_", None) is not None:  # the calibrated graph itself
+    if getattr(featurizer, "int8_report_", None) is not None:  # fitted already (a bundle)
         config["int8_graph"] = sha256_file(featurizer.pipeline_.onnx_path)
     return config
 
@@ -167,7 +167,18 @@ def vlad_words_digest(featurizer: TextureFeaturizer) -> str:
     return digest.hexdigest()
 
 
-#: The manifest entry that holds the digest of the VLAD words a job fitted.
+def fitted_state_digest(featurizer: TextureFeaturizer) -> str:
+    """What a fit made that a job's rows depend on: the VLAD words and, for int8, the graph."""
+    digest = vlad_words_digest(featurizer)
+    if getattr(featurizer, "int8_report_", None) is not None:
+        from microtex._files import sha256_file
+
+        digest += "+int8:" + sha256_file(featurizer.pipeline_.onnx_path)
+    return digest
+
+
+#: The manifest entry that holds the digest of the fitted state a job's rows came from
+#: (:func:`fitted_state_digest`; named when VLAD words were the only such state).
 _FITTED_KEY = "fitted_vlad_words"
 
 
@@ -203,26 +214,30 @@ def fitted_for_job(
             **{"n_threads": params["n_threads"], "device": params["device"],
                "batch_size": params["batch_size"]}  # fmt: skip
         )
-        digest = vlad_words_digest(loaded)
+        digest = fitted_state_digest(loaded)
         if recorded is None and not job.manifest["shards"]:  # killed between save and record
             job.record(_FITTED_KEY, digest)
         elif digest != recorded:
             raise DatasetMismatchError(
-                f"{where}: the VLAD words in {str(state)!r} are not those its shards were made "
+                f"{where}: the fit (VLAD words, int8 graph) in {str(state)!r} is not the one its "
+                "shards were made "
                 f"with (sha256 {digest[:12]}..., manifest {str(recorded)[:12]}...){hint}"
             )
         return loaded
-    needs_fit = "vlad" in make_plan(taps="raw", pool=featurizer.get_params()["pool"]).pools
+    params = featurizer.get_params()
+    needs_fit = "vlad" in make_plan(taps="raw", pool=params["pool"]).pools or (
+        params["precision"] == INT8
+    )
     if job.manifest["shards"] and (recorded is not None or needs_fit):
         raise DatasetMismatchError(
             f"{where} lists {len(job.manifest['shards'])} shards but the fit they were made "
             f"with ({str(state)!r}) is missing; refitting would mix rows of other VLAD "
-            f"words{hint}"
+            f"words or another int8 calibration{hint}"
         )
     featurizer.fit(images, on_error=on_error, tile=tile, tile_stride=tile_stride)
-    if save or featurizer.pipeline_.needs_fit():
+    if save or needs_fit:
         featurizer.save(state)
-        job.record(_FITTED_KEY, vlad_words_digest(featurizer))
+        job.record(_FITTED_KEY, fitted_state_digest(featurizer))
     return featurizer
 
 

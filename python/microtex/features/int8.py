@@ -54,27 +54,77 @@ def cpu_has_vnni() -> bool | None:
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
-def _images(plan, images, on_error: str, failures: list, count: int) -> list[np.ndarray]:
-    """Up to ``count`` images as the featurizer reads them, large enough for its deepest tap."""
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` positions spread evenly over ``range(n)`` (all of them when ``k >= n``)."""
+    if k >= n:
+        return list(range(n))
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+
+
+def _inputs(images) -> tuple[list, bool]:
+    """The inputs as a list (folders expanded), and whether they are files."""
+    from microtex.features.stream import all_paths
+    from microtex.io.read import expand_paths
+
+    if all_paths(images):
+        return expand_paths(images), True
+    if isinstance(images, np.ndarray) and images.ndim == 2:
+        return [images], False
+    return list(images), False
+
+
+def _images(plan, images, on_error: str, failures: list, count: int,
+            tiles: tuple[int, int] | None = None) -> list[tuple[str, np.ndarray]]:  # fmt: skip
+    """Up to ``count`` ``(id, image)`` as the featurizer reads (or tiles) them, spread evenly.
+
+    Inputs are visited evenly spaced first (so that folders sorted by class or
+    condition calibrate on all of them), then the rest in order, until
+    ``count`` are taken. With ``tiles`` each input gives at most its share of
+    patches, themselves spread over the image; without, an image too small
+    for the deepest tap or over ``plan.max_pixels`` is skipped (files) or
+    raises, as featurizing it would.
+    """
+    from microtex.errors import ImageTooLargeError
     from microtex.features.stream import iter_inputs
+    from microtex.io.preprocess import tile
     from microtex.io.read import report_skip
 
-    taken = []
-    for image_id, image in iter_inputs(images, plan.crop_bottom, plan.image_size, on_error,
-                                       failures):  # fmt: skip
-        if min(image.shape) < plan.min_side:
-            message = (
-                f"image {image.shape[0]}x{image.shape[1]} is smaller than {plan.min_side} "
-                f"pixels, the least that layer {plan.cnn_taps[-1]} needs"
-            )
-            if on_error == "skip" and not image_id.startswith("array["):
-                report_skip(failures, image_id, message, log)
-                continue
-            raise ImageTooSmallError(f"{image_id}: {message}")
-        taken.append(image)
-        if len(taken) == count:
+    inputs, files = _inputs(images)
+    first = _spread(len(inputs), count)
+    order = first + [i for i in range(len(inputs)) if i not in set(first)]
+    share = max(1, -(-count // max(1, min(len(inputs), count))))
+    taken: list[tuple[str, np.ndarray]] = []
+    for index in order:
+        for image_id, image in iter_inputs([inputs[index]], plan.crop_bottom, plan.image_size,
+                                           on_error, failures):  # fmt: skip
+            image_id = image_id if files else f"array[{index}]"
+            shape = f"{image.shape[0]}x{image.shape[1]}"
+            if tiles is not None:
+                size, stride = tiles
+                if min(image.shape) < size:
+                    problem, error = f"image {shape} is smaller than one {size}x{size} tile", None
+                else:
+                    patches, origins = tile(image, size, stride)
+                    for j in _spread(len(patches), share):
+                        row, col = origins[j]
+                        taken.append((f"{image_id}@{row},{col}", patches[j]))
+                    problem = None
+            elif min(image.shape) < plan.min_side:
+                problem = (f"image {shape} is smaller than {plan.min_side} pixels, the least "
+                           f"that layer {plan.cnn_taps[-1]} needs")  # fmt: skip
+                error = ImageTooSmallError
+            else:
+                problem, error = plan.too_large(*image.shape), ImageTooLargeError
+                if problem is None:
+                    taken.append((image_id, image))
+            if problem is not None:
+                if on_error == "skip" and files:
+                    report_skip(failures, image_id, problem, log)
+                else:
+                    raise (error or ImageTooSmallError)(f"{image_id}: {problem}")
+        if len(taken) >= count:
             break
-    return taken
+    return taken[:count]
 
 
 def _digest(images: list[np.ndarray]) -> str:
@@ -93,6 +143,9 @@ def _code_fingerprint() -> str:
 
 
 def _quantized_graph(float_path: pathlib.Path, calibration: list[np.ndarray]) -> pathlib.Path:
+    import onnx
+    import onnxruntime as ort
+
     from microtex import _files
     from microtex.engine import cache, metadata
     from microtex.engine.export import save_model
@@ -104,6 +157,8 @@ def _quantized_graph(float_path: pathlib.Path, calibration: list[np.ndarray]) ->
         "calibration_sha256": _digest(calibration),
         "quantization": QUANTIZATION,
         "code_sha256": _code_fingerprint(),
+        "onnxruntime": ort.__version__,  # its quantizer made the graph
+        "onnx": onnx.__version__,
     }
 
     def produce(path: pathlib.Path) -> None:
@@ -167,28 +222,36 @@ def _report(float_path, int8_path, images, taps, held_out: bool, n_calibration: 
     return report
 
 
-def calibrate(pipeline, images, *, on_error: str = "raise",
-              failures: list | None = None) -> tuple[pathlib.Path, dict]:  # fmt: skip
+def calibrate(pipeline, images, *, on_error: str = "raise", failures: list | None = None,
+              tiles: tuple[int, int] | None = None) -> tuple[pathlib.Path, dict]:  # fmt: skip
     """Quantize ``pipeline``'s network on ``images``; ``(int8 graph path, accuracy report)``.
 
-    The first ``CALIBRATION_IMAGES`` readable images calibrate, the next
-    ``HELD_OUT_IMAGES`` measure; with fewer, the error is measured on the
-    calibration images themselves (``"held_out": False`` in the report).
+    Up to ``CALIBRATION_IMAGES + HELD_OUT_IMAGES`` readable images (or tiles)
+    are taken, spread over the inputs; ``HELD_OUT_IMAGES`` of them, spread over
+    those, measure and the rest calibrate. With fewer than
+    ``CALIBRATION_IMAGES + 1``, all calibrate and the error is measured on
+    them (``"held_out": False`` in the report).
     """
     from microtex.backbones.vgg import cached_onnx
 
     plan = pipeline.plan
     failures = [] if failures is None else failures
-    taken = _images(plan, images, on_error, failures, CALIBRATION_IMAGES + HELD_OUT_IMAGES)
+    taken = _images(plan, images, on_error, failures, CALIBRATION_IMAGES + HELD_OUT_IMAGES,
+                    tiles)  # fmt: skip
     if not taken:
         raise NoImagesError("no readable image to calibrate the int8 network on",
                             failures=failures)  # fmt: skip
-    calibration = taken[:CALIBRATION_IMAGES]
-    held = taken[CALIBRATION_IMAGES:]
+    n_held = max(0, min(HELD_OUT_IMAGES, len(taken) - CALIBRATION_IMAGES))
+    held_at = set(_spread(len(taken), n_held + 2)[1:-1]) if n_held else set()
+    held = [taken[i] for i in sorted(held_at)]
+    calibration = [item for i, item in enumerate(taken) if i not in held_at]
     float_path = cached_onnx(plan.config, conv_algorithm="direct")
-    int8_path = _quantized_graph(float_path, calibration)
-    report = _report(float_path, int8_path, held or calibration, plan.cnn_taps, bool(held),
-                     len(calibration))  # fmt: skip
+    int8_path = _quantized_graph(float_path, [image for _, image in calibration])
+    measured = held or calibration
+    report = _report(float_path, int8_path, [image for _, image in measured], plan.cnn_taps,
+                     bool(held), len(calibration))  # fmt: skip
+    report["calibration_ids"] = [i for i, _ in calibration]
+    report["test_ids"] = [i for i, _ in measured]
     if report["cpu_vnni"] is False:
         log.warning("this CPU has no VNNI instructions: int8 runs little faster than float32 here")
     if not report["within_tolerance"]:

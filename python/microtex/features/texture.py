@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pathlib
 import warnings
 
@@ -169,7 +170,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
             from microtex.features.int8 import calibrate
 
             path, self.int8_report_ = calibrate(
-                self.pipeline_, X, on_error=on_error, failures=failures
+                self.pipeline_, X, on_error=on_error, failures=failures, tiles=tiles
             )
             self.pipeline_.onnx_path = path
         if self.pipeline_.needs_fit():
@@ -206,8 +207,9 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "feature_names_out_")
         changes = {"n_threads": n_threads, "device": device, "batch_size": batch_size}
         params = {**self.params_, **{k: v for k, v in changes.items() if v is not None}}
+        report = copy.deepcopy(self.int8_report_)
         return type(self)(**params)._build(
-            dict(self.vlad_dictionaries_), self.pipeline_.onnx_path, self.int8_report_
+            dict(self.vlad_dictionaries_), self.pipeline_.onnx_path, report
         )
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
