@@ -371,7 +371,8 @@ def test_vlad_words_are_checked_on_resume_and_a_lost_fit_is_not_silently_redone(
     (folder / MANIFEST_FILE).write_text(json.dumps(m))
     monkeypatch.setattr(TextureFeaturizer, "fit", refit)
     (folder / "part-00001.parquet").unlink()  # something left to do
-    with pytest.raises(DatasetMismatchError, match="VLAD words in .* are not those"):
+    with pytest.raises(DatasetMismatchError,
+                       match=r"the fit \(VLAD words, int8 graph\) in .* is not the one"):
         featurize_dataset(images, folder, shard_size=2, **params)
     m["fitted_vlad_words"] = digest
     (folder / MANIFEST_FILE).write_text(json.dumps(m))
