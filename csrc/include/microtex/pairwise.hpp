@@ -97,9 +97,8 @@ __attribute__((target("avx512f,fma"))) void pairwise_tile(const T* const* __rest
 template <class T>
 class PairwiseDistances {
   public:
-    static constexpr std::ptrdiff_t W = generic::vec32<T>::lanes;
-    static constexpr std::ptrdiff_t NR = 2 * W;  // rows per packed micro-panel
-    static constexpr std::ptrdiff_t MR = 6;      // rows per tile
+    static constexpr std::ptrdiff_t NR = PanelShape<T>::NR;  // rows per packed micro-panel
+    static constexpr std::ptrdiff_t MR = PanelShape<T>::MR;  // rows per tile
     // features per chunk: float products summed over at most 256 terms before
     // they reach a double (relative error ~1e-5 of |a||b| in float32)
     static constexpr std::ptrdiff_t KC = 256;

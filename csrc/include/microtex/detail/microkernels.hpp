@@ -27,6 +27,16 @@ namespace avx2 {
 }  // namespace avx2
 #endif
 
+// The packed layout gram_panel_tile, pack_panel and panel_sq_norms work in:
+// k-major micro-panels of NR = 2W rows (W lanes of a 32-byte vector), tiles of
+// MR = 6 rows against one panel. Every caller that packs or tiles uses these.
+template <class T>
+struct PanelShape {
+    static constexpr std::ptrdiff_t W = generic::vec32<T>::lanes;
+    static constexpr std::ptrdiff_t NR = 2 * W;
+    static constexpr std::ptrdiff_t MR = 6;
+};
+
 template <class T>
 struct Microkernels {
     void (*pack_panel)(const T* const*, long, long, T*);

@@ -49,9 +49,8 @@ inline std::ptrdiff_t gram_features(std::ptrdiff_t c, bool triu) {
 template <class T>
 class GramWorker {
   public:
-    static constexpr std::ptrdiff_t W = generic::vec32<T>::lanes;
-    static constexpr std::ptrdiff_t NR = 2 * W;  // channels per packed micro-panel
-    static constexpr std::ptrdiff_t MR = 6;      // rows per tile
+    static constexpr std::ptrdiff_t NR = PanelShape<T>::NR;  // channels per packed micro-panel
+    static constexpr std::ptrdiff_t MR = PanelShape<T>::MR;  // rows per tile
     static constexpr std::ptrdiff_t KC = 256;    // positions per chunk: a 16 KiB float panel
     static constexpr std::ptrdiff_t kStripRows = 8 * MR;
 

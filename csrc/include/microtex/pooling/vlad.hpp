@@ -129,7 +129,7 @@ class VladWorker {
 
   private:
     static constexpr std::ptrdiff_t kRows = 8;
-    static constexpr std::ptrdiff_t NR = 2 * generic::vec32<T>::lanes;
+    static constexpr std::ptrdiff_t NR = PanelShape<T>::NR;
     // From this many channels the word sums read rows transposed to
     // position-major (word_sums_packed); with fewer, the extra transposing
     // pass costs more than the scattered reads it saves.
