@@ -575,7 +575,18 @@ def _sklearn_base():
     return BaseEstimator, TransformerMixin
 
 
-class TwoPointCorrelation(*_sklearn_base()):
+class _StatelessImageTransformer:
+    """scikit-learn tags of a transformer of image stacks that needs no fit."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags
+
+
+class TwoPointCorrelation(_StatelessImageTransformer, *_sklearn_base()):
     """Two-point statistics as a scikit-learn transformer (PyMKS's parameters and output).
 
     ``transform`` takes ``(n_samples, H, W, n_phases)`` (or ``(n_samples, H,
@@ -624,15 +635,8 @@ class TwoPointCorrelation(*_sklearn_base()):
                         cutoff=self.cutoff, n_threads=self.n_threads)  # fmt: skip
         return out.reshape(len(out), -1) if self.flatten else out
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
-        return tags
 
-
-class PowerSpectrum(*_sklearn_base()):
+class PowerSpectrum(_StatelessImageTransformer, *_sklearn_base()):
     """Power spectra as a scikit-learn transformer: one row of features per image.
 
     ``transform`` takes ``(n_samples, H, W)`` images and returns
@@ -689,10 +693,3 @@ class PowerSpectrum(*_sklearn_base()):
             names = [f"power_{ky}_{kx}" for ky in range(-(height // 2), height - height // 2)
                      for kx in range(-(width // 2), width - width // 2)]  # fmt: skip
         return np.asarray(names, dtype=object)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
-        return tags
