@@ -38,6 +38,7 @@ __all__ = [
     "all_paths",
     "batches",
     "graph_conv_algorithm",
+    "input_list",
     "iter_inputs",
     "prefetch",
 ]
@@ -57,6 +58,22 @@ def all_paths(images) -> bool:
     return _is_path(images) or (
         isinstance(images, (list, tuple)) and bool(images) and all(_is_path(x) for x in images)
     )
+
+
+def input_list(images) -> tuple[list, bool]:
+    """``images`` as a list to read (folders expanded), and whether they are files.
+
+    For callers that visit the inputs more than once or out of order (a
+    generator is consumed here, once); :func:`iter_inputs` reads the list.
+    """
+    if _is_path(images):
+        images = [images]
+    elif isinstance(images, np.ndarray) and images.ndim == 2:
+        return [images], False
+    images = list(images)
+    if images and all(_is_path(x) for x in images):
+        return mio.expand_paths(images), True
+    return images, False
 
 
 def _shown(value) -> str:

@@ -35,6 +35,7 @@ from microtex._validation import (
 )
 from microtex.backbones.layers import min_image_side
 from microtex.features.plan import RAW_TAP
+from microtex.features.stream import input_list
 from microtex.interpret import heatmap as _heatmap
 from microtex.interpret import importance as _importance
 from microtex.interpret.filters import TextureSettings, filter_texture
@@ -54,31 +55,12 @@ def _classifier(model):
     return model
 
 
-def _inputs(images) -> tuple[list, bool]:
-    """``(inputs, arrays)``: the images as a list read once, and whether they are arrays."""
-    if isinstance(images, (str, os.PathLike)):
-        return [images], False
-    if isinstance(images, np.ndarray) and images.ndim == 2:
-        return [images], True
-    inputs = list(images)
-    arrays = not all(isinstance(x, (str, os.PathLike)) for x in inputs)
-    return inputs, arrays
+def _input_ids(inputs: list, files: bool) -> list[str]:
+    """The ids the images will be read under: each file's path, or ``array[i]``."""
+    return [str(x) for x in inputs] if files else [f"array[{i}]" for i in range(len(inputs))]
 
 
-def _input_ids(inputs: list, arrays: bool) -> list[str]:
-    """The ids the images will be read under (``array[i]``, or each file's path as expanded)."""
-    if arrays:
-        return [f"array[{i}]" for i in range(len(inputs))]
-    from microtex.io.read import expand_paths
-
-    return [str(path) for path in expand_paths(inputs)]
-
-
-def _same_file(path: str) -> str:
-    return os.path.realpath(path)
-
-
-def _label_table(labels, inputs: list, arrays: bool) -> dict[str, str] | None:
+def _label_table(labels, inputs: list, files: bool) -> dict[str, str] | None:
     """``{id: label}`` for every image that will be read, checked before any is read.
 
     A mapping from paths matches files however their paths are spelled
@@ -87,9 +69,9 @@ def _label_table(labels, inputs: list, arrays: bool) -> dict[str, str] | None:
     """
     if labels is None:
         return None
-    ids = _input_ids(inputs, arrays)
+    ids = _input_ids(inputs, files)
     if isinstance(labels, Mapping):
-        key = str if arrays else _same_file
+        key = os.path.realpath if files else str
         table = {key(os.fspath(k)): str(v) for k, v in labels.items()}
         missing = [i for i in ids if key(i) not in table]
         if missing:
@@ -242,16 +224,17 @@ def explain(
             raise FileExistsError(f"{str(output)!r} exists and is not a folder")
         if any(output.iterdir()) and not overwrite:
             raise FileExistsError(f"{str(output)!r} exists and is not empty; pass overwrite=True")
-    inputs, arrays = _inputs(images)
-    label_of = _label_table(labels, inputs, arrays)
+    inputs, files = input_list(images)
+    label_of = _label_table(labels, inputs, files)
 
     # one pass: the features (pooled by the featurizer's kernels from the same
     # activations), each tap's mean per filter, thumbnails, the heat-map images
     failures: list = []
     ids, rows, thumbnails, kept = [], [], [], []
     means: dict[str, list] = {t: [] for t in config.taps}
+    graph = _heatmap.ActivationGraph(featurizer)
     for image_id, image, acts in _heatmap.activations(
-        inputs, featurizer, on_error=on_error, failures=failures
+        inputs, graph, on_error=on_error, failures=failures
     ):
         outputs = {t: a[None] for t, a in acts.items()}
         if plan.raw:
@@ -375,7 +358,6 @@ def explain(
         weights = next((r for r in ranked_lists if r), [])
         if kept and not weights:
             index["heatmaps_skipped"] = "no ranked feature to weight (no importances)"
-        graph = _heatmap.ActivationGraph(featurizer)
         for number, (image_id, image) in enumerate(kept if weights else ()):
             heat, what = _heatmap.weighted_map(graph.run(image), weights, image.shape)
             file = f"heatmap_{number}.png"

@@ -125,16 +125,17 @@ def activations(
     ----------
     images : array (n, H, W), list of 2-D arrays, or paths
         As :func:`microtex.featurize` takes them.
-    source : TextureFeaturizer, BackboneConfig or None
+    source : TextureFeaturizer, BackboneConfig, ActivationGraph or None
         A fitted featurizer (e.g. ``classifier.featurizer``: its graph, taps,
         crop and resize), or a backbone configuration whose activations graph
-        is exported on first use (default: the normalized VGG19, block_first).
+        is exported on first use (default: the normalized VGG19, block_first),
+        or an :class:`ActivationGraph` already made from one.
     on_error : {"raise", "skip"}
         ``"skip"``: unreadable files go to ``failures``.
     """
     from microtex.features.stream import iter_inputs
 
-    graph = ActivationGraph(source)
+    graph = source if isinstance(source, ActivationGraph) else ActivationGraph(source)
     failures = [] if failures is None else failures
     deepest = graph.taps[-1]
     for image_id, image in iter_inputs(
@@ -153,10 +154,10 @@ def mean_activations(images, tap: str, source=None) -> tuple[list[str], np.ndarr
 
     ``source`` as for :func:`activations`; default: the normalized VGG19 up to ``tap``.
     """
-    source = BackboneConfig(taps=tap) if source is None else source
-    ActivationGraph(source).check([tap])
+    graph = ActivationGraph(BackboneConfig(taps=tap) if source is None else source)
+    graph.check([tap])
     ids, rows = [], []
-    for image_id, _, acts in activations(images, source):
+    for image_id, _, acts in activations(images, graph):
         ids.append(image_id)
         rows.append(acts[tap].mean(axis=(1, 2)))
     if not rows:
