@@ -29,7 +29,16 @@ import numpy as np
 
 from microtex.errors import ImageTooSmallError, NoImagesError
 
-__all__ = ["CALIBRATION_IMAGES", "HELD_OUT_IMAGES", "TOLERANCE", "calibrate", "cpu_has_vnni"]
+__all__ = [
+    "CALIBRATION_IMAGES",
+    "HELD_OUT_IMAGES",
+    "TOLERANCE",
+    "calibrate",
+    "cpu_flags",
+    "cpu_has_vnni",
+    "pooled_features",
+    "relative_errors",
+]
 
 log = logging.getLogger("microtex.features")
 
@@ -41,14 +50,19 @@ TOLERANCE = 0.02
 _REPORT_POOLS = ("mean", "max", "gram")
 
 
-def cpu_has_vnni() -> bool | None:
-    """Whether the CPU has AVX-512 VNNI or AVX-VNNI (None where /proc/cpuinfo cannot say)."""
+def cpu_flags() -> list[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (None where it cannot be read)."""
     try:
         text = pathlib.Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), None)  # fmt: skip
+    return next((line.split(":", 1)[1].split() for line in text.splitlines()
+                 if line.startswith("flags")), None)  # fmt: skip
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether the CPU has AVX-512 VNNI, AVX-VNNI or AMX int8 (None where it cannot say)."""
+    flags = cpu_flags()
     if flags is None:
         return None
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
@@ -59,18 +73,6 @@ def _spread(n: int, k: int) -> list[int]:
     if k >= n:
         return list(range(n))
     return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
-
-
-def _inputs(images) -> tuple[list, bool]:
-    """The inputs as a list (folders expanded), and whether they are files."""
-    from microtex.features.stream import all_paths
-    from microtex.io.read import expand_paths
-
-    if all_paths(images):
-        return expand_paths(images), True
-    if isinstance(images, np.ndarray) and images.ndim == 2:
-        return [images], False
-    return list(images), False
 
 
 def _images(plan, images, on_error: str, failures: list, count: int,
@@ -85,11 +87,11 @@ def _images(plan, images, on_error: str, failures: list, count: int,
     raises, as featurizing it would.
     """
     from microtex.errors import ImageTooLargeError
-    from microtex.features.stream import iter_inputs
+    from microtex.features.stream import input_list, iter_inputs
     from microtex.io.preprocess import tile
     from microtex.io.read import report_skip
 
-    inputs, files = _inputs(images)
+    inputs, files = input_list(images)
     first = _spread(len(inputs), count)
     order = first + [i for i in range(len(inputs)) if i not in set(first)]
     share = max(1, -(-count // max(1, min(len(inputs), count))))
@@ -171,18 +173,34 @@ def _quantized_graph(float_path: pathlib.Path, calibration: list[np.ndarray]) ->
                              record={"calibration_images": len(calibration)})  # fmt: skip
 
 
-def _pooled(session, images, taps) -> dict[str, np.ndarray]:
+def pooled_features(run, images, taps) -> dict[str, np.ndarray]:
+    """``{"{tap}/{mean|max|gram}": (n_images, n_features)}`` float64 of each image, one at a time.
+
+    ``run(batch)`` gives ``{tap: activations}`` for a ``(1, 1, H, W)`` batch
+    (an ONNX Runtime session's ``run``, or any other runtime's); Gram is G/M,
+    upper triangle.
+    """
     from microtex.features import pooling
 
     out: dict[str, list] = {}
     for image in images:
-        result = session.run(image[None, None])
+        result = run(np.ascontiguousarray(image, dtype=np.float32)[None, None])
         for tap in taps:
-            acts = result[tap]
+            acts = np.ascontiguousarray(result[tap], dtype=np.float32)
             out.setdefault(f"{tap}/mean", []).append(pooling.mean_pool(acts)[0])
             out.setdefault(f"{tap}/max", []).append(pooling.max_pool(acts)[0])
             out.setdefault(f"{tap}/gram", []).append(pooling.gram(acts)[0])
     return {key: np.stack(rows).astype(np.float64) for key, rows in out.items()}
+
+
+def relative_errors(got: dict, reference: dict) -> dict[str, dict[str, float]]:
+    """Per feature block: median and max over images of ‖f − f_ref‖ / ‖f_ref‖."""
+    errors = {}
+    for key, ref in reference.items():
+        norms = np.linalg.norm(ref, axis=1)
+        relative = np.linalg.norm(got[key] - ref, axis=1) / np.where(norms > 0, norms, 1.0)
+        errors[key] = {"median": float(np.median(relative)), "max": float(relative.max())}
+    return errors
 
 
 def _nearest(rows: np.ndarray) -> np.ndarray:
@@ -194,13 +212,9 @@ def _nearest(rows: np.ndarray) -> np.ndarray:
 def _report(float_path, int8_path, images, taps, held_out: bool, n_calibration: int) -> dict:
     from microtex.engine.session import Session
 
-    reference = _pooled(Session(float_path, device="cpu"), images, taps)
-    got = _pooled(Session(int8_path, device="cpu"), images, taps)
-    errors = {}
-    for key, ref in reference.items():
-        norms = np.linalg.norm(ref, axis=1)
-        relative = np.linalg.norm(got[key] - ref, axis=1) / np.where(norms > 0, norms, 1.0)
-        errors[key] = {"median": float(np.median(relative)), "max": float(relative.max())}
+    reference = pooled_features(Session(float_path, device="cpu").run, images, taps)
+    got = pooled_features(Session(int8_path, device="cpu").run, images, taps)
+    errors = relative_errors(got, reference)
     report = {
         "calibration_images": n_calibration,
         "test_images": len(images),
