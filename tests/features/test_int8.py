@@ -178,13 +178,15 @@ def test_the_calibrate_and_featurize_commands(textures, tmp_path, capsys):
     assert main(["calibrate", str(folder), "-o", str(tmp_path / "int8")]) == 2  # exists
     assert "exists" in capsys.readouterr().err
     assert main(["calibrate", str(folder), "-o", str(tmp_path / "x"), "--precision", "fp32"]) == 2
+    assert main(["calibrate", str(folder), "-o", str(tmp_path / "x"), "--groups", "g"]) == 2
+    assert "--groups names a column of --labels" in capsys.readouterr().err
     labels = folder / "labels.csv"
     # fine stripes (k < 10) against coarse: a set the features separate, not perfectly
     labels.write_text("path,label\n" + "".join(f"{i:02d}.png,{'ab'[i >= 12]}\n" for i in range(24)))
     code = main(["calibrate", "-o", str(tmp_path / "labelled"), "--labels", str(labels),
                  "--taps", "relu1_1", "--pool", "mean", "--cv-repeats", "1"])  # fmt: skip
     out = capsys.readouterr().out
-    assert code == 0 and "random forest on 24 labelled images" in out
+    assert code == 0 and "random forest on 24 labelled images, 1 x 3-fold CV" in out
     downstream = load_bundle(tmp_path / "labelled").int8_report_["downstream"]
     assert downstream["n_images"] == 24 and 0 <= downstream["nearest_neighbour_agreement"] <= 1
     assert abs(downstream["f1_int8"] - downstream["f1_float32"]) <= 0.05, downstream

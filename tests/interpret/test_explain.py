@@ -88,6 +88,22 @@ def test_the_cli_explains_the_labelled_images_skipping_a_bad_file(stripe_classif
     assert code == 2 and "no label for image" in capsys.readouterr().err
     assert not (tmp_path / "again").exists()
     assert main(["explain", str(tmp_path / "nothing"), str(folder), "-o", str(tmp_path / "x")]) == 2
+    # every option reaches what is written
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    code = main(["explain", str(bundle), "-o", str(tmp_path / "options"),
+                 "--labels", str(folder / "labels.csv"), "--tap", "relu1_1",
+                 "--characteristic", "2", "--exemplars", "1", "--heatmaps", "2",
+                 "--texture-size", "24", "--steps", "3", "--seed", "5", "--top", "1",
+                 "--importance", "impurity", "--threads", "1"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    index = json.loads((tmp_path / "options" / "index.json").read_text())
+    assert index["texture_settings"] == {**TINY.to_dict(), "size": 24, "steps": 3, "seed": 5}
+    assert index["characteristic"]["tap"] == "relu1_1" and len(index["heatmaps"]) == 2
+    for entry in index["characteristic"]["classes"]:
+        assert len(entry["filters"]) == 2
+        assert all(len(f["exemplars"]) == 1 for f in entry["filters"])
+    assert list(index["top_textures"]) == ["impurity"] and "block_importance" not in index
+    assert len(index["top_textures"]["impurity"]["textures"]) == 1
 
 
 def test_explain_reads_a_generator_once_and_matches_labels_however_paths_are_spelled(

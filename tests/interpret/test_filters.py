@@ -123,6 +123,15 @@ def test_settings_are_stored_as_plain_numbers_so_numpy_values_key_the_cache(tmp_
     assert texture.filters == (3,) and texture.image.shape == (16, 16)
 
 
+@pytest.mark.parametrize("change", [{"jitter": 0}, {"decay": 0.5}, {"learning_rate": 0.01}])
+def test_each_regularizer_setting_changes_the_texture(change):
+    base = TextureSettings(size=24, steps=6)
+    changed = TextureSettings(**{**base.to_dict(), **change})
+    a = filter_texture("relu1_1", 5, settings=base, cache=False).image
+    b = filter_texture("relu1_1", 5, settings=changed, cache=False).image
+    assert np.abs(a - b).max() > 1e-3
+
+
 def test_top_filters_ranks_by_mean_activation():
     acts = np.array([[0.0, 3.0, 1.0, 3.0], [0.0, 1.0, 1.5, 1.0]])
     assert top_filters(acts, 3).tolist() == [1, 3, 2]  # means 2, 2, 1.25: a tie goes by index
