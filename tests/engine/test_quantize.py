@@ -1,4 +1,5 @@
-"""int8: channel equalization is exact in float, and the QDQ graph stays close to float32."""
+"""int8: equalization is exact in float, GPTQ rounding lowers the output error, the QDQ graph
+stays close to float32, and a conv kept in float runs right."""
 
 from __future__ import annotations
 
@@ -56,10 +57,20 @@ def test_equalization_evens_the_channels_and_leaves_the_outputs(float_graph, tex
     from onnx.shape_inference import infer_shapes
 
     model = infer_shapes(model)
-    assert equalize_channels(model, [{"image": c} for c in calibration]) == 1  # conv1_2 -> conv2_1
-    before, after = _features(float_graph, held), _features(model, held)
-    for key in before:
-        np.testing.assert_allclose(after[key], before[key], rtol=2e-4, atol=1e-5)
+    untouched = onnx.ModelProto()
+    untouched.CopyFrom(model)
+    feeds = [{"image": c} for c in calibration]
+    # conv1_1 -> relu1_1 (a tap) -> conv1_2, and conv1_2 -> pool -> conv2_1
+    assert equalize_channels(model, feeds) == 2
+    assert equalize_channels(untouched, feeds, taps=False) == 1
+    restores = [n for n in model.graph.node if n.op_type == "Mul"]
+    assert [n.output[0] for n in restores] == ["relu1_1"]
+    before = _features(float_graph, held)
+    for equalized in (model, untouched):
+        after = _features(equalized, held)
+        assert set(after) == set(before)
+        for key in before:
+            np.testing.assert_allclose(after[key], before[key], rtol=2e-4, atol=1e-5)
 
 
 def test_the_int8_graph_is_within_two_percent_and_bias_correction_helps(float_graph, textures):
@@ -67,16 +78,129 @@ def test_the_int8_graph_is_within_two_percent_and_bias_correction_helps(float_gr
     reference = _features(float_graph, held)
     quantized, record = quantize_static_int8(float_graph, calibration)
     ops = [n.op_type for n in quantized.graph.node]
-    assert ops.count("QuantizeLinear") >= 4 and "Conv" in ops
-    assert record["chains_equalized"] == 1 and record["convs_bias_corrected"] == 4
+    assert ops.count("QuantizeLinear") >= 4 and "Conv" in ops and "Mul" not in ops
+    assert record["chains_equalized"] == 2 and record["convs_bias_corrected"] == 4
+    assert record["convs_gptq_rounded"] == 4 and record["float_convs"] == []
     assert record["calibration_images"] == 12
+    # the equalized tap relu1_1 comes back through one per-channel DequantizeLinear
+    (tap,) = [n for n in quantized.graph.node if n.output[0] == "relu1_1"]
+    assert tap.op_type == "DequantizeLinear"
+    assert [a.i for a in tap.attribute if a.name == "axis"] == [1]
     errors = _median_errors(quantized, reference, held)
-    assert max(errors.values()) < 0.02, errors
-    plain, _ = quantize_static_int8(float_graph, calibration, bias_correction=False,
-                                    equalize_percentile=None)  # fmt: skip
+    assert max(errors.values()) < 0.01, errors
+    plain, _ = quantize_static_int8(
+        float_graph, calibration, bias_correction=False, equalize_percentile=None,
+        weight_rounding="nearest",
+    )  # fmt: skip
     plain_errors = _median_errors(plain, reference, held)
-    assert errors["relu2_1/mean"] < plain_errors["relu2_1/mean"]
+    for key in errors:
+        assert errors[key] < plain_errors[key], (key, errors[key], plain_errors[key])
     assert 0 < min(plain_errors.values())  # quantization does change the features
+
+
+def test_gptq_rounding_lowers_the_layer_output_error(float_graph, textures):
+    """Each correction on its own: GPTQ beats nearest rounding on every tap of held-out images."""
+    calibration, held = textures
+    reference = _features(float_graph, held)
+    common = {"equalize_percentile": None, "bias_correction": False}
+    gptq, record = quantize_static_int8(float_graph, calibration, **common)
+    nearest, _ = quantize_static_int8(float_graph, calibration, weight_rounding="nearest", **common)
+    assert record["convs_gptq_rounded"] == 4
+    ours, theirs = (_median_errors(m, reference, held) for m in (gptq, nearest))
+    assert all(ours[key] < theirs[key] for key in ours), (ours, theirs)
+
+
+def test_a_conv_kept_in_float_runs_as_float_in_microtex_sessions(float_graph, textures, tmp_path):
+    """ONNX Runtime's WeightBiasQuantization would re-quantize it; microtex's sessions leave
+    that optimizer out, so the optimized session gives the unoptimized graph's numbers."""
+    import onnxruntime as ort
+
+    from microtex.engine.session import Session
+
+    calibration, held = textures
+    quantized, record = quantize_static_int8(float_graph, calibration, keep_float=["conv1_2"])
+    assert record["float_convs"] == ["/conv1_2/Conv"] and record["convs_gptq_rounded"] == 3
+    initializers = {i.name for i in quantized.graph.initializer}
+    (conv,) = [n for n in quantized.graph.node if n.name == "/conv1_2/Conv"]
+    assert conv.input[1] in initializers  # float weights, no DequantizeLinear
+    path = tmp_path / "mixed.onnx"
+    onnx.save(quantized, path)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ours = Session(path, device="cpu", n_threads=1)
+    for image in held[:3]:
+        batch = image[None, None].astype(np.float32)
+        expected = dict(zip(ours.output_names, plain.run(None, {"image": batch})))
+        got = ours.run(batch)
+        for name, value in expected.items():  # fused integer kernels round a few values apart
+            assert np.linalg.norm(got[name] - value) < 1e-3 * np.linalg.norm(value), name
+    errors = _median_errors(quantized, _features(float_graph, held), held)
+    assert max(errors.values()) < 0.01, errors
+
+
+def test_gptq_with_uncorrelated_inputs_is_nearest_rounding():
+    from microtex.engine.weight_rounding import gptq_round
+
+    rng = np.random.default_rng(1)
+    weight = rng.normal(0, 0.2, (6, 40))
+    scale = np.abs(weight).max(axis=1) / 127
+    moment = np.diag(rng.uniform(0.5, 2.0, 40))
+    nearest = np.clip(np.round(weight / scale[:, None]), -128, 127)
+    np.testing.assert_array_equal(gptq_round(weight, scale, moment, block=16), nearest)
+
+
+def test_gptq_lowers_the_output_error_of_correlated_inputs():
+    from microtex.engine.weight_rounding import gptq_round
+
+    rng = np.random.default_rng(2)
+    mixing = rng.normal(size=(64, 64)) * np.linspace(1, 0.05, 64)
+    seen, unseen = (rng.normal(size=(n, 64)) @ mixing.T for n in (4000, 4000))
+    weight = rng.normal(0, 0.1, (16, 64))
+    scale = np.abs(weight).max(axis=1) / 127
+    nearest = np.clip(np.round(weight / scale[:, None]), -128, 127)
+    levels = gptq_round(weight, scale, seen.T @ seen, block=24)
+    assert levels.dtype == np.int8 and np.abs(levels.astype(int) - nearest).max() <= 2
+
+    def error(q):
+        return np.linalg.norm(unseen @ (weight - q * scale[:, None]).T)
+
+    assert error(levels) < 0.6 * error(nearest), (error(levels), error(nearest))
+
+
+@pytest.mark.parametrize(
+    ("pads", "strides", "dilations"),
+    [([1, 1, 1, 1], [1, 1], [1, 1]), ([0, 2, 1, 0], [2, 1], [1, 2])],
+)
+def test_conv_input_moments_are_those_of_every_receptive_field(pads, strides, dilations):
+    from onnx import helper
+
+    from microtex.engine.weight_rounding import conv_input_moments
+
+    rng = np.random.default_rng(3)
+    x = rng.random((2, 3, 9, 8)).astype(np.float32)
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=pads, strides=strides,
+                            dilations=dilations)  # fmt: skip
+    weight = np.zeros((4, 3, 3, 2), np.float32)
+    got = conv_input_moments(lambda feed: feed, [{"x": x}], [conv], {"c": weight},
+                             positions=10_000)["c"]  # fmt: skip
+    padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    expected = np.zeros((18, 18))
+    for image in padded:
+        for r in range(0, padded.shape[2] - 2 * dilations[0], strides[0]):
+            for c in range(0, padded.shape[3] - dilations[1], strides[1]):
+                field = image[:, r : r + 3 * dilations[0] : dilations[0],
+                              c : c + 2 * dilations[1] : dilations[1]].ravel()  # fmt: skip
+                expected += np.outer(field, field)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_bad_options_are_named(float_graph, textures):
+    calibration, _ = textures
+    with pytest.raises(ValueError, match="keep_float names 'conv9_9'"):
+        quantize_static_int8(float_graph, calibration, keep_float=["conv9_9"])
+    with pytest.raises(ValueError, match="weight_rounding"):
+        quantize_static_int8(float_graph, calibration, weight_rounding="stochastic")
 
 
 @pytest.mark.parametrize(

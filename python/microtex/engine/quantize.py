@@ -2,20 +2,23 @@
 
 ONNX Runtime runs int8 convolutions (uint8 activations, int8 weights) on
 VNNI CPUs at two to three times the float32 rate, but a naive static
-quantization of VGG moves its features by several percent: activations are
-quantized per tensor, and a VGG layer's channels span ranges a hundred times
-apart, so most channels get a few of the 256 levels. Measured on real
-micrographs (``benchmarks/bench_int8.py``), two corrections bring the
-block_first features from 2–4.5 % (median relative error) to 0.3–2 %:
+quantization of VGG moves its features by several percent. Measured on real
+micrographs (``benchmarks/bench_int8.py``), three corrections bring the
+block_first features from 2–4.5 % (median relative error) to 0.1–1.5 %:
 
-* **channel equalization** (before quantizing): for a Conv → ReLU (→ pool) →
-  Conv chain whose middle tensor is not an output, each middle channel c is
-  divided by s_c (the first conv's weights and bias) and multiplied back in
-  the second conv's input weights — exact in float, since ReLU and both
-  poolings commute with positive scales. s_c is the channel's
-  ``equalize_percentile``-th percentile on the calibration images over the
-  median of those, so every channel spans about the same range and uses all
-  256 levels. Outputs (taps) are never rescaled.
+* **channel equalization** (before quantizing): activations are quantized per
+  tensor, and a VGG layer's channels span ranges a hundred times apart, so
+  most channels would get a few of the 256 levels. For a Conv → ReLU (→ pool)
+  → Conv chain each middle channel c is divided by s_c (the first conv's
+  weights and bias) and multiplied back in the second conv's input weights —
+  exact in float, since ReLU and both poolings commute with positive scales.
+  s_c is the channel's ``equalize_percentile``-th percentile on the
+  calibration images over the median of those. Where the middle tensor is a
+  tap (a graph output), the tap is restored by a per-channel
+  DequantizeLinear of the equalized tensor, so taps keep their values.
+* **error-compensating weight rounding** (GPTQ, :mod:`.weight_rounding`):
+  each filter's rounding errors are spread over its other weights along the
+  directions its inputs vary least on the calibration images.
 * **sequential bias correction** (after): quantization shifts each
   convolution's output channels by a mean error; conv by conv in graph
   order, the mean of its output on the calibration images in the quantized
@@ -24,7 +27,11 @@ block_first features from 2–4.5 % (median relative error) to 0.3–2 %:
 
 Weights are int8 per output channel, activations uint8 per tensor (MinMax
 over the calibration images), in ONNX's QDQ format, which ONNX Runtime fuses
-into integer kernels. Needs ``onnx`` (the torch extra).
+into integer kernels. ``keep_float`` leaves named convolutions in float32
+(mixed precision); sessions over such graphs must leave out ONNX Runtime's
+``WeightBiasQuantization`` optimizer, as microtex's sessions do
+(:data:`microtex.engine.session.DISABLED_OPTIMIZERS`).
+Needs ``onnx`` (the torch extra).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import numpy as np
 
 from microtex._validation import check_real
 from microtex.engine.export import require_onnx
+from microtex.engine.session import DISABLED_OPTIMIZERS
 
 __all__ = ["QUANTIZATION", "equalize_channels", "quantize_static_int8"]
 
@@ -51,9 +59,13 @@ QUANTIZATION = {
     "weights": "int8, per output channel",
     "activations": "uint8, per tensor, MinMax",
     "equalize_percentile": 99.99,
+    "equalize_taps": True,
+    "weight_rounding": "gptq",
     "bias_correction": "sequential",
 }
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 _POOLS = ("MaxPool", "AveragePool")
+_RESTORE = "microtex_restore_tap/"
 
 
 def _calibration(images: Iterable[np.ndarray], input_name: str) -> list[dict[str, np.ndarray]]:
@@ -81,7 +93,8 @@ def _session(model):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(DISABLED_OPTIMIZERS),
     )
 
 
@@ -116,19 +129,21 @@ def _consumers(graph) -> dict[str, list]:
     return users
 
 
-def _chains(model) -> list[tuple[Any, str, Any]]:
-    """``(first conv, middle tensor, second conv)`` of every Conv → Relu (→ pool) → Conv chain.
+def _chains(model, taps: bool = True) -> list[tuple[Any, Any, Any]]:
+    """``(first conv, relu, second conv)`` of every Conv → Relu (→ pool) → Conv chain.
 
-    The middle tensor (the ReLU's or the pool's output) and the ReLU's output
-    must feed nothing else and be no graph output.
+    The conv's output must feed only the ReLU, and the ReLU's output (and the
+    pool's) only the next node; the ReLU's output may be a graph output (a
+    tap) when ``taps``, the conv's and the pool's may not.
     """
     graph = model.graph
     outputs = {o.name for o in graph.output}
     users = _consumers(graph)
 
-    def only_user(name):
+    def only_user(name, may_be_output=False):
         found = users.get(name, [])
-        return found[0] if len(found) == 1 and name not in outputs else None
+        ok = len(found) == 1 and (may_be_output or name not in outputs)
+        return found[0] if ok else None
 
     chains = []
     for conv in graph.node:
@@ -137,54 +152,160 @@ def _chains(model) -> list[tuple[Any, str, Any]]:
         relu = only_user(conv.output[0])
         if relu is None or relu.op_type != "Relu":
             continue
-        middle = relu.output[0]
-        after = only_user(middle)
+        after = only_user(relu.output[0], may_be_output=taps)
         if after is not None and after.op_type in _POOLS:
-            middle = after.output[0]
-            after = only_user(middle)
+            after = only_user(after.output[0])
         group = next((a.i for a in after.attribute if a.name == "group"), 1) if after else None
         if after is not None and after.op_type == "Conv" and group == 1:
-            chains.append((conv, relu.output[0], after))
+            chains.append((conv, relu, after))
     return chains
 
 
-def equalize_channels(model, feeds, percentile: float = QUANTIZATION["equalize_percentile"]):
+def equalize_channels(model, feeds, percentile: float = QUANTIZATION["equalize_percentile"],
+                      taps: bool = True):  # fmt: skip
     """Rescale the channels inside Conv → ReLU (→ pool) → Conv chains; returns the chains' count.
 
     ``model`` (an ``onnx.ModelProto``, float32) is changed in place; its
-    outputs are unchanged up to float rounding. See the module docstring.
+    outputs are unchanged up to float rounding. With ``taps``, chains whose
+    ReLU output is a graph output are equalized too: the ReLU then writes
+    ``{tap}/equalized`` and a Mul node named ``microtex_restore_tap/{tap}``
+    scales it back into the tap. See the module docstring.
     """
     onnx = require_onnx("int8 quantization")
     from onnx import numpy_helper
 
     percentile = check_real("percentile", percentile, minimum=0, maximum=100, inclusive=False)
-    chains = _chains(model)
+    chains = _chains(model, taps)
     if not chains:
         return 0
     ranges = _channel_statistics(
         model,
         feeds,
-        [relu_out for _, relu_out, _ in chains],
+        [relu.output[0] for _, relu, _ in chains],
         lambda parts: np.percentile(np.concatenate(parts, axis=1), percentile, axis=1),
     )
-    initializers = {i.name: i for i in model.graph.initializer}
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
 
     def replace(name, array):
         initializers[name].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
 
-    for first, relu_out, second in chains:
-        spread = ranges[relu_out]
+    done = 0
+    for first, relu, second in chains:
+        tap = relu.output[0]
+        spread = ranges[tap]
         live = spread > 0
         if not live.any():
             continue
-        scale = np.where(live, spread / np.median(spread[live]), 1.0)
+        scale = np.where(live, spread / np.median(spread[live]), 1.0).astype(np.float32)
         weight, bias = (numpy_helper.to_array(initializers[n]) for n in first.input[1:3])
         replace(first.input[1], weight / scale[:, None, None, None])
         replace(first.input[2], bias / scale)
         following = numpy_helper.to_array(initializers[second.input[1]])
         replace(second.input[1], following * scale[None, :, None, None])
+        done += 1
+        if tap in outputs:
+            inner = f"{tap}/equalized"
+            relu.output[0] = inner
+            for node in graph.node:
+                node.input[:] = [inner if name == tap else name for name in node.input]
+            factor = f"{tap}/channel_scale"
+            graph.initializer.append(numpy_helper.from_array(scale.reshape(1, -1, 1, 1), factor))
+            position = list(graph.node).index(relu) + 1
+            graph.node.insert(position, onnx.helper.make_node(
+                "Mul", [inner, factor], [tap], name=_RESTORE + tap))  # fmt: skip
     onnx.checker.check_model(model)
-    return len(chains)
+    return done
+
+
+def _fold_restores(model) -> None:
+    """Replace each tap's DequantizeLinear → restoring Mul by one per-channel DequantizeLinear.
+
+    One pass over the tap instead of two; a Mul whose input is not
+    dequantized (a tap of a conv kept in float) stays.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    for mul in [n for n in graph.node if n.op_type == "Mul" and n.name.startswith(_RESTORE)]:
+        dequantize = producer.get(mul.input[0])
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue
+        factor = numpy_helper.to_array(initializers[mul.input[1]]).reshape(-1)
+        tensor_scale = numpy_helper.to_array(initializers[dequantize.input[1]])
+        zero = numpy_helper.to_array(initializers[dequantize.input[2]])
+        if tensor_scale.size != 1 or zero.size != 1:
+            continue
+        tap = mul.output[0]
+        scales = (float(tensor_scale.reshape(())) * factor).astype(tensor_scale.dtype)
+        graph.initializer.extend([
+            numpy_helper.from_array(scales, f"{tap}/dequantize_scale"),
+            numpy_helper.from_array(np.full(factor.shape, zero.reshape(()), zero.dtype),
+                                    f"{tap}/dequantize_zero_point"),
+        ])  # fmt: skip
+        node = helper.make_node(
+            "DequantizeLinear",
+            [dequantize.input[0], f"{tap}/dequantize_scale", f"{tap}/dequantize_zero_point"],
+            [tap], name=f"{tap}/DequantizeLinear", axis=1,
+        )  # fmt: skip
+        graph.node.insert(list(graph.node).index(mul), node)
+        graph.node.remove(mul)
+    used = {name for node in graph.node for name in node.input}
+    for initializer in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(initializer)
+
+
+def _round_weights(float_model, quantized, feeds) -> int:
+    """GPTQ rounding of every quantized conv's int8 weights (in place); returns the convs."""
+    from onnx import numpy_helper
+
+    from microtex.engine.weight_rounding import conv_input_moments, gptq_round
+
+    float_convs = {n.name: n for n in float_model.graph.node if n.op_type == "Conv"}
+    float_weights = {i.name: i for i in float_model.graph.initializer}
+    initializers = {i.name: i for i in quantized.graph.initializer}
+    producer = {out: node for node in quantized.graph.node for out in node.output}
+    targets = []
+    for node in quantized.graph.node:
+        source = float_convs.get(node.name)
+        dequantize = producer.get(node.input[1]) if node.op_type == "Conv" else None
+        if source is None or dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue  # not a conv, or one left in float
+        if next((a.i for a in node.attribute if a.name == "group"), 1) != 1:
+            continue
+        targets.append((source, dequantize))
+    if not targets:
+        return 0
+    weights = {c.name: numpy_helper.to_array(float_weights[c.input[1]]) for c, _ in targets}
+    names = list(dict.fromkeys(c.input[0] for c, _ in targets))
+    session = _session(_with_outputs(float_model, names))
+    moments = conv_input_moments(
+        lambda feed: dict(zip(names, session.run(names, feed))), feeds,
+        [c for c, _ in targets], weights,
+    )  # fmt: skip
+    for conv, dequantize in targets:
+        weight = weights[conv.name]
+        scale = numpy_helper.to_array(initializers[dequantize.input[1]])
+        levels = gptq_round(weight.reshape(len(weight), -1), scale, moments[conv.name])
+        name = dequantize.input[0]
+        initializers[name].CopyFrom(numpy_helper.from_array(levels.reshape(weight.shape), name))
+    return len(targets)
+
+
+def _float_convs(model, names: Sequence[str]) -> list[str]:
+    """Node names of the convs ``names`` call for: a node's name, or its layer (``conv5_1``)."""
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    found = []
+    for name in names:
+        matches = [c for c in convs if c == name or f"/{name}/" in c]
+        if not matches:
+            raise ValueError(f"keep_float names {name!r}, which is no convolution of the graph "
+                             f"(its convolutions: {', '.join(convs)})")  # fmt: skip
+        found += matches
+    return found
 
 
 class _Reader:
@@ -237,7 +358,10 @@ def quantize_static_int8(
     *,
     input_name: str = "image",
     equalize_percentile: float | None = QUANTIZATION["equalize_percentile"],
+    equalize_taps: bool = True,
+    weight_rounding: str = QUANTIZATION["weight_rounding"],
     bias_correction: bool = True,
+    keep_float: Sequence[str] = (),
 ):
     """A QDQ int8 copy of a float32 convolutional graph, calibrated on images.
 
@@ -252,23 +376,27 @@ def quantize_static_int8(
     equalize_percentile : float or None
         Percentile of each channel that channel equalization evens out (None:
         no equalization).
+    equalize_taps : bool
+        Equalize chains whose middle tensor is a graph output too (the output
+        is restored exactly).
+    weight_rounding : {"gptq", "nearest"}
     bias_correction : bool
-
-    Every convolution is quantized: leaving one in float32 (mixed precision)
-    made ONNX Runtime 1.32's graph optimizer produce features 30 % off on
-    VGG19 (a float conv between QDQ convs; correct with optimizations off), so
-    the accuracy comes from equalization and bias correction instead.
+    keep_float : sequence of str
+        Convolutions left in float32: node names or layer names (``"conv5_1"``).
 
     Returns
     -------
     (onnx.ModelProto, dict)
         The quantized graph and what was done (``QUANTIZATION`` with the
-        options used, the chains equalized and the convs corrected).
+        options used, the chains equalized, the convs rounded and corrected).
     """
     onnx = require_onnx("int8 quantization")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from microtex._validation import check_choice
+
+    check_choice("weight_rounding", weight_rounding, WEIGHT_ROUNDINGS)
     feeds = _calibration(calibration, input_name)
     if isinstance(float_model, onnx.ModelProto):
         copy = onnx.ModelProto()
@@ -282,14 +410,16 @@ def quantize_static_int8(
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_{i}_microtex"
         seen.add(node.name)
+    floats = _float_convs(float_model, keep_float)
     with tempfile.TemporaryDirectory(prefix="microtex-int8-") as tmp:
         source, prepared, target = (pathlib.Path(tmp) / n for n in ("a.onnx", "b.onnx", "c.onnx"))
         onnx.save(float_model, source)
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(prepared)
         chains = 0 if equalize_percentile is None else equalize_channels(
-            model, feeds, equalize_percentile
+            model, feeds, equalize_percentile, taps=equalize_taps
         )
+        restores = [n.name for n in model.graph.node if n.name.startswith(_RESTORE)]
         onnx.save(model, prepared)
         quantize_static(
             str(prepared),
@@ -300,16 +430,24 @@ def quantize_static_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=floats + restores,
         )
         quantized = onnx.load(target)
+    _fold_restores(quantized)
+    rounded = _round_weights(model, quantized, feeds) if weight_rounding == "gptq" else 0
     corrected = _correct_biases(model, quantized, feeds) if bias_correction else 0
     record = {
         **QUANTIZATION,
         "equalize_percentile": equalize_percentile,
+        "equalize_taps": bool(equalize_taps and equalize_percentile is not None),
+        "weight_rounding": weight_rounding,
         "bias_correction": "sequential" if bias_correction else None,
         "calibration_images": sum(len(f[input_name]) for f in feeds),
         "chains_equalized": chains,
+        "convs_gptq_rounded": rounded,
         "convs_bias_corrected": corrected,
+        "float_convs": floats,
     }
-    log.info("int8: %d chains equalized, %d convs bias-corrected", chains, corrected)
+    log.info("int8: %d chains equalized, %d convs GPTQ-rounded, %d bias-corrected, %d float",
+             chains, rounded, corrected, len(floats))  # fmt: skip
     return quantized, record

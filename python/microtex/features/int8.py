@@ -139,9 +139,9 @@ def _digest(images: list[np.ndarray]) -> str:
 
 @functools.cache
 def _code_fingerprint() -> str:
-    from microtex.engine import cache, quantize
+    from microtex.engine import cache, quantize, weight_rounding
 
-    return cache.code_fingerprint([__file__, quantize.__file__])
+    return cache.code_fingerprint([__file__, quantize.__file__, weight_rounding.__file__])
 
 
 def _quantized_graph(float_path: pathlib.Path, calibration: list[np.ndarray]) -> pathlib.Path:
