@@ -7,14 +7,20 @@ For each tap preset (``block_first``, ``block_last``) of the default VGG19:
 * the float32 graph is exported twice, direct (the reference and what gets
   quantized) and Winograd (what microtex runs on the CPU today);
 * ``engine.quantize.quantize_static_int8`` calibrates its int8 graph on 20
-  images and a naive one (no equalization, no bias correction) on the same;
+  images, and on the same: last version's (nearest rounding, taps not
+  equalized), a naive one (no equalization, nearest rounding, no bias
+  correction), for block_last one with block 5 kept in float32, and one
+  calibrated on the built-in textures instead;
 * **accuracy** on 30 held-out images: per tap and pooling (mean, max, Gram), the
   relative error ‖f − f₃₂‖ / ‖f₃₂‖ of each image's feature vector, median and
-  max over the images, for both int8 graphs and for OpenVINO's bf16 (the
+  max over the images, for each int8 graph and for OpenVINO's bf16 (the
   direct float graph with ``INFERENCE_PRECISION_HINT=bf16``) and int8 (our
   QDQ graph) runs;
 * **speed** at 224², batch 1 and 8, in alternating turns on all cores
-  (``_common.time_turns``), ratios paired against the float32 Winograd graph.
+  (``_common.time_turns``), ratios paired against the float32 Winograd graph;
+* **accuracy at full size**: the same for 512² crops of the micrographs
+  (20 calibrate, the rest measure), where the deepest taps average 4× more
+  positions.
 
 Images: AMPIS spheroidite crops and MetalDAM crops from ``../shared/data``
 when it exists (real micrographs calibrate and test int8 honestly), else
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +47,19 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIDE = 224
 BARS = {"batch 8": 2.0, "batch 1": 1.6}
 TOLERANCE = 0.02
+
+
+def full_size(side: int = 512) -> list[np.ndarray]:
+    """Up to side² top-left crops of every AMPIS spheroidite and the first 30 MetalDAM
+    micrographs (info band cropped), shuffled with seed 0; [] without the data."""
+    from microtex import read_image
+
+    paths = sorted((DATA / "ampis" / "spheroidite" / "images").glob("*.png"))
+    paths += sorted((DATA / "metaldam" / "images").glob("*.jpg"))[:30]
+    crops = [read_image(p, crop_bottom="auto" if p.suffix == ".jpg" else None)[:side, :side]
+             for p in paths]  # fmt: skip
+    order = np.random.default_rng(0).permutation(len(crops))
+    return [crops[i].astype(np.float32) for i in order]
 
 
 def images(n: int = 50) -> tuple[list[np.ndarray], str]:
@@ -73,10 +93,15 @@ class OrtRunner:
     def __init__(self, path, threads):
         import onnxruntime as ort
 
+        from microtex.engine.session import DISABLED_OPTIMIZERS
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(  # as microtex's sessions (block 5 kept float)
+            str(path), options, providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(DISABLED_OPTIMIZERS),
+        )
         self.names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, batch):
@@ -113,7 +138,7 @@ def main() -> int:
     from microtex.backbones import BackboneConfig, cached_onnx
     from microtex.engine.quantize import quantize_static_int8
     from microtex.engine.session import default_threads
-    from microtex.features.int8 import pooled_features, relative_errors
+    from microtex.features.int8 import calibration_textures, pooled_features, relative_errors
 
     threads = default_threads()
     pool, source = images()
@@ -132,29 +157,56 @@ def main() -> int:
         config = BackboneConfig(taps=preset)
         direct = cached_onnx(config, conv_algorithm="direct")
         winograd = cached_onnx(config, conv_algorithm="winograd")
-        quantized, record = quantize_static_int8(str(direct), calibration)
-        ours = tmp / f"{preset}-int8.onnx"
-        onnx.save(quantized, ours)
-        naive_model, _ = quantize_static_int8(str(direct), calibration, bias_correction=False,
-                                              equalize_percentile=None)  # fmt: skip
-        naive = tmp / f"{preset}-naive.onnx"
-        onnx.save(naive_model, naive)
+        block5 = [f"conv5_{i}" for i in range(1, 5)] if preset == "block_last" else None
+        variants = {
+            "int8 (microtex)": {},
+            "int8 (last version: nearest rounding, taps not equalized)": {
+                "weight_rounding": "nearest", "equalize_taps": False},
+            "int8 (naive)": {"weight_rounding": "nearest", "equalize_percentile": None,
+                             "bias_correction": False},
+        }  # fmt: skip
+        if block5:
+            variants["int8, block 5 in float32"] = {"keep_float": block5}
+        graphs, records = {}, {}
+        for name, options in variants.items():
+            started = time.perf_counter()
+            model, records[name] = quantize_static_int8(str(direct), calibration, **options)
+            records[name]["seconds"] = round(time.perf_counter() - started, 1)
+            graphs[name] = tmp / f"{preset}-{len(graphs)}.onnx"
+            onnx.save(model, graphs[name])
+        textures_model, records["int8, built-in textures"] = quantize_static_int8(
+            str(direct), calibration_textures(len(calibration)))
+        graphs["int8, built-in textures"] = tmp / f"{preset}-textures.onnx"
+        onnx.save(textures_model, graphs["int8, built-in textures"])
+        ours = graphs["int8 (microtex)"]
 
         reference = pooled_features(OrtRunner(direct, threads), held, config.taps)
 
-        def errors(run, reference=reference, taps=config.taps):
+        def errors(run, reference=reference, taps=config.taps, held=held):
             return relative_errors(pooled_features(run, held, taps), reference)
 
-        accuracy = {"int8 (microtex)": errors(OrtRunner(ours, threads)),
-                    "int8 (naive)": errors(OrtRunner(naive, threads))}  # fmt: skip
+        accuracy = {name: errors(OrtRunner(path, threads)) for name, path in graphs.items()}
         if openvino_version:
             accuracy["OpenVINO bf16"] = errors(OpenVinoRunner(direct, threads, "bf16"))
             accuracy["OpenVINO int8 (our QDQ graph)"] = errors(OpenVinoRunner(ours, threads, "f32"))
+        full = full_size()
+        full_accuracy = {}
+        if len(full) > 25:
+            full_reference = pooled_features(OrtRunner(direct, threads), full[20:], config.taps)
+            for name in ["int8 (microtex)"] + (["int8, block 5 in float32"] if block5 else []):
+                model, _ = quantize_static_int8(str(direct), full[:20], **variants[name])
+                path = tmp / f"{preset}-full-{len(full_accuracy)}.onnx"
+                onnx.save(model, path)
+                full_accuracy[name] = errors(OrtRunner(path, threads), full_reference,
+                                             held=full[20:])  # fmt: skip
         speed = {}
         for batch in (1, 8):
             x = np.random.default_rng(batch).random((batch, 1, SIDE, SIDE), dtype=np.float32)
             runners = {"float32 Winograd (ORT)": OrtRunner(winograd, threads),
                        "int8 (microtex, ORT)": OrtRunner(ours, threads)}  # fmt: skip
+            if block5:
+                runners["int8, block 5 float32 (ORT)"] = OrtRunner(
+                    graphs["int8, block 5 in float32"], threads)
             if openvino_version:
                 runners["OpenVINO bf16"] = OpenVinoRunner(direct, threads, "bf16", x.shape)
                 runners["OpenVINO int8"] = OpenVinoRunner(ours, threads, "f32", x.shape)
@@ -167,14 +219,22 @@ def main() -> int:
                        "speedup": round(paired_ratio(turns, base, name), 3)}
                 for name, t in times.items()
             }  # fmt: skip
-        payload["presets"][preset] = {"quantization": record, "accuracy": accuracy,
-                                      "speed": speed}  # fmt: skip
+        payload["presets"][preset] = {
+            "quantization": records, "accuracy": accuracy, "speed": speed,
+            "accuracy_512": {"images": f"{len(full) - 20} held-out 512² crops, 20 calibrate",
+                             **full_accuracy},
+        }  # fmt: skip
         ours_acc = accuracy["int8 (microtex)"]
         barred = [k for k in ours_acc if not k.endswith("/max")]  # the bar is mean and Gram
         worst = max(barred, key=lambda k: ours_acc[k]["median"])
         print(f"\n{preset}: worst median error {worst} {ours_acc[worst]['median']:.4f}")
         rows = [[k, round(v["median"], 5), round(v["max"], 5)] for k, v in ours_acc.items()]
         print(markdown_table(["feature", "median rel. error", "max"], rows))
+        at_512 = {f"{k} @512²": v for k, v in full_accuracy.items()}
+        for name, errs in {**accuracy, **at_512}.items():
+            worst_k = max((k for k in errs if not k.endswith("/max")),
+                          key=lambda k: errs[k]["median"])  # fmt: skip
+            print(f"  {name}: worst {worst_k} {errs[worst_k]['median']:.4f}")
         for label, entries in speed.items():
             rows = [[k, v["images_per_s"], v["speedup"]] for k, v in entries.items()]
             headers = ["candidate", "images/s", "× float32 Winograd"]

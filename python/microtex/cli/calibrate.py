@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("images", nargs="*",
                    help="image files or folders, typical of what you will featurize "
-                        "(default: --labels' images)")
+                        "(default: --labels' images, else built-in synthetic textures)")
     p.add_argument("--labels", default=None,
                    help="CSV with columns path and label: also compare float32 and int8 "
                         "features downstream (random-forest macro F1 on the same CV splits)")
@@ -51,19 +51,21 @@ def run(args) -> int:
         # folds that cannot be made fail now, not after the calibration
         cv_splits(labels.labels, labels.groups, n_repeats=1, random_state=args.seed)
         images = images or [str(path) for path in labels.paths]
-    if not images:
-        raise ValueError("no images: give image files or folders, or --labels")
     featurizer = featurizer_from_args(args)
     failures: list = []
-    featurizer.fit(images, on_error=args.on_error, failures=failures)
+    featurizer.fit(images or None, on_error=args.on_error, failures=failures)
     report_failures(failures)
     report = featurizer.int8_report_
     if labels is not None:
         report["downstream"] = _downstream(featurizer, labels, args)
     featurizer.save(args.output, overwrite=args.overwrite)
     where = "held-out" if report["held_out"] else "calibration (too few to hold any out)"
-    print(f"int8 calibrated on {report['calibration_images']} images; error against float32 on "
-          f"{report['test_images']} {where} images (median / max relative):")
+    what = " built-in texture" if report.get("calibration") == "built-in textures" else ""
+    print(f"int8 calibrated on {report['calibration_images']}{what} images; error against "
+          f"float32 on {report['test_images']} {where}{what} images (median / max relative):")
+    if what:
+        print("microtex: note: calibrating on images like the ones you will featurize is more "
+              "accurate (microtex calibrate IMAGES)", file=sys.stderr)
     for feature, error in report["relative_error"].items():
         print(f"  {feature:16s} {100 * error['median']:6.2f} % / {100 * error['max']:6.2f} %")
     if "nearest_neighbour_agreement" in report:

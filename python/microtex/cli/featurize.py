@@ -82,6 +82,12 @@ def add_featurizer_options(f) -> None:
         "first 20 images (microtex calibrate makes a reusable bundle); pooling stays fp32",
     )
     f.add_argument(
+        "--float-layers",
+        default="",
+        help="with --precision int8: comma list of convolutions kept in float32, e.g. "
+        "conv5_1,conv5_2,conv5_3,conv5_4 (slower, closer to float32)",
+    )
+    f.add_argument(
         "--conv-algorithm",
         default="auto",
         choices=["auto", *CONV_ALGORITHMS],
@@ -205,6 +211,7 @@ def featurizer_from_args(args):
             "engine", "max_pixels")  # fmt: skip
     return TextureFeaturizer(
         **{name: getattr(args, name) for name in same},
+        float_layers=tuple(n.strip() for n in args.float_layers.split(",") if n.strip()),
         taps="raw" if args.raw else args.taps,
         block_pooling=block_pooling,
         n_threads=args.threads,

@@ -5,10 +5,17 @@
 resized as the featurizer reads them) to quantize the float32 direct graph
 (:func:`microtex.engine.quantize.quantize_static_int8`), and up to
 ``HELD_OUT_IMAGES`` more to measure the result against float32. The quantized
-graph is cached under a hash of the float graph, the calibration images and
-the quantization code, and travels in a bundle as its ``backbone.onnx``; the
+graph is cached under a hash of the float graph, the calibration images, the
+layers kept in float32 (``float_layers``), the quantization code and the
+onnx and onnxruntime versions, and travels in a bundle as its ``backbone.onnx``; the
 accuracy report travels in the manifest. Pooling (Gram, mean, max, VLAD) runs
 in float32 on the int8 graph's float32 outputs.
+
+Without images (``fit(None)``, ``microtex calibrate`` with none given) the
+network is calibrated on :func:`calibration_textures`, synthetic two-phase
+fields, lamellae and gray-level textures built into microtex; the report
+then says so (``"calibration": "built-in textures"``) and a warning notes that
+images like the ones to be featurized calibrate better.
 
 The report gives, per tap and pooling, the relative error ‖f − f₃₂‖ / ‖f₃₂‖
 of each held-out image's feature vector (median and max over the images),
@@ -34,6 +41,7 @@ __all__ = [
     "HELD_OUT_IMAGES",
     "TOLERANCE",
     "calibrate",
+    "calibration_textures",
     "cpu_flags",
     "cpu_has_vnni",
     "pooled_features",
@@ -66,6 +74,41 @@ def cpu_has_vnni() -> bool | None:
     if flags is None:
         return None
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def calibration_textures(count: int = CALIBRATION_IMAGES + HELD_OUT_IMAGES,
+                         size: int = 224) -> list[np.ndarray]:  # fmt: skip
+    """``count`` synthetic ``size``² images in [0, 1] to calibrate int8 on without real ones.
+
+    In turn: two-phase microstructures (thresholded Gaussian random fields,
+    correlation length 1.5–12 px, 10–50 % second phase, 0.3–0.5 contrast,
+    dark or bright matrix), lamellar marble textures (4–28
+    stripes per side) and continuous gray-level fields with noise; the same
+    images every call.
+    """
+    from microtex import synth
+
+    rng = np.random.default_rng(20261130)
+    images = []
+    for i in range(count):
+        kind, t = i % 3, (i // 3) / max(1, (count - 1) // 3)
+        if kind == 0:
+            length, fraction = 1.5 + 10.5 * t, 0.1 + 0.4 * rng.random()
+            phase = synth.two_phase_field((size, size), length, fraction, seed=rng)
+            soft = synth.gaussian_random_field((size, size), 1.0, seed=rng)  # grain-level shading
+            low = rng.uniform(0.05, 0.45)
+            low, high = low, low + rng.uniform(0.3, 0.5)
+            low, high = (low, high) if i % 2 else (high, low)
+            image = low + (high - low) * phase + 0.03 * soft
+        elif kind == 1:
+            image = synth.perlin_texture(size, k=4 + 24 * t, theta=rng.uniform(0, np.pi),
+                                         amplitude=rng.uniform(0.5, 2.5), seed=rng)  # fmt: skip
+        else:
+            field = synth.gaussian_random_field((size, size), 2 + 14 * t, seed=rng)
+            image = 0.5 + 0.18 * field + 0.05 * rng.standard_normal((size, size))
+        image = image + 0.02 * rng.standard_normal((size, size))
+        images.append(np.clip(image, 0, 1).astype(np.float32))
+    return images
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -144,7 +187,8 @@ def _code_fingerprint() -> str:
     return cache.code_fingerprint([__file__, quantize.__file__, weight_rounding.__file__])
 
 
-def _quantized_graph(float_path: pathlib.Path, calibration: list[np.ndarray]) -> pathlib.Path:
+def _quantized_graph(float_path: pathlib.Path, calibration: list[np.ndarray],
+                     float_layers: tuple[str, ...] = ()) -> pathlib.Path:  # fmt: skip
     import onnx
     import onnxruntime as ort
 
@@ -152,19 +196,23 @@ def _quantized_graph(float_path: pathlib.Path, calibration: list[np.ndarray]) ->
     from microtex.engine import cache, metadata
     from microtex.engine.export import save_model
     from microtex.engine.quantize import QUANTIZATION, quantize_static_int8
+    from microtex.engine.session import DISABLED_OPTIMIZERS
 
     key = {
         "kind": "int8-backbone",
         "float_graph_sha256": _files.sha256_file(float_path),
         "calibration_sha256": _digest(calibration),
         "quantization": QUANTIZATION,
+        "float_layers": list(float_layers),
+        "disabled_optimizers": list(DISABLED_OPTIMIZERS),  # bias correction runs sessions
         "code_sha256": _code_fingerprint(),
         "onnxruntime": ort.__version__,  # its quantizer made the graph
         "onnx": onnx.__version__,
     }
 
     def produce(path: pathlib.Path) -> None:
-        model, record = quantize_static_int8(str(float_path), calibration)
+        model, record = quantize_static_int8(str(float_path), calibration,
+                                             keep_float=float_layers)  # fmt: skip
         document = metadata.read_metadata(float_path)
         document.update(precision="int8", quantization=record)
         save_model(metadata.attach(model, document), path)
@@ -244,12 +292,18 @@ def calibrate(pipeline, images, *, on_error: str = "raise", failures: list | Non
     are taken, spread over the inputs; ``HELD_OUT_IMAGES`` of them, spread over
     those, measure and the rest calibrate. With fewer than
     ``CALIBRATION_IMAGES + 1``, all calibrate and the error is measured on
-    them (``"held_out": False`` in the report).
+    them (``"held_out": False`` in the report). ``images=None`` calibrates
+    on :func:`calibration_textures` (224², or a tile; resized as images are).
     """
     from microtex.backbones.vgg import cached_onnx
 
     plan = pipeline.plan
     failures = [] if failures is None else failures
+    builtin = images is None
+    if builtin:
+        images = calibration_textures(size=max(tiles[0] if tiles else 224, plan.min_side))
+        log.warning("int8 calibrated on built-in synthetic textures; images like the ones you "
+                    "will featurize calibrate better (fit on them, or microtex calibrate IMAGES)")
     taken = _images(plan, images, on_error, failures, CALIBRATION_IMAGES + HELD_OUT_IMAGES,
                     tiles)  # fmt: skip
     if not taken:
@@ -260,19 +314,26 @@ def calibrate(pipeline, images, *, on_error: str = "raise", failures: list | Non
     held = [taken[i] for i in sorted(held_at)]
     calibration = [item for i, item in enumerate(taken) if i not in held_at]
     float_path = cached_onnx(plan.config, conv_algorithm="direct")
-    int8_path = _quantized_graph(float_path, [image for _, image in calibration])
+    int8_path = _quantized_graph(float_path, [image for _, image in calibration],
+                                 plan.float_layers)  # fmt: skip
     measured = held or calibration
     report = _report(float_path, int8_path, [image for _, image in measured], plan.cnn_taps,
                      bool(held), len(calibration))  # fmt: skip
-    report["calibration_ids"] = [i for i, _ in calibration]
-    report["test_ids"] = [i for i, _ in measured]
+    report["calibration"] = "built-in textures" if builtin else "images"
+    report["float_layers"] = list(plan.float_layers)
+
+    def named(items):
+        return [i.replace("array[", "texture[", 1) if builtin else i for i, _ in items]
+
+    report["calibration_ids"], report["test_ids"] = named(calibration), named(measured)
     if report["cpu_vnni"] is False:
         log.warning("this CPU has no VNNI instructions: int8 runs little faster than float32 here")
     if not report["within_tolerance"]:
         worst = report["worst"]
         log.warning(
             "int8 moves %s by %.1f %% (median relative error over %d images), more than the "
-            "%.0f %% tolerance; calibrate on more (and more typical) images or use fp32",
+            "%.0f %% tolerance; calibrate on more (and more typical) images, keep the deepest "
+            "convolutions in float32 (float_layers, --float-layers) or use fp32",
             worst["feature"], 100 * worst["median"], report["test_images"], 100 * TOLERANCE,
         )  # fmt: skip
     if len(calibration) < CALIBRATION_IMAGES:

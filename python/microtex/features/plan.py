@@ -79,6 +79,7 @@ class TexturePlan:
     n_threads: int | None = None
     max_pixels: int | None = None  # per network input; None when no network runs
     quantized: bool = False  # precision="int8": the graph is calibrated when fitted
+    float_layers: tuple[str, ...] = ()  # convolutions an int8 graph keeps in float32
 
     @property
     def raw(self) -> bool:
@@ -115,6 +116,33 @@ class TexturePlan:
             "to resize it or tile (--tile) to cut it into patches, or raise max_pixels "
             "(--max-pixels)"
         )
+
+
+def _check_float_layers(float_layers, quantized: bool, config, backbone) -> tuple[str, ...]:
+    """``float_layers`` as a tuple of conv names the int8 network runs, checked."""
+    from microtex.backbones.layers import layer_names
+
+    if isinstance(float_layers, str):
+        float_layers = [t.strip() for t in float_layers.split(",") if t.strip()]
+    if not isinstance(float_layers, (list, tuple)):
+        raise ValueError(f"float_layers must be conv layer names, got {float_layers!r}")
+    names = tuple(dict.fromkeys(float_layers))
+    if not names:
+        return ()
+    if not quantized:
+        raise ValueError("float_layers keeps convolutions of an int8 network in float32; "
+                         "it needs precision='int8'")  # fmt: skip
+    if config is None:
+        raise ValueError("float_layers names convolutions, but taps='raw' runs no network")
+    layers = layer_names(backbone)
+    run = layers[: layers.index(config.taps[-1]) + 1]
+    for name in names:
+        if not isinstance(name, str) or not name.startswith("conv") or name not in layers:
+            raise ValueError(f"float_layers: {name!r} is not a convolution of {backbone}")
+        if name not in run:
+            raise ValueError(f"float_layers: {name!r} lies past the deepest tap "
+                             f"{run[-1]!r}; the network does not run it")
+    return tuple(sorted(names, key=layers.index))  # one order, one cached graph
 
 
 def resolve_max_pixels(max_pixels, config: BackboneConfig | None, conv_algorithm: str):
@@ -180,6 +208,7 @@ def make_plan(
     engine: str = "auto",
     n_threads: int | None = None,
     max_pixels="auto",
+    float_layers=(),
 ) -> TexturePlan:
     """Check every option of a texture featurization; ValueError names the first bad one.
 
@@ -188,6 +217,7 @@ def make_plan(
     image larger on its own is reported, not run. ``"auto"`` fits the network's
     estimated peak memory (:func:`microtex.backbones.peak_bytes_per_pixel`) in
     half of the machine's memory (:func:`microtex.engine.memory.memory_budget`).
+    ``float_layers`` (``precision="int8"`` only) names convolutions kept in float32.
     """
     pools = check_choices("pool", pool, POOLS)
     check_choice("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
@@ -231,6 +261,7 @@ def make_plan(
             precision=precision,
         )
     max_pixels = resolve_max_pixels(max_pixels, config, conv_algorithm)
+    float_layers = _check_float_layers(float_layers, quantized, config, backbone)
     return TexturePlan(
         taps=((RAW_TAP,) if RAW_TAP in items else ()) + (config.taps if config else ()),
         pools=pools,
@@ -251,6 +282,7 @@ def make_plan(
         n_threads=check_positive_int("n_threads", n_threads, allow_none=True),
         max_pixels=max_pixels,
         quantized=quantized and config is not None,
+        float_layers=float_layers,
     )
 
 
@@ -320,7 +352,7 @@ def params_from_bundle(document: dict) -> dict[str, Any]:
     params = dict(document["params"])
     if "pooling" in params:  # bundles written before block_pooling
         params["block_pooling"] = params.pop("pooling")
-    for key in ("taps", "pool", "image_size"):
+    for key in ("taps", "pool", "image_size", "float_layers"):
         if isinstance(params.get(key), list):
             params[key] = tuple(params[key])
     # the bundle's graph runs as saved; the kernels pool it (equal to the graph's heads)

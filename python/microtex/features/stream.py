@@ -263,7 +263,8 @@ class TexturePipeline:
 
                 raise NotFittedError(
                     "precision='int8' quantizes the network on calibration images: fit the "
-                    "featurizer (or microtex calibrate) first"
+                    "featurizer on yours (or microtex calibrate), or fit(None) on built-in "
+                    "textures, first"
                 )
             path = None if heads else self.onnx_path
             if path is None:

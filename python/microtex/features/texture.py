@@ -76,6 +76,10 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         `~microtex.errors.ImageTooLargeError`. ``"auto"``: what half of the
         machine's memory holds by the network's estimated peak (about 1.8 KB
         a pixel for the default VGG19 taps: 7.1 million pixels with 24 GB).
+    float_layers : str or sequence of str
+        With ``precision="int8"``: convolutions kept in float32 (mixed
+        precision), e.g. ``"conv5_1,conv5_2,conv5_3,conv5_4"``: slower, and
+        closer to float32 where their layers are the most sensitive.
     random_state : int or None
         Seed of the VLAD fit.
 
@@ -111,7 +115,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
                  vlad_max_vectors=100_000, intra_normalize=True, signed_sqrt=True,
                  l2_normalize=True, image_size=None, crop_bottom=None, batch_size=8,
                  device="auto", engine="auto", n_threads=None, max_pixels="auto",
-                 random_state=None, pooling=_DEPRECATED):  # fmt: skip
+                 float_layers=(), random_state=None, pooling=_DEPRECATED):  # fmt: skip
         self.backbone = backbone
         self.weights = weights
         self.taps = taps
@@ -133,6 +137,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         self.engine = engine
         self.n_threads = n_threads
         self.max_pixels = max_pixels
+        self.float_layers = float_layers
         self.random_state = random_state
         self.pooling = pooling
 
@@ -160,8 +165,10 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         images read).
 
         ``X`` is an array ``(n, height, width)``, a list of 2-D arrays, or paths
-        and directories. With ``on_error="skip"`` unreadable files are left out
-        and appended to ``failures``; ``tile`` and ``tile_stride`` fit on
+        and directories; ``None`` calibrates ``precision="int8"`` on built-in
+        textures (images like yours calibrate better).
+        With ``on_error="skip"`` unreadable files are left out and appended to
+        ``failures``; ``tile`` and ``tile_stride`` fit on
         patches (see :func:`microtex.featurize`).
         """
         self._build()
@@ -233,6 +240,7 @@ class TextureFeaturizer(TransformerMixin, BaseEstimator):
         if "block_pooling" not in state:
             state["block_pooling"], state["pooling"] = state.pop("pooling", "max"), _DEPRECATED
         state.setdefault("conv_algorithm", "direct")
+        state.setdefault("float_layers", ())
         onnx_path = state.pop("_bundle_onnx", {}).get("acts")
         for key in ("pools_", "raw_", "taps_cnn_", "_sessions"):
             state.pop(key, None)
