@@ -167,17 +167,16 @@ def main() -> int:
         }  # fmt: skip
         if block5:
             variants["int8, block 5 in float32"] = {"keep_float": block5}
+        sources = {name: calibration for name in variants}
+        variants["int8, built-in textures"] = {}
+        sources["int8, built-in textures"] = calibration_textures(len(calibration))
         graphs, records = {}, {}
         for name, options in variants.items():
             started = time.perf_counter()
-            model, records[name] = quantize_static_int8(str(direct), calibration, **options)
+            model, records[name] = quantize_static_int8(str(direct), sources[name], **options)
             records[name]["seconds"] = round(time.perf_counter() - started, 1)
             graphs[name] = tmp / f"{preset}-{len(graphs)}.onnx"
             onnx.save(model, graphs[name])
-        textures_model, records["int8, built-in textures"] = quantize_static_int8(
-            str(direct), calibration_textures(len(calibration)))
-        graphs["int8, built-in textures"] = tmp / f"{preset}-textures.onnx"
-        onnx.save(textures_model, graphs["int8, built-in textures"])
         ours = graphs["int8 (microtex)"]
 
         reference = pooled_features(OrtRunner(direct, threads), held, config.taps)

@@ -30,6 +30,7 @@ __all__ = [
     "chain_forest",
     "export_forest",
     "export_model",
+    "node_attribute",
     "require_onnx",
     "require_skl2onnx",
     "require_torch",
@@ -64,6 +65,17 @@ def require_onnx(what: str):
     except ImportError:
         raise ImportError(f"{what} needs the onnx package: pip install 'microtex[torch]'") from None
     return onnx
+
+
+def node_attribute(node, name: str, default: Any) -> Any:
+    """The value of an ONNX node's attribute ``name`` (ints as a list, strings as bytes),
+    or ``default`` when the node does not set it."""
+    from onnx import helper
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
 
 
 def require_skl2onnx(what: str):

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from microtex._validation import check_real
-from microtex.engine.export import require_onnx
+from microtex.engine.export import node_attribute, require_onnx
 from microtex.engine.session import DISABLED_OPTIMIZERS
 
 __all__ = ["QUANTIZATION", "equalize_channels", "quantize_static_int8"]
@@ -162,8 +162,7 @@ def _chains(model, taps: bool = True) -> list[tuple[Any, Any, Any]]:
         after = only_user(relu.output[0], may_be_output=taps)
         if after is not None and after.op_type in _POOLS:
             after = only_user(after.output[0])
-        group = next((a.i for a in after.attribute if a.name == "group"), 1) if after else None
-        if after is not None and after.op_type == "Conv" and group == 1:
+        if after is not None and after.op_type == "Conv" and node_attribute(after, "group", 1) == 1:
             chains.append((conv, relu, after))
     return chains
 
@@ -175,9 +174,9 @@ def equalize_channels(model, feeds, percentile: float = QUANTIZATION["equalize_p
     ``model`` (an ``onnx.ModelProto``, float32) is changed in place; its
     outputs are unchanged up to float rounding. With ``taps``, chains whose
     ReLU output is a graph output are equalized too (halfway, ``TAP_STRENGTH``):
-    the ReLU then writes
-    ``{tap}/equalized`` and a Mul node named ``microtex_restore_tap/{tap}``
-    scales it back into the tap. See the module docstring.
+    the ReLU then writes ``{tap}/equalized`` and a Mul node named
+    ``microtex_restore_tap/{tap}`` scales it back into the tap. See the module
+    docstring.
     """
     onnx = require_onnx("int8 quantization")
     from onnx import numpy_helper
@@ -286,10 +285,10 @@ def _round_weights(float_model, quantized, feeds) -> int:
         dequantize = producer.get(node.input[1]) if node.op_type == "Conv" else None
         if source is None or dequantize is None or dequantize.op_type != "DequantizeLinear":
             continue  # not a conv, or one left in float
-        if next((a.i for a in node.attribute if a.name == "group"), 1) != 1:
+        if node_attribute(node, "group", 1) != 1:
             continue
         zero = initializers.get(dequantize.input[2]) if len(dequantize.input) > 2 else None
-        axis = next((a.i for a in dequantize.attribute if a.name == "axis"), 1)
+        axis = node_attribute(dequantize, "axis", 1)
         if (zero is not None and numpy_helper.to_array(zero).any()) or axis != 0:
             continue  # GPTQ keeps symmetric per-output-channel levels only
         targets.append((source, dequantize))
@@ -393,8 +392,8 @@ def quantize_static_int8(
         Percentile of each channel that channel equalization evens out (None:
         no equalization).
     equalize_taps : bool
-        Equalize chains whose middle tensor is a graph output too (the output
-        is restored exactly).
+        Equalize chains whose middle tensor is a graph output too (halfway;
+        the output is scaled back).
     weight_rounding : {"gptq", "nearest"}
     bias_correction : bool
     keep_float : sequence of str

@@ -17,14 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from microtex.engine.export import node_attribute
+
 __all__ = ["conv_input_moments", "gptq_round"]
-
-
-def _attribute(node, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return list(attribute.ints) if attribute.ints else attribute.i
-    return default
 
 
 def _patches(x: np.ndarray, kernel: tuple[int, int], pads, strides, dilations,
@@ -55,22 +50,23 @@ def conv_input_moments(run, feeds, convs, weights: dict[str, np.ndarray], *,
     output positions are sampled per image, so large images cost no more than
     small ones.
     """
+    geometry = {}
+    for conv in convs:
+        auto_pad = node_attribute(conv, "auto_pad", b"NOTSET")
+        if auto_pad not in (b"NOTSET", b""):
+            raise ValueError(f"conv {conv.name!r}: auto_pad={auto_pad.decode()!r} is not "
+                             "supported; export with explicit pads")  # fmt: skip
+        geometry[conv.name] = (weights[conv.name].shape[2:],
+                               node_attribute(conv, "pads", [0, 0, 0, 0]),
+                               node_attribute(conv, "strides", [1, 1]),
+                               node_attribute(conv, "dilations", [1, 1]))  # fmt: skip
     rng = np.random.default_rng(seed)
     moments: dict[str, np.ndarray] = {}
     for feed in feeds:
         values = run(feed)
         for conv in convs:
-            kernel = weights[conv.name].shape[2:]
-            auto_pad = next((a.s for a in conv.attribute if a.name == "auto_pad"), b"NOTSET")
-            if auto_pad not in (b"NOTSET", b""):
-                raise ValueError(f"conv {conv.name!r}: auto_pad={auto_pad.decode()!r} is not "
-                                 "supported; export with explicit pads")  # fmt: skip
-            pads = _attribute(conv, "pads", [0, 0, 0, 0])
-            strides = _attribute(conv, "strides", [1, 1])
-            dilations = _attribute(conv, "dilations", [1, 1])
             for x in values[conv.input[0]]:
-                fields = _patches(np.asarray(x, np.float32), kernel, pads, strides, dilations,
-                                  positions, rng)  # fmt: skip
+                fields = _patches(np.asarray(x, np.float32), *geometry[conv.name], positions, rng)
                 product = (fields.T @ fields).astype(np.float64)
                 moments[conv.name] = moments.get(conv.name, 0) + product
     return moments

@@ -41,9 +41,9 @@ layer ``V`` and its transposed copy are each 2.25× the layer's input and ``M``
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+
+from microtex.engine.export import node_attribute
 
 __all__ = [
     "ALGORITHMS",
@@ -106,15 +106,6 @@ def winograd_matrices() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return bt, g, at
 
 
-def _attribute(node, name: str, default: Any) -> Any:
-    from onnx import helper
-
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
-
-
 def _eligible(node, initializers: dict, min_channels: int) -> bool:
     """A float32 3×3, stride-1, pad-1, ungrouped convolution with constant weights."""
     if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
@@ -129,11 +120,11 @@ def _eligible(node, initializers: dict, min_channels: int) -> bool:
     if len(node.input) > 2 and node.input[2] and node.input[2] not in initializers:
         return False
     return (
-        list(_attribute(node, "strides", [1, 1])) == [1, 1]
-        and list(_attribute(node, "dilations", [1, 1])) == [1, 1]
-        and list(_attribute(node, "pads", [0, 0, 0, 0])) == [1, 1, 1, 1]
-        and _attribute(node, "group", 1) == 1
-        and _attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+        list(node_attribute(node, "strides", [1, 1])) == [1, 1]
+        and list(node_attribute(node, "dilations", [1, 1])) == [1, 1]
+        and list(node_attribute(node, "pads", [0, 0, 0, 0])) == [1, 1, 1, 1]
+        and node_attribute(node, "group", 1) == 1
+        and node_attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
     )
 
 

@@ -97,7 +97,7 @@ def calibration_textures(count: int = CALIBRATION_IMAGES + HELD_OUT_IMAGES,
             phase = synth.two_phase_field((size, size), length, fraction, seed=rng)
             soft = synth.gaussian_random_field((size, size), 1.0, seed=rng)  # grain-level shading
             low = rng.uniform(0.05, 0.45)
-            low, high = low, low + rng.uniform(0.3, 0.5)
+            high = low + rng.uniform(0.3, 0.5)
             low, high = (low, high) if i % 2 else (high, low)
             image = low + (high - low) * phase + 0.03 * soft
         elif kind == 1:
