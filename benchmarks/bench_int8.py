@@ -7,8 +7,8 @@ For each tap preset (``block_first``, ``block_last``) of the default VGG19:
 * the float32 graph is exported twice, direct (the reference and what gets
   quantized) and Winograd (what microtex runs on the CPU today);
 * ``engine.quantize.quantize_static_int8`` calibrates its int8 graph on 20
-  images, and on the same: last version's (nearest rounding, taps not
-  equalized), a naive one (no equalization, nearest rounding, no bias
+  images, and on the same: last version's (channels fully equalized), a
+  naive one (no equalization, nearest rounding, no bias
   correction), for block_last one with block 5 kept in float32, and one
   calibrated on the built-in textures instead;
 * **accuracy** on 30 held-out images: per tap and pooling (mean, max, Gram), the
@@ -18,9 +18,10 @@ For each tap preset (``block_first``, ``block_last``) of the default VGG19:
   QDQ graph) runs;
 * **speed** at 224², batch 1 and 8, in alternating turns on all cores
   (``_common.time_turns``), ratios paired against the float32 Winograd graph;
-* **accuracy at full size**: the same for 512² crops of the micrographs
-  (20 calibrate, the rest measure), where the deepest taps average 4× more
-  positions.
+* **accuracy on whole micrographs**: the same for the micrographs at their
+  size (645×484 to 1280×896; 20 calibrate, the rest measure), as a featurizer
+  with ``image_size=None`` reads them, where the deepest taps average 6–23×
+  more positions than at 224².
 
 Images: AMPIS spheroidite crops and MetalDAM crops from ``../shared/data``
 when it exists (real micrographs calibrate and test int8 honestly), else
@@ -49,15 +50,14 @@ BARS = {"batch 8": 2.0, "batch 1": 1.6}
 TOLERANCE = 0.02
 
 
-def full_size(side: int = 512) -> list[np.ndarray]:
-    """Up to side² top-left crops of every AMPIS spheroidite and the first 30 MetalDAM
-    micrographs (info band cropped), shuffled with seed 0; [] without the data."""
+def whole_micrographs() -> list[np.ndarray]:
+    """Every AMPIS spheroidite and the first 30 MetalDAM micrographs (info band cropped),
+    shuffled with seed 0; [] without the data."""
     from microtex import read_image
 
     paths = sorted((DATA / "ampis" / "spheroidite" / "images").glob("*.png"))
     paths += sorted((DATA / "metaldam" / "images").glob("*.jpg"))[:30]
-    crops = [read_image(p, crop_bottom="auto" if p.suffix == ".jpg" else None)[:side, :side]
-             for p in paths]  # fmt: skip
+    crops = [read_image(p, crop_bottom="auto" if p.suffix == ".jpg" else None) for p in paths]
     order = np.random.default_rng(0).permutation(len(crops))
     return [crops[i].astype(np.float32) for i in order]
 
@@ -160,8 +160,7 @@ def main() -> int:
         block5 = [f"conv5_{i}" for i in range(1, 5)] if preset == "block_last" else None
         variants = {
             "int8 (microtex)": {},
-            "int8 (last version: nearest rounding, taps not equalized)": {
-                "weight_rounding": "nearest", "equalize_taps": False},
+            "int8 (last version: channels fully equalized)": {"equalize_strength": 1.0},
             "int8 (naive)": {"weight_rounding": "nearest", "equalize_percentile": None,
                              "bias_correction": False},
         }  # fmt: skip
@@ -188,12 +187,14 @@ def main() -> int:
         if openvino_version:
             accuracy["OpenVINO bf16"] = errors(OpenVinoRunner(direct, threads, "bf16"))
             accuracy["OpenVINO int8 (our QDQ graph)"] = errors(OpenVinoRunner(ours, threads, "f32"))
-        full = full_size()
-        full_accuracy = {}
+        full = whole_micrographs()
+        full_accuracy, full_records = {}, {}
         if len(full) > 25:
             full_reference = pooled_features(OrtRunner(direct, threads), full[20:], config.taps)
             for name in ["int8 (microtex)"] + (["int8, block 5 in float32"] if block5 else []):
-                model, _ = quantize_static_int8(str(direct), full[:20], **variants[name])
+                started = time.perf_counter()
+                model, record = quantize_static_int8(str(direct), full[:20], **variants[name])
+                full_records[name] = {**record, "seconds": round(time.perf_counter() - started, 1)}
                 path = tmp / f"{preset}-full-{len(full_accuracy)}.onnx"
                 onnx.save(model, path)
                 full_accuracy[name] = errors(OrtRunner(path, threads), full_reference,
@@ -220,7 +221,8 @@ def main() -> int:
             }  # fmt: skip
         payload["presets"][preset] = {
             "quantization": records, "accuracy": accuracy, "speed": speed,
-            "accuracy_512": {"images": f"{len(full) - 20} held-out 512² crops, 20 calibrate",
+            "accuracy_whole": {"images": f"{len(full) - 20} held-out whole micrographs, "
+                                         "20 calibrate", "quantization": full_records,
                              **full_accuracy},
         }  # fmt: skip
         ours_acc = accuracy["int8 (microtex)"]
@@ -229,8 +231,8 @@ def main() -> int:
         print(f"\n{preset}: worst median error {worst} {ours_acc[worst]['median']:.4f}")
         rows = [[k, round(v["median"], 5), round(v["max"], 5)] for k, v in ours_acc.items()]
         print(markdown_table(["feature", "median rel. error", "max"], rows))
-        at_512 = {f"{k} @512²": v for k, v in full_accuracy.items()}
-        for name, errs in {**accuracy, **at_512}.items():
+        whole = {f"{k}, whole micrographs": v for k, v in full_accuracy.items()}
+        for name, errs in {**accuracy, **whole}.items():
             worst_k = max((k for k in errs if not k.endswith("/max")),
                           key=lambda k: errs[k]["median"])  # fmt: skip
             print(f"  {name}: worst {worst_k} {errs[worst_k]['median']:.4f}")

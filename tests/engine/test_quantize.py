@@ -73,6 +73,86 @@ def test_equalization_evens_the_channels_and_leaves_the_outputs(float_graph, tex
             np.testing.assert_allclose(after[key], before[key], rtol=2e-4, atol=1e-5)
 
 
+def test_equalizing_strength_is_the_power_of_the_channel_scales(float_graph, textures):
+    """conv1_2 -> pool -> conv2_1: conv1_2's filters are divided by s_c ** strength."""
+    from onnx import numpy_helper
+
+    calibration, _ = textures
+    feeds = [{"image": c} for c in calibration]
+
+    def conv1_2_ratio(strength):
+        model = onnx.ModelProto()
+        model.CopyFrom(float_graph)
+        before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        equalize_channels(model, feeds, taps=False, strength=strength)
+        (conv,) = [n for n in model.graph.node if n.op_type == "Conv" and "conv1_2" in n.name]
+        after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        weight = conv.input[1]
+        live = np.abs(before[weight]).reshape(len(before[weight]), -1).max(axis=1) > 0
+        ratio = before[weight].reshape(len(before[weight]), -1)[live, 0] / after[weight].reshape(
+            len(after[weight]), -1)[live, 0]  # fmt: skip
+        return ratio
+
+    full, half, none = conv1_2_ratio(1.0), conv1_2_ratio(0.5), conv1_2_ratio(0.0)
+    assert np.ptp(np.log(full)) > 1.0  # the channels' ranges differ by more than e
+    np.testing.assert_allclose(half, np.sqrt(full), rtol=1e-5)
+    np.testing.assert_allclose(none, 1.0, rtol=1e-6)
+
+    def tap_scale(strength):  # the tap relu1_1 keeps TAP_STRENGTH whatever the chains get
+        model = onnx.ModelProto()
+        model.CopyFrom(float_graph)
+        equalize_channels(model, feeds, strength=strength)
+        (scale,) = [i for i in model.graph.initializer if i.name == "relu1_1/channel_scale"]
+        return numpy_helper.to_array(scale)
+
+    np.testing.assert_array_equal(tap_scale(1.0), tap_scale(0.5))
+    assert np.ptp(np.log(tap_scale(0.5))) > 0.5
+
+
+@pytest.mark.parametrize(
+    ("percentile", "sizes"),
+    [(99.99, [40_000] * 20), (99.9, [1000] * 3), (50.0, [64] * 4), (0.5, [300] * 2),
+     (99.99, [7]), (99.99, [40_000] * 19 + [9_000]), (99.9, [500, 80_000, 3_000])],
+)  # fmt: skip
+@pytest.mark.parametrize("ties", [False, True])
+def test_channel_percentiles_keep_only_the_tail_and_match_numpy(percentile, sizes, ties, caplog):
+    from microtex.engine.quantize import _channel_percentiles
+
+    rng = np.random.default_rng(7)
+    parts = [rng.standard_exponential((6, size)).astype(np.float32) for size in sizes]
+    if len(sizes) > 1:
+        parts[-1][2] *= 100  # one channel's peaks all in the last image, whatever its size
+    if ties:
+        parts = [np.round(p, 1) for p in parts]
+    per_image, combine = _channel_percentiles(percentile)
+    shares = np.array(sizes) / sum(sizes)
+    reduced = [per_image(p, share) for p, share in zip(parts, shares)]
+    expected = np.percentile(np.concatenate(parts, axis=1), percentile, axis=1)
+    np.testing.assert_array_equal(combine(reduced), expected.astype(np.float32))
+    assert "underestimated" not in caplog.text
+    for n, kept, cut in reduced:
+        assert kept.base is None  # its own small array, not a view holding the whole tensor
+        assert cut == (kept.shape[1] < n)
+    if percentile > 99 and min(sizes) >= 1000:
+        assert all(cut for _, _, cut in reduced)
+
+
+def test_channel_percentiles_warn_when_an_image_was_cut_short(caplog):
+    from microtex.engine.quantize import _channel_percentiles
+
+    rng = np.random.default_rng(8)
+    small, large = rng.random((1, 2_000)), rng.random((1, 20_000))
+    small[0, :500] += 10  # the top 1 % of all 22 000 values (220) lies in the small image
+    per_image, combine = _channel_percentiles(99.0)
+    truth = np.percentile(np.concatenate([small, large], axis=1), 99.0, axis=1)
+    got = combine([per_image(small, 2 / 22), per_image(large, 20 / 22)])
+    np.testing.assert_array_equal(got, truth)
+    assert "underestimated" not in caplog.text
+    # told it holds nearly every pixel, the small image keeps 2 * 1 % * 2000 + 2 = 42 of 220
+    got = combine([per_image(small, 0.999), per_image(large, 0.001)])
+    assert got[0] < truth[0] and "underestimated" in caplog.text
+
+
 def test_the_int8_graph_is_within_two_percent_and_bias_correction_helps(float_graph, textures):
     calibration, held = textures
     reference = _features(float_graph, held)
@@ -220,6 +300,8 @@ def test_bad_options_are_named(float_graph, textures):
         quantize_static_int8(float_graph, calibration, keep_float=["conv9_9"])
     with pytest.raises(ValueError, match="weight_rounding"):
         quantize_static_int8(float_graph, calibration, weight_rounding="stochastic")
+    with pytest.raises(ValueError, match="equalize_strength must be a number in \\[0, 1\\], got 2"):
+        quantize_static_int8(float_graph, calibration, equalize_strength=2)
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,11 @@ block_first features from 2–4.5 % (median relative error) to 0.1–1.5 %:
   weights and bias) and multiplied back in the second conv's input weights —
   exact in float, since ReLU and both poolings commute with positive scales.
   s_c is the channel's ``equalize_percentile``-th percentile on the
-  calibration images over the median of those. Where the middle tensor is a
-  tap (a graph output), s_c is taken to the power ``TAP_STRENGTH`` (halfway)
-  and the tap is read back through a per-channel DequantizeLinear of the
-  equalized tensor, so in float the taps keep their values.
+  calibration images over the median of those, to the power
+  ``equalize_strength`` (``EQUALIZE_STRENGTH``, halfway). Where the middle
+  tensor is a tap (a graph output), the power is ``TAP_STRENGTH`` and the tap
+  is read back through a per-channel DequantizeLinear of the equalized
+  tensor, so in float the taps keep their values.
 * **error-compensating weight rounding** (GPTQ, :mod:`.weight_rounding`):
   each filter's rounding errors are spread over its other weights along the
   directions its inputs vary least on the calibration images.
@@ -50,7 +51,7 @@ from microtex._validation import check_real
 from microtex.engine.export import node_attribute, require_onnx
 from microtex.engine.session import DISABLED_OPTIMIZERS
 
-__all__ = ["QUANTIZATION", "equalize_channels", "quantize_static_int8"]
+__all__ = ["EQUALIZE_STRENGTH", "QUANTIZATION", "equalize_channels", "quantize_static_int8"]
 
 log = logging.getLogger("microtex.engine.quantize")
 
@@ -60,12 +61,21 @@ log = logging.getLogger("microtex.engine.quantize")
 #: 0.64 % halfway, 1.5 % not equalized), and the layers after the tap keep most of the gain.
 TAP_STRENGTH = 0.5
 
+#: Channels are evened out halfway, s_c ** 0.5 (SmoothQuant's migration strength): full
+#: equalization fits the activations' per-tensor uint8 step to every channel but moves each
+#: channel's range into the next conv's input weights, whose per-filter int8 steps must then
+#: cover the few largest columns. On block_last (224² crops, relu5_4 Gram, the worst feature)
+#: it moved 4.5–4.9 % at strength 1 and 3.6–3.8 % at 0.5 (two runs of bench_int8.py); in an
+#: exploratory sweep 3.9 % at 0.75, 3.5 % at 0.5, 3.8 % at 0.35 and 4.3 % at 0.2.
+EQUALIZE_STRENGTH = 0.5
+
 #: What :func:`quantize_static_int8` does by default (recorded with every graph it makes).
 QUANTIZATION = {
     "format": "QDQ",
     "weights": "int8, per output channel",
     "activations": "uint8, per tensor, MinMax",
     "equalize_percentile": 99.99,
+    "equalize_strength": EQUALIZE_STRENGTH,
     "equalize_taps": TAP_STRENGTH,
     "weight_rounding": "gptq",
     "bias_correction": "sequential",
@@ -118,14 +128,70 @@ def _with_outputs(model, names: Sequence[str]):
     return copy
 
 
-def _channel_statistics(model, feeds, names: Sequence[str], reduce) -> dict[str, np.ndarray]:
-    """``reduce(list of (channels, values) arrays)`` of each named tensor over the feeds."""
+def _channel_statistics(model, feeds, names: Sequence[str], statistic) -> dict[str, np.ndarray]:
+    """A per-channel statistic of each named tensor over the feeds.
+
+    ``statistic`` is ``(per_image, combine)``: ``per_image(values, share)``
+    reduces one feed's ``(channels, values)`` array as soon as it is computed
+    (a 512² image's VGG activations alone take 300 MB), ``share`` being the
+    feed's part of all the feeds' pixels; ``combine`` takes the list of those
+    reductions.
+    """
+    per_image, combine = statistic
+    feeds = list(feeds)
+    pixels = np.array([sum(v.size for v in feed.values()) for feed in feeds], np.float64)
     session = _session(_with_outputs(model, names))
     collected: dict[str, list] = {name: [] for name in names}
-    for feed in feeds:
+    for feed, share in zip(feeds, pixels / pixels.sum()):
         for name, value in zip(names, session.run(list(names), feed)):
-            collected[name].append(np.moveaxis(value, 1, 0).reshape(value.shape[1], -1))
-    return {name: reduce(parts) for name, parts in collected.items()}
+            values = np.moveaxis(value, 1, 0).reshape(value.shape[1], -1)
+            collected[name].append(per_image(values, share))
+    return {name: combine(parts) for name, parts in collected.items()}
+
+
+def _channel_means():
+    """The ``statistic`` of :func:`_channel_statistics` giving each channel's mean (float64)
+    over every value of every image (a large image weighs more than a small one)."""
+    return (lambda values, share: (values.sum(axis=1, dtype=np.float64), values.shape[1]),
+            lambda parts: sum(s for s, _ in parts) / sum(n for _, n in parts))  # fmt: skip
+
+
+def _channel_percentiles(percentile: float):
+    """The ``statistic`` of :func:`_channel_statistics` giving each channel's ``percentile``.
+
+    The same numbers as ``np.percentile`` over all the images' values (linear
+    interpolation), but each image keeps only its largest values: twice as
+    many as its share of the pixels says the whole set's upper tail could
+    hold, so that images of other sizes (whose tensors pooling rounds down)
+    are covered too. Should an image still have been cut short (its smallest
+    kept value above the result), the result is too low and a warning says so.
+    """
+    tail = 1 - percentile / 100
+
+    def top(values, share):
+        n = values.shape[1]
+        k = min(n, int(np.ceil(2 * tail * n / share)) + 2)
+        kept = np.partition(values, n - k, axis=1)[:, n - k :].copy()  # not a view of all
+        return n, kept, k < n
+
+    def combine(parts):
+        total = sum(n for n, _, _ in parts)
+        kept = -np.sort(-np.concatenate([t for _, t, _ in parts], axis=1), axis=1)  # descending
+        position = percentile / 100 * (total - 1)  # in ascending order, as numpy counts
+        below = int(np.floor(position))
+        fraction = position - below
+        first = total - 1 - below  # the value at ``below``, counted from the top
+        short = first >= kept.shape[1]
+        first = min(first, kept.shape[1] - 1)
+        low, high = kept[:, first], kept[:, max(first - 1, 0)]
+        step = high - low
+        result = low + step * fraction if fraction < 0.5 else high - step * (1 - fraction)
+        if short or any(np.any(t.min(axis=1) > low) for _, t, cut in parts if cut):
+            log.warning("int8 calibration: a channel percentile is underestimated (one image "
+                        "held more of the top values than was kept)")  # fmt: skip
+        return result
+
+    return top, combine
 
 
 def _consumers(graph) -> dict[str, list]:
@@ -168,7 +234,7 @@ def _chains(model, taps: bool = True) -> list[tuple[Any, Any, Any]]:
 
 
 def equalize_channels(model, feeds, percentile: float = QUANTIZATION["equalize_percentile"],
-                      taps: bool = True):  # fmt: skip
+                      taps: bool = True, strength: float = EQUALIZE_STRENGTH):  # fmt: skip
     """Rescale the channels inside Conv → ReLU (→ pool) → Conv chains; returns the chains' count.
 
     ``model`` (an ``onnx.ModelProto``, float32) is changed in place; its
@@ -176,21 +242,20 @@ def equalize_channels(model, feeds, percentile: float = QUANTIZATION["equalize_p
     ReLU output is a graph output are equalized too (halfway, ``TAP_STRENGTH``):
     the ReLU then writes ``{tap}/equalized`` and a Mul node named
     ``microtex_restore_tap/{tap}`` scales it back into the tap. See the module
-    docstring.
+    docstring; ``strength`` is the power of the other chains' scales.
     """
     onnx = require_onnx("int8 quantization")
     from onnx import numpy_helper
 
     percentile = check_real("percentile", percentile, minimum=0, maximum=100, inclusive=False)
+    strength = check_real("strength", strength, minimum=0, maximum=1)
     chains = _chains(model, taps)
     if not chains:
         return 0
     ranges = _channel_statistics(
-        model,
-        feeds,
-        [relu.output[0] for _, relu, _ in chains],
-        lambda parts: np.percentile(np.concatenate(parts, axis=1), percentile, axis=1),
-    )
+        model, feeds, [relu.output[0] for _, relu, _ in chains],
+        _channel_percentiles(percentile),
+    )  # fmt: skip
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
@@ -206,9 +271,7 @@ def equalize_channels(model, feeds, percentile: float = QUANTIZATION["equalize_p
         if not live.any():
             continue
         scale = np.where(live, spread / np.median(spread[live]), 1.0)
-        if tap in outputs:
-            scale = scale**TAP_STRENGTH
-        scale = scale.astype(np.float32)
+        scale = (scale ** (TAP_STRENGTH if tap in outputs else strength)).astype(np.float32)
         weight, bias = (numpy_helper.to_array(initializers[n]) for n in first.input[1:3])
         replace(first.input[1], weight / scale[:, None, None, None])
         replace(first.input[2], bias / scale)
@@ -351,9 +414,7 @@ def _correct_biases(float_model, quantized, feeds) -> int:
     if not targets:
         return 0
 
-    def means(parts):
-        return np.mean([p.mean(axis=1, dtype=np.float64) for p in parts], axis=0)
-
+    means = _channel_means()
     reference = _channel_statistics(float_model, feeds, list(float_convs.values()), means)
     for node, bias_name, scale_name in targets:
         measured = _channel_statistics(quantized, feeds, [node.output[0]], means)[node.output[0]]
@@ -373,6 +434,7 @@ def quantize_static_int8(
     *,
     input_name: str = "image",
     equalize_percentile: float | None = QUANTIZATION["equalize_percentile"],
+    equalize_strength: float = EQUALIZE_STRENGTH,
     equalize_taps: bool = True,
     weight_rounding: str = QUANTIZATION["weight_rounding"],
     bias_correction: bool = True,
@@ -391,6 +453,9 @@ def quantize_static_int8(
     equalize_percentile : float or None
         Percentile of each channel that channel equalization evens out (None:
         no equalization).
+    equalize_strength : float
+        Power in [0, 1] of the equalizing scales (1: channels' percentiles
+        made equal; 0: nothing done).
     equalize_taps : bool
         Equalize chains whose middle tensor is a graph output too (halfway;
         the output is scaled back).
@@ -412,6 +477,7 @@ def quantize_static_int8(
     from microtex._validation import check_choice
 
     check_choice("weight_rounding", weight_rounding, WEIGHT_ROUNDINGS)
+    equalize_strength = check_real("equalize_strength", equalize_strength, minimum=0, maximum=1)
     feeds = _calibration(calibration, input_name)
     if isinstance(float_model, onnx.ModelProto):
         copy = onnx.ModelProto()
@@ -432,7 +498,7 @@ def quantize_static_int8(
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(prepared)
         chains = 0 if equalize_percentile is None else equalize_channels(
-            model, feeds, equalize_percentile, taps=equalize_taps
+            model, feeds, equalize_percentile, taps=equalize_taps, strength=equalize_strength
         )
         restores = [n.name for n in model.graph.node if n.name.startswith(_RESTORE)]
         onnx.save(model, prepared)
@@ -454,6 +520,7 @@ def quantize_static_int8(
     record = {
         **QUANTIZATION,
         "equalize_percentile": equalize_percentile,
+        "equalize_strength": equalize_strength if equalize_percentile is not None else 0,
         "equalize_taps": TAP_STRENGTH if equalize_taps and equalize_percentile is not None else 0,
         "weight_rounding": weight_rounding,
         "bias_correction": "sequential" if bias_correction else None,
