@@ -153,6 +153,41 @@ def test_channel_percentiles_warn_when_an_image_was_cut_short(caplog):
     assert got[0] < truth[0] and "underestimated" in caplog.text
 
 
+def test_with_outputs_keeps_only_what_the_named_tensors_need(float_graph, textures):
+    """Bias correction reads one conv at a time; ONNX Runtime would run the whole graph."""
+    from onnx import helper
+
+    from microtex.engine.quantize import _session, _with_outputs
+
+    calibration, _ = textures
+    nodes = list(float_graph.graph.node)
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    target = nodes[convs[1]].output[0]  # conv1_2's output
+    # initializers also listed as inputs (older exporters): the pruned ones must go too
+    legacy = onnx.ModelProto()
+    legacy.CopyFrom(float_graph)
+    legacy.graph.input.extend(
+        helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+        for i in float_graph.graph.initializer
+    )
+    for model in (float_graph, legacy):
+        pruned = _with_outputs(model, [target])
+        assert [n.name for n in pruned.graph.node] == [n.name for n in nodes[: convs[1] + 1]]
+        assert [o.name for o in pruned.graph.output] == [target]
+        weights = {n.input[1] for n in pruned.graph.node if n.op_type == "Conv"}
+        assert weights <= {i.name for i in pruned.graph.initializer}
+        assert nodes[convs[2]].input[1] not in {i.name for i in pruned.graph.initializer}
+        constants = {i.name for i in pruned.graph.initializer}
+        assert {i.name for i in pruned.graph.input} - constants == {"image"}
+        whole = onnx.ModelProto()
+        whole.CopyFrom(float_graph)
+        whole.graph.output.append(
+            helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, None))
+        feed = {"image": calibration[0]}
+        got, expected = (_session(m).run([target], feed)[0] for m in (pruned, whole))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_the_int8_graph_is_within_two_percent_and_bias_correction_helps(float_graph, textures):
     calibration, held = textures
     reference = _features(float_graph, held)

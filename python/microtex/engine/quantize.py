@@ -116,15 +116,36 @@ def _session(model):
 
 
 def _with_outputs(model, names: Sequence[str]):
+    """A copy of ``model`` computing exactly the tensors ``names``: they are its outputs, and
+    it keeps only the nodes (and initializers) they need.
+
+    ONNX Runtime runs every node of a graph whatever outputs are asked for, so bias
+    correction, which reads one conv's output at a time, would otherwise run the whole
+    network for each of them.
+    """
     onnx = require_onnx("int8 quantization")
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    needed: set[int] = set()
+    pending = list(names)
+    while pending:
+        node = producer.get(pending.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            pending.extend(node.input)
+    nodes = [node for node in graph.node if id(node) in needed]
+    used = {name for node in nodes for name in node.input}
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    present = {o.name for o in copy.graph.output}
-    for name in names:
-        if name not in present:
-            copy.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            )
+    constants = {i.name for i in graph.initializer}
+    del copy.graph.node[:], copy.graph.output[:], copy.graph.initializer[:], copy.graph.input[:]
+    copy.graph.node.extend(nodes)
+    copy.graph.initializer.extend(i for i in graph.initializer if i.name in used)
+    # every true input stays (the feeds name them); initializers listed as inputs go with them
+    copy.graph.input.extend(i for i in graph.input if i.name not in constants or i.name in used)
+    copy.graph.output.extend(
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names
+    )
     return copy
 
 
