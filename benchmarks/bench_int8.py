@@ -57,9 +57,9 @@ def whole_micrographs() -> list[np.ndarray]:
 
     paths = sorted((DATA / "ampis" / "spheroidite" / "images").glob("*.png"))
     paths += sorted((DATA / "metaldam" / "images").glob("*.jpg"))[:30]
-    crops = [read_image(p, crop_bottom="auto" if p.suffix == ".jpg" else None) for p in paths]
-    order = np.random.default_rng(0).permutation(len(crops))
-    return [crops[i].astype(np.float32) for i in order]
+    whole = [read_image(p, crop_bottom="auto" if p.suffix == ".jpg" else None) for p in paths]
+    order = np.random.default_rng(0).permutation(len(whole))
+    return [whole[i].astype(np.float32) for i in order]
 
 
 def images(n: int = 50) -> tuple[list[np.ndarray], str]:

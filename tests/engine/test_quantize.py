@@ -153,11 +153,11 @@ def test_channel_percentiles_warn_when_an_image_was_cut_short(caplog):
     assert got[0] < truth[0] and "underestimated" in caplog.text
 
 
-def test_with_outputs_keeps_only_what_the_named_tensors_need(float_graph, textures):
+def test_subgraph_keeps_only_what_the_named_tensors_need(float_graph, textures):
     """Bias correction reads one conv at a time; ONNX Runtime would run the whole graph."""
     from onnx import helper
 
-    from microtex.engine.quantize import _session, _with_outputs
+    from microtex.engine.quantize import _session, _subgraph
 
     calibration, _ = textures
     nodes = list(float_graph.graph.node)
@@ -171,7 +171,7 @@ def test_with_outputs_keeps_only_what_the_named_tensors_need(float_graph, textur
         for i in float_graph.graph.initializer
     )
     for model in (float_graph, legacy):
-        pruned = _with_outputs(model, [target])
+        pruned = _subgraph(model, [target])
         assert [n.name for n in pruned.graph.node] == [n.name for n in nodes[: convs[1] + 1]]
         assert [o.name for o in pruned.graph.output] == [target]
         weights = {n.input[1] for n in pruned.graph.node if n.op_type == "Conv"}

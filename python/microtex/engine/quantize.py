@@ -115,7 +115,7 @@ def _session(model):
     )
 
 
-def _with_outputs(model, names: Sequence[str]):
+def _subgraph(model, names: Sequence[str]):
     """A copy of ``model`` computing exactly the tensors ``names``: they are its outputs, and
     it keeps only the nodes (and initializers) they need.
 
@@ -125,7 +125,7 @@ def _with_outputs(model, names: Sequence[str]):
     """
     onnx = require_onnx("int8 quantization")
     graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = _producers(graph)
     needed: set[int] = set()
     pending = list(names)
     while pending:
@@ -161,7 +161,7 @@ def _channel_statistics(model, feeds, names: Sequence[str], statistic) -> dict[s
     per_image, combine = statistic
     feeds = list(feeds)
     pixels = np.array([sum(v.size for v in feed.values()) for feed in feeds], np.float64)
-    session = _session(_with_outputs(model, names))
+    session = _session(_subgraph(model, names))
     collected: dict[str, list] = {name: [] for name in names}
     for feed, share in zip(feeds, pixels / pixels.sum()):
         for name, value in zip(names, session.run(list(names), feed)):
@@ -213,6 +213,11 @@ def _channel_percentiles(percentile: float):
         return result
 
     return top, combine
+
+
+def _producers(graph) -> dict[str, Any]:
+    """The node writing each tensor of ``graph``."""
+    return {out: node for node in graph.node for out in node.output}
 
 
 def _consumers(graph) -> dict[str, list]:
@@ -323,7 +328,7 @@ def _fold_restores(model) -> None:
 
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = _producers(graph)
     for mul in [n for n in graph.node if n.op_type == "Mul" and n.name.startswith(_RESTORE)]:
         dequantize = producer.get(mul.input[0])
         if dequantize is None or dequantize.op_type != "DequantizeLinear":
@@ -362,7 +367,7 @@ def _round_weights(float_model, quantized, feeds) -> int:
     float_convs = {n.name: n for n in float_model.graph.node if n.op_type == "Conv"}
     float_weights = {i.name: i for i in float_model.graph.initializer}
     initializers = {i.name: i for i in quantized.graph.initializer}
-    producer = {out: node for node in quantized.graph.node for out in node.output}
+    producer = _producers(quantized.graph)
     targets = []
     for node in quantized.graph.node:
         source = float_convs.get(node.name)
@@ -380,7 +385,7 @@ def _round_weights(float_model, quantized, feeds) -> int:
         return 0
     weights = {c.name: numpy_helper.to_array(float_weights[c.input[1]]) for c, _ in targets}
     names = list(dict.fromkeys(c.input[0] for c, _ in targets))
-    session = _session(_with_outputs(float_model, names))
+    session = _session(_subgraph(float_model, names))
     moments = conv_input_moments(
         lambda feed: dict(zip(names, session.run(names, feed))), feeds,
         [c for c, _ in targets], weights,
@@ -423,7 +428,7 @@ def _correct_biases(float_model, quantized, feeds) -> int:
 
     float_convs = {n.name: n.output[0] for n in float_model.graph.node if n.op_type == "Conv"}
     initializers = {i.name: i for i in quantized.graph.initializer}
-    producer = {out: node for node in quantized.graph.node for out in node.output}
+    producer = _producers(quantized.graph)
     targets = []
     for node in quantized.graph.node:
         if node.op_type != "Conv" or node.name not in float_convs or len(node.input) < 3:
