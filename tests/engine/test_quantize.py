@@ -11,7 +11,11 @@ from microtex.features import pooling
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("torch")
-from microtex.engine.quantize import equalize_channels, quantize_static_int8  # noqa: E402
+from microtex.engine.quantize import (  # noqa: E402
+    EQUALIZE_STRENGTH,
+    equalize_channels,
+    quantize_static_int8,
+)
 
 pytestmark = pytest.mark.torch
 
@@ -107,6 +111,24 @@ def test_equalizing_strength_is_the_power_of_the_channel_scales(float_graph, tex
 
     np.testing.assert_array_equal(tap_scale(1.0), tap_scale(0.5))
     assert np.ptp(np.log(tap_scale(0.5))) > 0.5
+
+
+def test_quantize_passes_the_equalizing_strength_on(float_graph, textures):
+    from onnx import numpy_helper
+
+    calibration, _ = textures
+
+    def weights(strength):
+        options = {"weight_rounding": "nearest", "bias_correction": False}
+        model, record = quantize_static_int8(float_graph, calibration,
+                                             equalize_strength=strength, **options)  # fmt: skip
+        assert record["equalize_strength"] == strength
+        return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+    half, full, default = weights(0.5), weights(1.0), weights(EQUALIZE_STRENGTH)
+    assert half.keys() == full.keys()
+    assert any(not np.array_equal(half[k], full[k]) for k in half)
+    assert all(np.array_equal(half[k], default[k]) for k in half)
 
 
 @pytest.mark.parametrize(
