@@ -61,6 +61,16 @@ def test_int8_features_stay_close_to_float32_and_the_report_says_how_close(fitte
     assert report["relative_error"]["relu3_1/gram"]["median"] == pytest.approx(
         np.median(error), rel=1e-3)  # fmt: skip
     assert report["within_tolerance"] is True and report["nearest_neighbour_agreement"] >= 0.8
+    # the yardstick: float32 on the same held-out images with one gray level of noise added
+    assert report["float32_noise"]["sigma"] == int8_module.NOISE_SIGMA == 1 / 255
+    rng = np.random.default_rng(0)
+    noisy = np.stack([np.clip(t + rng.normal(0, 1 / 255, t.shape), 0, 1).astype(np.float32)
+                      for t in textures[held]])  # fmt: skip
+    moved = _relative(float32.transform(noisy)[:, columns],
+                      float32.transform(textures[held])[:, columns])  # fmt: skip
+    noise = report["float32_noise"]["relative_error"]
+    assert noise["relu3_1/gram"]["median"] == pytest.approx(np.median(moved), rel=1e-3)
+    assert noise["relu3_1/gram"]["median"] > noise["relu1_1/gram"]["median"] > 0  # deeper: more
 
 
 def test_the_graph_is_int8_cached_by_calibration_and_carried_by_bundles(fitted, textures, tmp_path):
@@ -116,6 +126,9 @@ def test_warnings_name_a_cpu_without_vnni_and_an_error_over_tolerance(textures, 
     with caplog.at_level(logging.WARNING, logger="microtex.features"):
         f = TextureFeaturizer(taps="relu1_1", pool="mean", precision="int8").fit(textures[:6])
     assert "no VNNI" in caplog.text and "more than the 0 % tolerance" in caplog.text
+    worst = f.int8_report_["worst"]["feature"]
+    noise = f.int8_report_["float32_noise"]["relative_error"][worst]["median"]
+    assert f"(one gray level of noise moves it by {100 * noise:.1f} % in float32)" in caplog.text
     assert "calibrated on 6 images" in caplog.text
     assert f.int8_report_["cpu_vnni"] is False and f.int8_report_["within_tolerance"] is False
 
@@ -278,6 +291,8 @@ def test_the_calibrate_and_featurize_commands(textures, tmp_path, capsys):
     assert load_bundle(tmp_path / "int8").pipeline_.plan.float_layers == ("conv2_1",)
     assert "int8 calibrated on 20 images; error against float32 on 4 held-out images" in out
     assert "relu2_1/gram" in out and "within the 2 % tolerance" in out
+    noise = load_bundle(tmp_path / "int8").int8_report_["float32_noise"]["relative_error"]
+    assert f"({100 * noise['relu2_1/gram']['median']:.2f} %)" in out  # the yardstick column
     bundle = load_bundle(tmp_path / "int8")
     assert bundle.int8_report_["test_images"] == 4 and bundle.params_["precision"] == "int8"
     assert main(["calibrate", str(folder), "-o", str(tmp_path / "int8")]) == 2  # exists

@@ -66,8 +66,14 @@ def run(args) -> int:
     if what:
         print("microtex: note: calibrating on images like the ones you will featurize is more "
               "accurate (microtex calibrate IMAGES)", file=sys.stderr)
+    noise = report.get("float32_noise", {}).get("relative_error", {})
+    if noise:
+        print("  (and, as a yardstick, the median change of float32 under one gray level of "
+              "noise)")
     for feature, error in report["relative_error"].items():
-        print(f"  {feature:16s} {100 * error['median']:6.2f} % / {100 * error['max']:6.2f} %")
+        yardstick = f"   ({100 * noise[feature]['median']:.2f} %)" if feature in noise else ""
+        print(f"  {feature:16s} {100 * error['median']:6.2f} % / {100 * error['max']:6.2f} %"
+              f"{yardstick}")
     if "nearest_neighbour_agreement" in report:
         print(f"nearest neighbour unchanged for {100 * report['nearest_neighbour_agreement']:.0f} %"
               " of the images")
