@@ -1,0 +1,128 @@
+"""What block_last's deepest Gram feature costs in int8 speed on 224² images, and what moves it.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_int8_frontier.py
+
+block_last's relu5_4 Gram on 224² images is the one feature over issue 21's
+2 % bar (``bench_int8.py``). This measures the trade between its error and
+int8's speed, on the same 20 calibrating and 30 held-out real 224² crops as
+``bench_int8.py``:
+
+* **int8 with whole blocks kept in float32** (``keep_float``): none, block 5,
+  blocks 4–5, blocks 3–5; per tap and pooling the median relative error
+  against the float32 direct graph, and the speed at batch 1 and 8 in
+  alternating turns, paired against the float32 Winograd graph microtex runs;
+* **float32's own sensitivity**: the float32 graph on the held-out crops with
+  ±½ gray level of uniform noise (what re-quantizing an image to 8 bits
+  changes) and with Gaussian noise of one gray level, against the same graph
+  on the crops as they are.
+
+Bars (issue 21): ≥ 1.6× at batch 1 and ≥ 2× at batch 8; 2 % median error.
+Writes benchmarks/results/int8_frontier.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_int8 import BARS, SIDE, TOLERANCE, OrtRunner, cpu_flags, images  # noqa: E402
+
+from _common import machine, markdown_table, medians, paired_ratio, time_turns, write_results  # noqa: E402
+
+FEATURE = "relu5_4/gram"
+KEPT = {"all int8": 5, "block 5 float32": 4, "blocks 4-5 float32": 3, "blocks 3-5 float32": 2}
+LAYERS = {3: 4, 4: 4, 5: 4}  # convolutions per block of VGG19 from block 3 on
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=12)
+    args = parser.parse_args()
+
+    import onnx
+
+    from microtex.backbones import BackboneConfig, cached_onnx
+    from microtex.engine.quantize import quantize_static_int8
+    from microtex.engine.session import default_threads
+    from microtex.features.int8 import pooled_features, relative_errors
+
+    threads = default_threads()
+    pool, source = images()
+    calibration, held = pool[:20], pool[20:]
+    config = BackboneConfig(taps="block_last")
+    direct = cached_onnx(config, conv_algorithm="direct")
+    winograd = cached_onnx(config, conv_algorithm="winograd")
+    reference = pooled_features(OrtRunner(direct, threads), held, config.taps)
+
+    def errors(run, inputs=held):
+        found = relative_errors(pooled_features(run, inputs, config.taps), reference)
+        return {k: round(v["median"], 5) for k, v in found.items() if not k.endswith("/max")}
+
+    rng = np.random.default_rng(0)
+    float32 = OrtRunner(direct, threads)
+    dithered = [np.clip(x + rng.uniform(-0.5, 0.5, x.shape) / 255, 0, 1).astype(np.float32)
+                for x in held]  # fmt: skip
+    noisy = [np.clip(x + rng.normal(0, 1, x.shape) / 255, 0, 1).astype(np.float32) for x in held]
+    sensitivity = {"float32, ±½ gray level uniform noise": errors(float32, dithered),
+                   "float32, Gaussian noise of 1 gray level": errors(float32, noisy)}  # fmt: skip
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-int8-frontier-"))
+    graphs, accuracy, seconds = {}, {}, {}
+    for name, last_int8 in KEPT.items():
+        kept = [f"conv{b}_{i}" for b in range(last_int8 + 1, 6) for i in range(1, LAYERS[b] + 1)]
+        started = time.perf_counter()
+        model, _ = quantize_static_int8(str(direct), calibration, keep_float=kept)
+        seconds[name] = round(time.perf_counter() - started, 1)
+        graphs[name] = tmp / f"{len(graphs)}.onnx"
+        onnx.save(model, graphs[name])
+        accuracy[name] = errors(OrtRunner(graphs[name], threads))
+        print(f"{name}: {FEATURE} {100 * accuracy[name][FEATURE]:.2f} %", flush=True)
+
+    speed = {}
+    base = "float32 Winograd"
+    for batch in (1, 8):
+        x = np.random.default_rng(batch).random((batch, 1, SIDE, SIDE), dtype=np.float32)
+        runners = {base: OrtRunner(winograd, threads),
+                   **{name: OrtRunner(path, threads) for name, path in graphs.items()}}
+        funcs = {name: (lambda r=r, x=x: r(x)) for name, r in runners.items()}
+        turns = time_turns(funcs, repeats=args.repeats, warmup=2, block=1, settle=0.3)
+        times = medians(turns)
+        speed[f"batch {batch}"] = {
+            name: {"images_per_s": round(batch / t, 2),
+                   "speedup": round(paired_ratio(turns, base, name), 3)}
+            for name, t in times.items()
+        }  # fmt: skip
+
+    rows, frontier = [], []
+    for name in KEPT:
+        b1, b8 = (speed[f"batch {b}"][name]["speedup"] for b in (1, 8))
+        worst = max(accuracy[name], key=accuracy[name].get)
+        meets = {"speed": b1 >= BARS["batch 1"] and b8 >= BARS["batch 8"],
+                 "accuracy": accuracy[name][worst] <= TOLERANCE}  # fmt: skip
+        frontier.append({"variant": name, "speedup_batch_1": b1, "speedup_batch_8": b8,
+                         FEATURE: accuracy[name][FEATURE], "worst": worst, **meets})  # fmt: skip
+        rows.append([name, f"{b1:.2f}× / {b8:.2f}×", f"{100 * accuracy[name][FEATURE]:.2f} %",
+                     f"{worst} {100 * accuracy[name][worst]:.2f} %", meets["speed"],
+                     meets["accuracy"]])  # fmt: skip
+    for name, found in sensitivity.items():
+        rows.append([name, "–", f"{100 * found[FEATURE]:.2f} %", "–", "–", "–"])
+    print(markdown_table(["block_last, 224²", "× float32 (b1 / b8)", FEATURE, "worst feature",
+                          "speed bars", "2 % bar"], rows))  # fmt: skip
+    both = [f["variant"] for f in frontier if f["speed"] and f["accuracy"]]
+    payload = {"machine": machine(), "cpu_flags": cpu_flags(), "threads": threads,
+               "images": f"{source}: 20 calibrate, {len(held)} measure", "frontier": frontier,
+               "accuracy": accuracy, "float32_sensitivity": sensitivity, "speed": speed,
+               "calibration_seconds": seconds, "meets_both_bars": both}  # fmt: skip
+    path = write_results("int8_frontier", payload)
+    print(f"\nwrote {path}; variants meeting both bars: {both or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
