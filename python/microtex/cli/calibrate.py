@@ -68,8 +68,8 @@ def run(args) -> int:
               "accurate (microtex calibrate IMAGES)", file=sys.stderr)
     noise = report.get("float32_noise", {}).get("relative_error", {})
     if noise:
-        print("  (and, as a yardstick, the median change of float32 under one gray level of "
-              "noise)")
+        print("  (and, as a yardstick, the median change of float32 under Gaussian noise of "
+              "one 8-bit gray level)")
     for feature, error in report["relative_error"].items():
         yardstick = f"   ({100 * noise[feature]['median']:.2f} %)" if feature in noise else ""
         print(f"  {feature:16s} {100 * error['median']:6.2f} % / {100 * error['max']:6.2f} %"

@@ -22,9 +22,9 @@ of each held-out image's feature vector (median and max over the images),
 and the share of held-out images whose nearest neighbour (by the mean and
 Gram features of every tap) is the same in int8 as in float32. As a yardstick
 it also gives how far the float32 features themselves move when the same
-images get one gray level of Gaussian noise (``NOISE_SIGMA``): deep Gram
-features of small images move by several percent under noise no one can see,
-and an int8 error below that is below what a re-acquired image would change.
+images get Gaussian noise of one gray level of an 8-bit image
+(``NOISE_SIGMA``): deep Gram features of small images move by several percent
+under noise no one would see in the picture.
 A warning is logged when the CPU lacks VNNI (int8 then gains little) and when
 a median error exceeds ``TOLERANCE``.
 """
