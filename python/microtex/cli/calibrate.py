@@ -66,14 +66,12 @@ def run(args) -> int:
     if what:
         print("microtex: note: calibrating on images like the ones you will featurize is more "
               "accurate (microtex calibrate IMAGES)", file=sys.stderr)
-    noise = report.get("float32_noise", {}).get("relative_error", {})
-    if noise:
-        print("  (and, as a yardstick, the median change of float32 under Gaussian noise of "
-              "one 8-bit gray level)")
+    noise = report["float32_noise"]["relative_error"]
+    print("  (and, as a yardstick, the median change of float32 under Gaussian noise of one "
+          "8-bit gray level)")
     for feature, error in report["relative_error"].items():
-        yardstick = f"   ({100 * noise[feature]['median']:.2f} %)" if feature in noise else ""
         print(f"  {feature:16s} {100 * error['median']:6.2f} % / {100 * error['max']:6.2f} %"
-              f"{yardstick}")
+              f"   ({100 * noise[feature]['median']:.2f} %)")
     if "nearest_neighbour_agreement" in report:
         print(f"nearest neighbour unchanged for {100 * report['nearest_neighbour_agreement']:.0f} %"
               " of the images")
