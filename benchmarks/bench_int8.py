@@ -127,6 +127,18 @@ class OpenVinoRunner:
         return {name: result[output] for name, output in zip(self.names, self.compiled.outputs)}
 
 
+def paired_speeds(runners: dict, batch: np.ndarray, base: str, repeats: int) -> dict:
+    """Each runner on ``batch`` in alternating turns: images/s and the speed-up paired
+    against ``base``'s turns."""
+    funcs = {name: (lambda r=r: r(batch)) for name, r in runners.items()}
+    turns = time_turns(funcs, repeats=repeats, warmup=2, block=1, settle=0.3)
+    return {
+        name: {"images_per_s": round(len(batch) / t, 2),
+               "speedup": round(paired_ratio(turns, base, name), 3)}
+        for name, t in medians(turns).items()
+    }  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--taps", default="block_first,block_last")
@@ -210,15 +222,8 @@ def main() -> int:
             if openvino_version:
                 runners["OpenVINO bf16"] = OpenVinoRunner(direct, threads, "bf16", x.shape)
                 runners["OpenVINO int8"] = OpenVinoRunner(ours, threads, "f32", x.shape)
-            funcs = {name: (lambda r=r, x=x: r(x)) for name, r in runners.items()}
-            turns = time_turns(funcs, repeats=args.repeats, warmup=2, block=1, settle=0.3)
-            times = medians(turns)
-            base = "float32 Winograd (ORT)"
-            speed[f"batch {batch}"] = {
-                name: {"images_per_s": round(batch / t, 2),
-                       "speedup": round(paired_ratio(turns, base, name), 3)}
-                for name, t in times.items()
-            }  # fmt: skip
+            speed[f"batch {batch}"] = paired_speeds(runners, x, "float32 Winograd (ORT)",
+                                                    args.repeats)  # fmt: skip
         payload["presets"][preset] = {
             "quantization": records, "accuracy": accuracy, "speed": speed,
             "accuracy_whole": {"images": f"{len(full) - 20} held-out whole micrographs, "

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_int8 import BARS, SIDE, TOLERANCE, OrtRunner, cpu_flags, images  # noqa: E402
+from bench_int8 import BARS, SIDE, TOLERANCE, OrtRunner, cpu_flags, images, paired_speeds  # noqa: E402
 
-from _common import machine, markdown_table, medians, paired_ratio, time_turns, write_results  # noqa: E402
+from _common import machine, markdown_table, write_results  # noqa: E402
 
 FEATURE = "relu5_4/gram"
 #: The same int8 weights with activations in uint16 (no equalization: nothing to even out),
@@ -129,14 +129,7 @@ def main() -> int:
         x = np.random.default_rng(batch).random((batch, 1, SIDE, SIDE), dtype=np.float32)
         runners = {base: OrtRunner(winograd, threads),
                    **{name: OrtRunner(path, threads) for name, path in graphs.items()}}
-        funcs = {name: (lambda r=r, x=x: r(x)) for name, r in runners.items()}
-        turns = time_turns(funcs, repeats=args.repeats, warmup=2, block=1, settle=0.3)
-        times = medians(turns)
-        speed[f"batch {batch}"] = {
-            name: {"images_per_s": round(batch / t, 2),
-                   "speedup": round(paired_ratio(turns, base, name), 3)}
-            for name, t in times.items()
-        }  # fmt: skip
+        speed[f"batch {batch}"] = paired_speeds(runners, x, base, args.repeats)
 
     rows, frontier = [], []
     for name in KEPT:
